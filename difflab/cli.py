@@ -1,0 +1,134 @@
+"""The `difflab` command: headless subcommands over the engine.
+
+torch and diffusers are imported only by the commands that train, so `difflab
+--help`, `difflab recipes` and `difflab recipe check` answer at once.
+Exit codes: 0 ok, 1 the job failed, 2 bad input, 130 stopped by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from difflab import __version__
+from difflab.errors import DifflabError, InputError
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="difflab", description="A terminal lab for diffusion models, step by step.",
+        epilog="Start with: difflab recipes, then difflab run from-scratch")
+    parser.add_argument("--version", action="version", version=f"difflab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="replay a recipe headless into a run directory")
+    run.add_argument("recipe", nargs="?", help="recipe file, or the name of a built-in recipe")
+    run.add_argument("--out", type=Path, help="run directory (default: runs/<recipe>-<date>-<time>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe value, e.g. --set train.lr=2e-4 (repeatable)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="override the recipe's device")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+
+    recipe = commands.add_parser("recipe", help="check or show recipe files")
+    recipe_commands = recipe.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)
+    check = recipe_commands.add_parser("check", help="validate recipe files (exit 2 if any is bad)")
+    check.add_argument("files", nargs="+", help="recipe files or built-in names")
+    show = recipe_commands.add_parser("show", help="print a recipe fully resolved, every default written out")
+    show.add_argument("file", help="recipe file or built-in name")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    commands.add_parser("recipes", help="list the built-in recipes")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"run": cmd_run, "recipe": cmd_recipe, "recipes": cmd_recipes}
+    if args.command is None:
+        build_parser().print_help()
+        return 0
+    try:
+        return handlers[args.command](args)
+    except DifflabError as error:
+        Console(stderr=True, highlight=False).print(f"[red]error:[/] {error}", markup=True)
+        return error.exit_code
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/]")
+        return 130
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from difflab.catalog import builtin_recipes
+
+    table = Table("recipe", "what it does", title="built-in recipes (difflab run NAME)")
+    for recipe in builtin_recipes():
+        table.add_row(recipe.name, recipe.description)
+    Console().print(table)
+    return 0
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from difflab.catalog import find_recipe
+    from difflab.errors import RecipeError
+    from difflab.recipe import load_recipe, recipe_to_toml
+
+    if args.recipe_command == "show":
+        print(recipe_to_toml(load_recipe(find_recipe(args.file), args.overrides)), end="")
+        return 0
+    failed = False
+    for name in args.files:
+        try:
+            load_recipe(find_recipe(name))
+            print(f"ok    {name}")
+        except (RecipeError, InputError) as error:
+            failed = True
+            print(f"error {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from difflab.headless import run_job
+
+    job, run, fresh = _prepare_training(args)
+    device = args.device or job.recipe.device
+    outcome = run_job(job, device, Console(highlight=False))
+    if fresh and outcome.exit_code == EXIT_BAD_INPUT and not run.list_checkpoints():
+        shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no empty run behind
+    return outcome.exit_code
+
+
+def _prepare_training(args: argparse.Namespace):
+    from difflab.catalog import find_recipe
+    from difflab.headless import default_run_dir
+    from difflab.recipe import load_recipe
+    from difflab.runs import RunDir
+    from difflab.train import TrainingJob
+
+    if args.resume:
+        if args.recipe or args.overrides or args.out:
+            raise InputError("--resume RUN_DIR continues a run with the recipe saved in it; "
+                             "give no recipe, --set or --out with it")
+        run, recipe = RunDir.open(args.resume)
+        return TrainingJob(recipe, run, run.path, resume=True), run, False
+    if not args.recipe:
+        raise InputError("difflab run: give a recipe file or built-in name (see `difflab recipes`), "
+                         "or --resume RUN_DIR")
+    path = find_recipe(args.recipe)
+    recipe = load_recipe(path, args.overrides)
+    if recipe.dataset.path and not Path(recipe.dataset.path).expanduser().is_absolute():
+        # The run's recipe.toml must replay from anywhere, so paths are written out absolute.
+        recipe.dataset.path = str((path.parent / recipe.dataset.path).resolve())
+    run = RunDir.create(args.out or default_run_dir(path), recipe)
+    return TrainingJob(recipe, run, path.parent), run, True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The typed events a job emits. The TUI and the headless runner consume the same ones.
+
+Jobs never emit one event per optimizer step: progress is throttled at the source
+(at most ~10 per second) and losses come at log intervals, so a consumer can never
+fall behind a fast job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of all events; `job_id` says which job sent it."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
+class JobStarted(Event):
+    """A job began on the worker: what it is, where it runs and how many steps it plans."""
+
+    name: str
+    device: str
+    total_steps: int
+    start_step: int = 0
+    run_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    """Throttled progress: the step reached and the last loss read back to the host."""
+
+    step: int
+    total_steps: int
+    loss: float | None
+    images_per_sec: float | None = None
+
+
+@dataclass(frozen=True)
+class StepLogged(Event):
+    """One metrics.jsonl line: the loss averaged over the last log interval."""
+
+    step: int
+    epoch: int
+    loss: float
+    lr: float
+    images_per_sec: float
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class EpochFinished(Event):
+    """Average training loss over one whole epoch (the figure the course reports)."""
+
+    epoch: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class PreviewReady(Event):
+    """A sample grid (PIL image) from fixed noise, also saved at `path`."""
+
+    step: int
+    image: Any
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    """A resumable checkpoint was written."""
+
+    step: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class LogLine(Event):
+    """A line for the person watching."""
+
+    text: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class JobFinished(Event):
+    """The job ended normally (`status` "finished") or at a stop request ("stopped")."""
+
+    status: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobError(Event):
+    """The job raised; `exit_code` is 2 for bad input, 1 for a failure while running."""
+
+    message: str
+    exit_code: int = 1
+    traceback: str = ""
+
+
+TERMINAL_EVENTS = (JobFinished, JobError)

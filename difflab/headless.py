@@ -1,0 +1,138 @@
+"""The headless runner: replays a recipe on the worker and reports its events with Rich.
+
+In a terminal it shows a live progress bar and, at the end, the final sample grid
+as a terminal image; in CI (not a terminal) it prints a plain line at each tenth
+of the run. Ctrl-C asks the job to stop, which writes a checkpoint first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+from rich.table import Table
+
+from difflab import events
+from difflab.worker import Worker
+
+EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
+
+
+@dataclass
+class RunOutcome:
+    """How a headless run ended, and the exit code that says so."""
+
+    exit_code: int
+    status: str
+    summary: dict
+
+
+class Reporter:
+    """Turns events into terminal output."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not self.live)
+        self.task = None
+        self.next_plain_step = 0
+        self.final_image = None
+
+    def __enter__(self) -> Reporter:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def handle(self, event: events.Event) -> None:
+        match event:
+            case events.JobStarted():
+                self.console.print(f"[bold]{event.name}[/] on [cyan]{event.device}[/] → {event.run_dir}")
+                self.task = self.progress.add_task(event.name, total=event.total_steps,
+                                                   completed=event.start_step, loss="–", rate="")
+                self.plain_every = max(1, event.total_steps // 10)
+                self.next_plain_step = event.start_step + self.plain_every
+            case events.Progress():
+                self.progress.update(self.task, completed=event.step, loss=_fmt(event.loss))
+            case events.StepLogged():
+                self.progress.update(self.task, rate=f"{event.images_per_sec:,.0f} img/s")
+                if not self.live and event.step >= self.next_plain_step:
+                    self.next_plain_step = event.step + self.plain_every
+                    self.console.print(f"step {event.step} epoch {event.epoch} loss {event.loss:.5f} "
+                                       f"{event.images_per_sec:,.0f} img/s")
+            case events.EpochFinished():
+                self.console.print(f"epoch {event.epoch}: average loss {event.loss:.5f}")
+            case events.PreviewReady():
+                self.final_image = event.image
+            case events.CheckpointSaved():
+                if not self.live:
+                    self.console.print(f"checkpoint {event.path}")
+            case events.LogLine():
+                style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
+                self.console.print(f"[{style}]{event.text}[/]")
+
+    def show_final(self, summary: dict) -> None:
+        table = Table(title="run summary", show_header=False)
+        for key in ("status", "run_dir", "device", "dataset", "parameters", "steps", "final_loss",
+                    "epoch_losses", "elapsed_s"):
+            if summary.get(key) is not None:
+                table.add_row(key, _fmt(summary[key]))
+        self.console.print(table)
+        if self.live and self.final_image is not None and summary.get("status") == "finished":
+            from difflab.render import terminal_image
+
+            self.console.print(f"final samples ({summary.get('samples')}):")
+            print(terminal_image(self.final_image, width=min(64, self.console.width)))
+
+
+def run_job(job, device: str, console: Console) -> RunOutcome:
+    """Run one job on a fresh worker, reporting its events; Ctrl-C stops it with a checkpoint."""
+    worker = Worker(device)
+    handle = worker.submit(job)
+    interrupted = False
+    with Reporter(console) as reporter:
+        while True:
+            try:
+                event = worker.next_event(handle.job_id)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise  # a second Ctrl-C abandons; checkpoints are atomic, the last one survives
+                interrupted = True
+                handle.control.stop()
+                console.print("[yellow]stopping: writing a checkpoint (Ctrl-C again to abandon it)…[/]")
+                continue
+            reporter.handle(event)
+            if isinstance(event, events.JobError):
+                console.print(f"[red]error:[/] {event.message}")
+                return RunOutcome(event.exit_code, "error", {})
+            if isinstance(event, events.JobFinished):
+                break
+    reporter.show_final(event.summary)
+    if event.status == "stopped":
+        console.print(f"stopped; continue with: difflab run --resume {event.summary.get('run_dir')}")
+        return RunOutcome(EXIT_INTERRUPTED, "stopped", event.summary)
+    return RunOutcome(0, event.status, event.summary)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.5f}"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def default_run_dir(recipe_path: Path) -> Path:
+    """runs/<recipe name>-<date>-<time> under the current folder."""
+    import time
+
+    return Path("runs") / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"

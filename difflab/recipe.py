@@ -1,0 +1,266 @@
+"""The recipe: a typed, validated config tree that round-trips to TOML.
+
+Every field has a default, so an empty file is a valid recipe. Unknown keys are
+errors (a typo must never fall back to a default silently). A recipe is data:
+nothing in it is executed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomlkit
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from difflab.errors import RecipeError
+
+
+class Section(BaseModel):
+    """A recipe section: strict types, no unknown keys."""
+
+    # strict: a TOML string "3" is not an integer; TOML has real types, so use them.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class DatasetConfig(Section):
+    """Where the training images come from and how they are shaped."""
+
+    source: Literal["digits", "shapes", "mnist", "fashion-mnist", "folder"] = Field(
+        "digits", description="digits: scikit-learn's 8x8 digits (embedded); shapes: generated RGB shapes; "
+        "mnist / fashion-mnist: torchvision from a local root; folder: any folder of images")
+    path: str = Field("", description="root folder for mnist / fashion-mnist / folder; relative to the recipe")
+    image_size: int = Field(28, gt=0, le=1024, description="images are resized to this many pixels square")
+    channels: Literal[1, 3] = Field(1, description="1 = grey, 3 = RGB")
+    value_range: Literal["0..1", "-1..1"] = Field(
+        "0..1", description="pixel range fed to the model: the from-scratch chapter uses 0..1, DDPM -1..1")
+    limit: int = Field(0, ge=0, description="use at most this many images (0 = all)")
+    split: Literal["train", "test"] = Field("train", description="which split of mnist / fashion-mnist")
+    download: bool = Field(False, description="let torchvision download mnist / fashion-mnist (needs internet)")
+    num_images: int = Field(1000, gt=0, le=100_000, description="how many images the shapes generator makes")
+    flip: bool = Field(False, description="random horizontal flip of each training batch")
+
+
+class ScheduleConfig(Section):
+    """How images are corrupted for training."""
+
+    kind: Literal["toy"] = Field(
+        "toy", description="toy: noisy = x*(1-amount) + noise*amount, uniform noise, uniform amount in 0..1")
+
+
+class ModelConfig(Section):
+    """The network that learns to undo the corruption."""
+
+    kind: Literal["basic-unet"] = Field("basic-unet", description="basic-unet: the course's hand-built UNet")
+    channels: list[int] = Field(
+        [32, 64, 64], min_length=2, max_length=6,
+        description="channels of each level; one down and one up convolution per level")
+    kernel_size: int = Field(5, gt=0, le=15, description="convolution kernel size (odd)")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if any(c <= 0 for c in self.channels):
+            raise ValueError(f"model.channels = {self.channels}: every entry must be greater than 0")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"model.kernel_size = {self.kernel_size}: must be odd so padding keeps the size")
+        return self
+
+
+class TrainConfig(Section):
+    """The training loop."""
+
+    objective: Literal["x0"] = Field("x0", description="x0: predict the clean image (MSE)")
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="torch.optim optimizer")
+    lr: float = Field(1e-3, gt=0, le=1, description="learning rate")
+    batch_size: int = Field(128, gt=0, le=65536, description="images per optimizer step")
+    epochs: int = Field(3, gt=0, le=100_000, description="passes over the dataset")
+    max_steps: int = Field(0, ge=0, description="stop after this many optimizer steps (0 = run all epochs)")
+    log_every: int = Field(10, gt=0, description="steps between metrics.jsonl lines (loss averaged over them)")
+    sample_every: int = Field(100, ge=0, description="steps between preview grids in samples/ (0 = none)")
+    checkpoint_every: int = Field(200, ge=0, description="steps between checkpoints (0 = only at the end)")
+    keep_checkpoints: int = Field(2, gt=0, description="how many recent checkpoints to keep")
+    preview_images: int = Field(16, gt=0, le=256, description="images in each preview grid")
+
+
+class SampleConfig(Section):
+    """How images are generated from noise after training."""
+
+    sampler: Literal["toy"] = Field(
+        "toy", description="toy: predict x0, move 1/(steps-i) of the way toward it")
+    steps: int = Field(40, gt=0, le=10_000, description="sampling steps")
+    num_images: int = Field(64, gt=0, le=1024, description="images in the final grid")
+    seed: int = Field(0, ge=0, description="seed of the starting noise")
+    trajectory_steps: int = Field(5, gt=0, le=100, description="steps in the step-by-step figure")
+    trajectory_images: int = Field(8, gt=0, le=64, description="images in the step-by-step figure")
+
+
+class Recipe(Section):
+    """A whole experiment: data, corruption, model, training and sampling."""
+
+    description: str = Field("", description="one line shown by `difflab recipes`")
+    seed: int = Field(0, ge=0, description="seed for weights, data order and noise")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, then mps, then cpu")
+    dataset: DatasetConfig = DatasetConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+    @model_validator(mode="after")
+    def _check_image_fits_model(self) -> Recipe:
+        halvings = len(self.model.channels) - 1
+        factor = 2**halvings
+        if self.dataset.image_size % factor:
+            raise ValueError(
+                f"dataset.image_size = {self.dataset.image_size}: a {self.model.kind} with "
+                f"{len(self.model.channels)} levels halves the image {halvings} times, so the size must be "
+                f"divisible by {factor} (e.g. {_nearest_multiple(self.dataset.image_size, factor)})")
+        return self
+
+
+def _nearest_multiple(value: int, factor: int) -> int:
+    return max(factor, round(value / factor) * factor)
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "dataset": DatasetConfig, "schedule": ScheduleConfig, "model": ModelConfig,
+    "train": TrainConfig, "sample": SampleConfig,
+}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def parse_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a plain dict (as read from TOML) into a Recipe, or raise RecipeError."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError(source, [_describe(e, data) for e in error.errors()]) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read and validate a recipe file, applying `key.path=value` overrides."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(str(path), ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecipeError(str(path), [f"cannot read: {error}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(str(path), [f"not valid TOML: {error}"]) from None
+    apply_overrides(data, overrides, str(path))
+    return parse_recipe(data, str(path))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> None:
+    """Apply `--set key.path=value` strings in place; values are TOML values, bare words are strings."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected key.path=value, e.g. train.lr=2e-4")
+            continue
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"--set {item!r}: {part} is not a section")
+                break
+        else:
+            node[parts[-1]] = parse_toml_value(raw.strip())
+    if problems:
+        raise RecipeError(source, problems)
+
+
+def parse_toml_value(raw: str) -> Any:
+    """Read one TOML value (`3`, `2e-4`, `true`, `[1, 2]`, `"x"`); anything else is a bare string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
+    """One line for one pydantic error: key path, bad value, what is allowed."""
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        return _unknown_key_line(loc)
+    if not loc:  # a cross-field check that already names its keys
+        return str(error["msg"]).removeprefix("Value error, ")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if re.match(r"^[\w.]+ = ", message):  # a section's own check already names key and value
+        return message
+    if len(loc) == 1 and loc[0] in SECTIONS and error["type"] in ("model_type", "dict_type"):
+        return f"{key} = {_show(_lookup(data, loc))}: must be a table (a [{key}] section)"
+    value = _lookup(data, loc)
+    allowed = _allowed(loc)
+    line = f"{key} = {_show(value)}: {message[0].lower()}{message[1:]}"
+    return f"{line} ({allowed})" if allowed and error["type"] != "literal_error" else line
+
+
+def _unknown_key_line(loc: list[str]) -> str:
+    key = ".".join(loc)
+    model = Recipe if len(loc) == 1 else SECTIONS.get(loc[0])
+    if model is None:
+        return f"{key}: unknown key"
+    allowed = list(model.model_fields)
+    hint = difflib.get_close_matches(loc[-1], allowed, n=1)
+    did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+    where = "at the top level" if len(loc) == 1 else f"in [{loc[0]}]"
+    return f"{key}: unknown key; {did_you_mean}allowed {where}: {', '.join(allowed)}"
+
+
+def _allowed(loc: list[str]) -> str:
+    field = _field(loc)
+    return f"{field.description}" if field is not None and field.description else ""
+
+
+def _field(loc: list[str]):
+    model: type[BaseModel] = Recipe
+    field = None
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return field if part.isdigit() else None
+        field = model.model_fields[part]
+        model = field.annotation if isinstance(field.annotation, type) and issubclass(
+            field.annotation, BaseModel) else None
+    return field
+
+
+def _lookup(data: Any, loc: list[str]) -> Any:
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# ---------------------------------------------------------------- saving
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    """The fully resolved recipe as TOML: every default written out."""
+    return tomlkit.dumps(recipe.model_dump(mode="json"))
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe atomically."""
+    from difflab.files import atomic_write_text
+
+    atomic_write_text(Path(path), recipe_to_toml(recipe))

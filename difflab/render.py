@@ -1,0 +1,56 @@
+"""Tensors → PIL grids → terminal output.
+
+Grids are built with torchvision's make_grid; terminal images with climage
+(unicode half blocks, so one text row shows two pixel rows).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from PIL import Image, ImageDraw
+from torchvision.transforms.functional import to_pil_image
+from torchvision.utils import make_grid
+
+from difflab.data import to_unit
+
+
+def image_grid(images: torch.Tensor, value_range: tuple[float, float], nrow: int | None = None,
+               scale: int = 1) -> Image.Image:
+    """A grid of images (N, C, H, W) in `value_range` as one PIL image, optionally upscaled."""
+    images = to_unit(images.detach().float().cpu(), value_range)
+    nrow = nrow or max(1, round(len(images) ** 0.5))
+    grid = to_pil_image(make_grid(images, nrow=nrow, padding=2, pad_value=0.5))
+    if scale > 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    return grid
+
+
+def trajectory_figure(inputs: list[torch.Tensor], predictions: list[torch.Tensor],
+                      value_range: tuple[float, float], scale: int = 2) -> Image.Image:
+    """The course's step-by-step figure: one row per step, model input x_t | predicted x0."""
+    rows = [(image_grid(x, value_range, nrow=len(x), scale=scale),
+             image_grid(p, value_range, nrow=len(p), scale=scale)) for x, p in zip(inputs, predictions)]
+    cell_w, cell_h = rows[0][0].size
+    label_w, header_h, gap = 56, 16, 8
+    figure = Image.new("RGB", (label_w + 2 * cell_w + gap, header_h + len(rows) * cell_h), "white")
+    draw = ImageDraw.Draw(figure)
+    draw.text((label_w, 2), "model input x_t", fill="black")
+    draw.text((label_w + cell_w + gap, 2), "prediction of x0", fill="black")
+    for i, (left, right) in enumerate(rows):
+        top = header_h + i * cell_h
+        draw.text((4, top + cell_h // 2 - 5), f"step {i}", fill="black")
+        figure.paste(left.convert("RGB"), (label_w, top))
+        figure.paste(right.convert("RGB"), (label_w + cell_w + gap, top))
+    return figure
+
+
+def terminal_image(image: Image.Image, width: int = 64, truecolor: bool | None = None) -> str:
+    """ANSI text that draws `image` `width` cells wide (truecolor when the terminal says so)."""
+    import climage
+
+    if truecolor is None:
+        truecolor = os.environ.get("COLORTERM", "") in ("truecolor", "24bit")
+    return climage.convert_pil(image.convert("RGB"), is_unicode=True, is_truecolor=truecolor,
+                               is_256color=not truecolor, width=min(width, image.width))

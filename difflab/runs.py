@@ -1,0 +1,174 @@
+"""Run directories: the resolved recipe, metrics, samples, checkpoints and the model.
+
+RUN/recipe.toml      resolved recipe (every default written out)
+RUN/metrics.jsonl    one JSON object per logged step
+RUN/samples/         PNG grids during training and at the end
+RUN/model/           save_pretrained output of the trained network
+RUN/checkpoints/     resumable state: weights as safetensors, the rest weights_only-loadable
+RUN/summary.json     what ran, where, how long, versions, final metrics
+
+Every write is atomic. Nothing read back from a run is unpickled: weights load
+through safetensors, the optimizer state through torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from difflab.errors import InputError
+from difflab.files import atomic_dir, atomic_write_bytes, atomic_write_text
+from difflab.recipe import Recipe, load_recipe, save_recipe
+
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})$")
+
+
+@dataclass
+class Checkpoint:
+    """Everything a resumed run needs; tensors stay tensors, counters stay plain."""
+
+    step: int
+    model: dict[str, Any]          # state_dict
+    optimizer: dict[str, Any]      # optimizer.state_dict()
+    tensors: dict[str, Any]        # RNG states and on-device accumulators
+    counters: dict[str, Any]       # epoch, position, elapsed, epoch losses, ...
+
+
+class RunDir:
+    """One run's folder and the files in it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.recipe_path = self.path / "recipe.toml"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.samples = self.path / "samples"
+        self.model_dir = self.path / "model"
+        self.checkpoints = self.path / "checkpoints"
+        self.summary_path = self.path / "summary.json"
+
+    # ------------------------------------------------------------ create / open
+
+    @classmethod
+    def create(cls, path: str | Path, recipe: Recipe) -> RunDir:
+        """Make a fresh run folder holding the resolved recipe; an existing non-empty one is refused."""
+        run = cls(path)
+        if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
+            raise InputError(f"--out {run.path}: already exists and is not empty; "
+                             f"choose another folder or continue it with `difflab run --resume {run.path}`")
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, run.recipe_path)
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> tuple[RunDir, Recipe]:
+        """An existing run folder and its recipe, for resuming or evaluating."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise InputError(f"{run.path}: not a run folder (it does not exist)")
+        if not run.recipe_path.is_file():
+            raise InputError(f"{run.path}: not a run folder (no recipe.toml inside)")
+        return run, load_recipe(run.recipe_path)
+
+    # ------------------------------------------------------------ metrics
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with self.metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drop lines logged after `last_step` (they are redone when a run resumes)."""
+        if not self.metrics_path.exists():
+            return
+        lines = [line for line in self.metrics_path.read_text().splitlines()
+                 if line.strip() and _parsed_step(line) <= last_step]
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in lines))
+
+    # ------------------------------------------------------------ images, summary
+
+    def save_image(self, image, name: str) -> Path:
+        """Save a PIL image under samples/ atomically."""
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        path = self.samples / name
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, checkpoint: Checkpoint, keep: int) -> Path:
+        """Write checkpoints/step_NNNNNN atomically, then prune to the newest `keep`."""
+        import torch
+        from safetensors.torch import save_file
+
+        target = self.checkpoints / f"step_{checkpoint.step:06d}"
+        with atomic_dir(target) as tmp:
+            save_file(_contiguous(checkpoint.model), tmp / "model.safetensors")
+            save_file(_contiguous(checkpoint.tensors), tmp / "state.safetensors")
+            torch.save(checkpoint.optimizer, tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": checkpoint.step, **checkpoint.counters}))
+        for old in self.list_checkpoints()[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def list_checkpoints(self) -> list[Path]:
+        """Complete checkpoint folders, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [p for p in self.checkpoints.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
+        return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+    def load_latest_checkpoint(self) -> Checkpoint:
+        """The newest checkpoint, or a clear InputError when none is usable."""
+        found = self.list_checkpoints()
+        if not found:
+            raise InputError(f"{self.path}: no checkpoint to resume from (checkpoints/ is empty or missing)")
+        return load_checkpoint(found[-1])
+
+
+def load_checkpoint(folder: Path) -> Checkpoint:
+    """Read one checkpoint folder; a missing, truncated or corrupt file is an InputError naming it."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    current = folder
+    try:
+        current = folder / "state.json"
+        counters = json.loads(current.read_text())
+        current = folder / "model.safetensors"
+        model = load_file(current)
+        current = folder / "state.safetensors"
+        tensors = load_file(current)
+        current = folder / "optimizer.pt"
+        optimizer = torch.load(current, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError, EOFError, KeyError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"{current}: unreadable or truncated checkpoint file ({reason}); "
+                         f"delete {folder} to resume from an earlier checkpoint") from None
+    step = counters.pop("step")
+    return Checkpoint(step=step, model=model, optimizer=optimizer, tensors=tensors, counters=counters)
+
+
+def _contiguous(tensors: dict[str, Any]) -> dict[str, Any]:
+    # safetensors refuses non-contiguous or shared-memory tensors; a copy per entry avoids both.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+def _parsed_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # an unreadable line is dropped along with later ones

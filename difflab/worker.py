@@ -1,0 +1,167 @@
+"""One background thread that owns the torch device and runs one job at a time.
+
+Jobs get a JobContext: the device, an `emit` for events and a JobControl they
+consult between steps (pause, resume, stop, single-step). An exception in a job
+becomes a JobError event; the worker keeps running and takes the next job.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from difflab.errors import DifflabError
+from difflab.events import TERMINAL_EVENTS, Event, JobError, JobFinished
+
+
+class JobControl:
+    """Pause, resume, stop and single-step, checked by the job between optimizer steps."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._paused = False
+        self._stop = False
+        self._single_steps = 0
+
+    def pause(self) -> None:
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def step_once(self) -> None:
+        """While paused, let exactly one more step run."""
+        with self._cond:
+            self._single_steps += 1
+            self._cond.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+    def wait_turn(self) -> bool:
+        """Block while paused (unless a single step was granted); False once stop was asked."""
+        with self._cond:
+            while self._paused and not self._stop and self._single_steps == 0:
+                self._cond.wait()
+            if self._stop:
+                return False
+            if self._paused:
+                self._single_steps -= 1
+            return True
+
+
+@dataclass
+class JobContext:
+    """What a running job receives from the worker."""
+
+    job_id: int
+    device: str
+    control: JobControl
+    emit: Callable[[Event], None]
+
+
+class Job(Protocol):
+    """Anything with a name and a run(context) method."""
+
+    name: str
+
+    def run(self, context: JobContext) -> tuple[str, dict]:
+        """Do the work; return (status, summary) where status is "finished" or "stopped"."""
+
+
+@dataclass
+class JobHandle:
+    """A submitted job: its id and its control."""
+
+    job_id: int
+    control: JobControl
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """cuda, then mps, then cpu for "auto"; a requested device that is absent is bad input."""
+    import torch
+
+    from difflab.errors import InputError
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("device = 'cuda': no CUDA device is available here (use cpu or auto)")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device = 'mps': no Apple MPS device is available here (use cpu or auto)")
+    return requested
+
+
+class Worker:
+    """The background thread. Submit jobs; read events from `events` (a thread-safe queue)."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.requested_device = device
+        self.events: queue.Queue[Event] = queue.Queue()
+        self._jobs: queue.Queue[tuple[Job, JobHandle] | None] = queue.Queue()
+        self._ids = itertools.count(1)
+        self._thread = threading.Thread(target=self._loop, name="difflab-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> JobHandle:
+        handle = JobHandle(next(self._ids), JobControl())
+        self._jobs.put((job, handle))
+        return handle
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Finish the queued jobs, then end the thread."""
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def next_event(self, job_id: int, poll: float = 0.1) -> Event:
+        """Block until the next event of one job (others are dropped: for single-job consumers)."""
+        while True:
+            try:
+                event = self.events.get(timeout=poll)  # a short poll keeps Ctrl-C responsive
+            except queue.Empty:
+                continue
+            if event.job_id == job_id:
+                return event
+
+    def iter_events(self, job_id: int) -> Iterator[Event]:
+        """Yield events of one job until it finishes or fails."""
+        while not isinstance(event := self.next_event(job_id), TERMINAL_EVENTS):
+            yield event
+        yield event
+
+    def _loop(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            job, handle = item
+            self._run_one(job, handle)
+
+    def _run_one(self, job: Job, handle: JobHandle) -> None:
+        try:
+            device = resolve_device(self.requested_device if getattr(job, "device", None) in (None, "auto")
+                                    else job.device)
+            status, summary = job.run(JobContext(handle.job_id, device, handle.control, self.events.put))
+            self.events.put(JobFinished(handle.job_id, status, summary))
+        except DifflabError as error:
+            self.events.put(JobError(handle.job_id, str(error), error.exit_code))
+        except Exception as error:  # a job's crash must never take the worker down
+            self.events.put(JobError(handle.job_id, f"{type(error).__name__}: {error}", 1,
+                                     traceback.format_exc()))

@@ -1,0 +1,1 @@
+"""Built-in recipes, shipped as package data (installed as difflab.recipes)."""
