@@ -1,0 +1,279 @@
+"""Image datasets, decoded and normalised once into one resident tensor.
+
+Every source (scikit-learn digits, generated shapes, MNIST IDX files, a folder of
+images) is decoded, resized and scaled a single time when a job starts; training
+batches are then index slices of that tensor on the training device. Nothing is
+re-decoded or re-transformed per step: on these 2 cores one BasicUNet step takes
+about 0.25 s and data loading must stay a few percent of it, which per-item PIL
+decoding and transforms would not.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from sklearn.datasets import load_digits
+from torchvision.datasets import MNIST, FashionMNIST
+
+from difflab.errors import InputError
+from difflab.recipe import DatasetConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+VALUE_RANGES: dict[str, tuple[float, float]] = {"0..1": (0.0, 1.0), "-1..1": (-1.0, 1.0)}
+SHAPE_NAMES = ["circle", "square", "triangle"]
+# ITU-R BT.601 luma, the same weights PIL's convert("L") uses.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+_SUPERSAMPLE = 4  # shapes are drawn this many times larger, then downsampled for antialiasing
+
+
+@dataclass
+class DatasetSummary:
+    """What a loaded dataset holds, for the dataset screen and run logs."""
+
+    name: str
+    size: int
+    shape: tuple[int, int, int]
+    value_min: float
+    value_max: float
+    class_counts: dict[str, int]
+
+
+@dataclass
+class ImageDataset:
+    """All images of a dataset as one (N, C, H, W) float32 tensor in `value_range`, with labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    name: str
+    value_range: tuple[float, float]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str) -> ImageDataset:
+        """A copy of this dataset with images and labels on `device`."""
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
+
+    def summary(self) -> DatasetSummary:
+        """Size, image shape, value range and images per class."""
+        labelled = self.labels[self.labels >= 0].cpu()
+        counts = torch.bincount(labelled, minlength=len(self.class_names)).tolist()
+        return DatasetSummary(
+            name=self.name, size=len(self), shape=tuple(self.images.shape[1:]),
+            value_min=float(self.images.min()), value_max=float(self.images.max()),
+            class_counts=dict(zip(self.class_names, counts)))
+
+
+class _Decoded(NamedTuple):
+    """What a source loader returns: 0..1 float32 (N, C, H, W) images before finishing."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    name: str
+
+
+def load_dataset(cfg: DatasetConfig, base_dir: Path | None = None, seed: int = 0) -> ImageDataset:
+    """Load `cfg.source` into memory; relative paths resolve against `base_dir` (the recipe's folder)."""
+    decoded = _LOADERS[cfg.source](cfg, base_dir, seed)
+    return _finish(decoded, cfg, seed)
+
+
+def to_unit(x: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
+    """Map images from `value_range` to 0..1, clamped (for saving and showing them)."""
+    low, high = value_range
+    return ((x - low) / (high - low)).clamp(0.0, 1.0)
+
+
+# ---------------------------------------------------------------- finishing
+
+
+def _finish(decoded: _Decoded, cfg: DatasetConfig, seed: int) -> ImageDataset:
+    """Subset, channels, size and value range: the same last steps for every source."""
+    images, labels = decoded.images, decoded.labels
+    keep = _subset(len(images), cfg.limit, seed)
+    if keep is not None:  # before resizing, so only the kept images are resized
+        images, labels = images[keep], labels[keep]
+    images = _resize(_to_channels(images, cfg.channels), cfg.image_size)
+    low, high = VALUE_RANGES[cfg.value_range]
+    images = (images * (high - low) + low).to(torch.float32).contiguous()
+    return ImageDataset(images, labels.to(torch.int64).contiguous(), decoded.class_names,
+                        decoded.name, (low, high))
+
+
+def _subset(n: int, limit: int, seed: int) -> torch.Tensor | None:
+    """Sorted indices of a seeded random `limit` of `n` items, or None to keep all."""
+    if not 0 < limit < n:
+        return None
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+    return chosen.sort().values  # sorted, so the dataset keeps its own order
+
+
+def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Grey to RGB by repetition, RGB to grey by luma."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize to size x size (antialiased when shrinking), unless already that size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    resized = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp(0.0, 1.0)  # the antialias filter can overshoot slightly
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _load_digits(cfg: DatasetConfig, base_dir: Path | None, seed: int) -> _Decoded:
+    """scikit-learn's 1797 8x8 digits (values 0..16, ink high), shipped with the package."""
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).to(torch.float32).div(16.0).unsqueeze(1)
+    labels = torch.from_numpy(digits.target).to(torch.int64)
+    return _Decoded(images, labels, [str(d) for d in range(10)], "digits")
+
+
+def _load_shapes(cfg: DatasetConfig, base_dir: Path | None, seed: int) -> _Decoded:
+    """cfg.num_images generated RGB circles, squares and triangles, the same for the same seed."""
+    rng = random.Random(seed)
+    kinds = [rng.randrange(len(SHAPE_NAMES)) for _ in range(cfg.num_images)]
+    pixels = np.stack([_draw_shape(kind, cfg.image_size, rng) for kind in kinds])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.float32).div(255.0)
+    return _Decoded(images, torch.tensor(kinds, dtype=torch.int64), list(SHAPE_NAMES), "shapes")
+
+
+def _draw_shape(kind: int, size: int, rng: random.Random) -> np.ndarray:
+    """One bright filled shape of random size, position and turn on a dark plain background."""
+    big = size * _SUPERSAMPLE
+    img = Image.new("RGB", (big, big), _random_colour(rng, value=(0.0, 0.35)))
+    draw = ImageDraw.Draw(img)
+    radius = rng.uniform(0.2, 0.45) * big
+    centre = (rng.uniform(radius, big - radius), rng.uniform(radius, big - radius))
+    fill = _random_colour(rng, value=(0.7, 1.0))
+    if SHAPE_NAMES[kind] == "circle":
+        draw.ellipse([centre[0] - radius, centre[1] - radius, centre[0] + radius, centre[1] + radius], fill=fill)
+    else:
+        sides = 4 if SHAPE_NAMES[kind] == "square" else 3
+        draw.regular_polygon((*centre, radius), sides, rotation=rng.uniform(0, 360), fill=fill)
+    return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS))
+
+
+def _random_colour(rng: random.Random, value: tuple[float, float]) -> tuple[int, int, int]:
+    """A random saturated colour whose brightness (HSV value) lies in `value`."""
+    rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.5, 1.0), rng.uniform(*value))
+    return tuple(round(255 * c) for c in rgb)
+
+
+def _load_mnist(cfg: DatasetConfig, base_dir: Path | None, seed: int) -> _Decoded:
+    """MNIST or Fashion-MNIST from IDX files under cfg.path, read whole (no per-item transform)."""
+    kind = MNIST if cfg.source == "mnist" else FashionMNIST
+    root = _resolve_path(cfg, base_dir)
+    raw = root / kind.__name__ / "raw"
+    try:
+        dataset = kind(str(root), train=cfg.split == "train", download=cfg.download)
+    except RuntimeError as error:
+        raise InputError(_mnist_missing(cfg, raw, error)) from None
+    except (OSError, ValueError, AssertionError) as error:  # torchvision asserts on a bad IDX header
+        raise InputError(f"dataset.path: cannot read the {cfg.source} IDX files in {raw}: {error}") from None
+    names = [str(d) for d in range(10)] if cfg.source == "mnist" else list(dataset.classes)
+    images = dataset.data.unsqueeze(1).to(torch.float32).div(255.0)
+    return _Decoded(images, dataset.targets.to(torch.int64), names, cfg.source)
+
+
+def _mnist_missing(cfg: DatasetConfig, raw: Path, error: RuntimeError) -> str:
+    """The message for IDX files that are missing or could not be downloaded."""
+    if cfg.download:
+        return f"dataset.path = {cfg.path!r}: could not download {cfg.source} into {raw} (needs internet): {error}"
+    return (f"dataset.path = {cfg.path!r}: no {cfg.source} files in {raw}; set dataset.download = true, "
+            f"or place the raw IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+            f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte) under {raw}")
+
+
+def _load_folder(cfg: DatasetConfig, base_dir: Path | None, seed: int) -> _Decoded:
+    """Every image under cfg.path; first-level subfolders are classes, loose images unlabelled."""
+    root = _resolve_path(cfg, base_dir)
+    _check_folder(cfg, root)
+    files = _image_files(root)
+    if not files:
+        raise InputError(f"dataset.path = {cfg.path!r}: no images ({', '.join(IMAGE_SUFFIXES)}) found in {root}")
+    owners = [_class_of(f, root) for f in files]
+    names = sorted({owner for owner in owners if owner is not None})
+    index = {name: i for i, name in enumerate(names)}
+    labels = [index.get(owner, -1) for owner in owners]
+    keep = _subset(len(files), cfg.limit, seed)
+    if keep is not None:  # choose before decoding, so a limit also saves the decoding time
+        files, labels = [files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
+    mode = "L" if cfg.channels == 1 else "RGB"
+    pixels = np.stack([_decode_image(f, cfg.image_size, mode) for f in files])
+    images = torch.from_numpy(pixels.reshape(len(files), cfg.image_size, cfg.image_size, -1))
+    images = images.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
+    return _Decoded(images, torch.tensor(labels, dtype=torch.int64), names, f"folder:{root}")
+
+
+def _check_folder(cfg: DatasetConfig, root: Path) -> None:
+    """Raise InputError unless `root` is an existing folder."""
+    if not root.exists():
+        raise InputError(f"dataset.path = {cfg.path!r}: folder not found (resolved to {root})")
+    if not root.is_dir():
+        raise InputError(f"dataset.path = {cfg.path!r}: {root} is a file, not a folder of images")
+
+
+def _image_files(root: Path) -> list[Path]:
+    """Image files under `root`, recursively, in sorted order; hidden files and folders are skipped."""
+    # Hidden ones are skipped because .ipynb_checkpoints and macOS ._x.png files are copies or junk.
+    found = [p for p in root.rglob("*")
+             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
+
+
+def _class_of(file: Path, root: Path) -> str | None:
+    """The first-level subfolder holding `file`, or None for an image directly in `root`."""
+    parts = file.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else None
+
+
+def _decode_image(file: Path, size: int, mode: str) -> np.ndarray:
+    """Decode one image, upright, in `mode`, shorter side scaled to `size` and centre-cropped square."""
+    try:
+        with Image.open(file) as img:
+            img.load()  # decode now, so a truncated file fails here and not later
+            upright = ImageOps.exif_transpose(img).convert(mode)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        raise InputError(f"dataset.path: cannot read image {file}: {error}") from None
+    return np.asarray(ImageOps.fit(upright, (size, size), Image.Resampling.BICUBIC))
+
+
+def _resolve_path(cfg: DatasetConfig, base_dir: Path | None) -> Path:
+    """cfg.path as an absolute path: `~` expanded, relative to `base_dir` (else the working folder)."""
+    if not cfg.path:
+        raise InputError(f"dataset.path: source {cfg.source!r} needs a root folder "
+                         f"({_ROOT_HINTS[cfg.source]}), e.g. path = \"data\"")
+    path = Path(cfg.path).expanduser()
+    if not path.is_absolute():
+        path = (base_dir if base_dir is not None else Path.cwd()) / path
+    return path.resolve()
+
+
+_ROOT_HINTS = {
+    "mnist": "the folder holding MNIST/raw", "fashion-mnist": "the folder holding FashionMNIST/raw",
+    "folder": "a folder of images",
+}
+_LOADERS = {
+    "digits": _load_digits, "shapes": _load_shapes, "mnist": _load_mnist,
+    "fashion-mnist": _load_mnist, "folder": _load_folder,
+}
