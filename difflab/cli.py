@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from difflab import __version__
 from difflab.errors import DifflabError, InputError
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except DifflabError as error:
-        Console(stderr=True, highlight=False).print(f"[red]error:[/] {error}", markup=True)
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/] {escape(str(error))}")
         return error.exit_code
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
@@ -98,8 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from difflab.headless import run_job
 
     job, run, fresh = _prepare_training(args)
-    device = args.device or job.recipe.device
-    outcome = run_job(job, device, Console(highlight=False))
+    if args.device:
+        job.device = args.device  # the flag wins over the recipe, also when resuming
+    outcome = run_job(job, job.device, Console(highlight=False))
     if fresh and outcome.exit_code == EXIT_BAD_INPUT and not run.list_checkpoints():
         shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no empty run behind
     return outcome.exit_code
@@ -122,7 +124,8 @@ def _prepare_training(args: argparse.Namespace):
         raise InputError("difflab run: give a recipe file or built-in name (see `difflab recipes`), "
                          "or --resume RUN_DIR")
     path = find_recipe(args.recipe)
-    recipe = load_recipe(path, args.overrides)
+    device = [f"device={args.device!r}"] if args.device else []
+    recipe = load_recipe(path, [*args.overrides, *device])
     if recipe.dataset.path and not Path(recipe.dataset.path).expanduser().is_absolute():
         # The run's recipe.toml must replay from anywhere, so paths are written out absolute.
         recipe.dataset.path = str((path.parent / recipe.dataset.path).resolve())

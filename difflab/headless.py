@@ -7,10 +7,15 @@ of the run. Ctrl-C asks the job to stop, which writes a checkpoint first.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 from rich.table import Table
@@ -96,29 +101,50 @@ def run_job(job, device: str, console: Console) -> RunOutcome:
     """Run one job on a fresh worker, reporting its events; Ctrl-C stops it with a checkpoint."""
     worker = Worker(device)
     handle = worker.submit(job)
-    interrupted = False
-    with Reporter(console) as reporter:
-        while True:
-            try:
-                event = worker.next_event(handle.job_id)
-            except KeyboardInterrupt:
-                if interrupted:
-                    raise  # a second Ctrl-C abandons; checkpoints are atomic, the last one survives
-                interrupted = True
-                handle.control.stop()
-                console.print("[yellow]stopping: writing a checkpoint (Ctrl-C again to abandon it)…[/]")
-                continue
+    with _stop_on_ctrl_c(handle.control, console), Reporter(console) as reporter:
+        for event in worker.iter_events(handle.job_id):
             reporter.handle(event)
-            if isinstance(event, events.JobError):
-                console.print(f"[red]error:[/] {event.message}")
-                return RunOutcome(event.exit_code, "error", {})
-            if isinstance(event, events.JobFinished):
-                break
+    worker.shutdown()
+    if isinstance(event, events.JobError):
+        errors = Console(stderr=True, highlight=False, soft_wrap=True)
+        errors.print(f"[red]error:[/] {escape(event.message)}")
+        if event.traceback and event.exit_code == 1:
+            errors.print(f"[dim]{escape(event.traceback)}[/]")
+        return RunOutcome(event.exit_code, "error", {})
     reporter.show_final(event.summary)
     if event.status == "stopped":
         console.print(f"stopped; continue with: difflab run --resume {event.summary.get('run_dir')}")
         return RunOutcome(EXIT_INTERRUPTED, "stopped", event.summary)
     return RunOutcome(0, event.status, event.summary)
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(control, console: Console):
+    """First Ctrl-C: ask the job to stop (it checkpoints first). Second: leave at once.
+
+    A handler rather than catching KeyboardInterrupt, which could land anywhere in
+    the reporting code; leaving at once is safe because checkpoints are atomic.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    presses = 0
+
+    def on_sigint(signum, frame):
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            control.stop()
+            console.print("[yellow]stopping: writing a checkpoint (Ctrl-C again to abandon it)…[/]")
+        else:
+            console.print("[red]abandoned; the last complete checkpoint is kept[/]")
+            os._exit(EXIT_INTERRUPTED)  # the worker thread may be inside torch: don't wait for it
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _fmt(value) -> str:

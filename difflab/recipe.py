@@ -191,7 +191,7 @@ def parse_toml_value(raw: str) -> Any:
 def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
     """One line for one pydantic error: key path, bad value, what is allowed."""
     loc = [str(p) for p in error["loc"]]
-    key = ".".join(loc)
+    key = _key_path(loc)
     if error["type"] == "extra_forbidden":
         return _unknown_key_line(loc)
     if not loc:  # a cross-field check that already names its keys
@@ -205,6 +205,11 @@ def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
     allowed = _allowed(loc)
     line = f"{key} = {_show(value)}: {message[0].lower()}{message[1:]}"
     return f"{line} ({allowed})" if allowed and error["type"] != "literal_error" else line
+
+
+def _key_path(loc: list[str]) -> str:
+    """('model', 'channels', '1') -> model.channels[1]"""
+    return "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
 
 
 def _unknown_key_line(loc: list[str]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -154,7 +155,8 @@ def load_checkpoint(folder: Path) -> Checkpoint:
         tensors = load_file(current)
         current = folder / "optimizer.pt"
         optimizer = torch.load(current, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, SafetensorError, EOFError, KeyError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError, EOFError, KeyError,
+            pickle.UnpicklingError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"{current}: unreadable or truncated checkpoint file ({reason}); "
                          f"delete {folder} to resume from an earlier checkpoint") from None

@@ -224,7 +224,9 @@ class _Session:
 
     def progress(self) -> None:
         now = time.perf_counter()
-        if now - self._last_progress >= PROGRESS_INTERVAL_S or self.state.step == self.total_steps:
+        # While paused each step is a person's single-step request, so each one is reported.
+        single_step = self.ctx.control.paused
+        if single_step or now - self._last_progress >= PROGRESS_INTERVAL_S or self.state.step == self.total_steps:
             self._last_progress = now
             self.ctx.emit(events.Progress(self.ctx.job_id, self.state.step, self.total_steps, self.last_loss))
 

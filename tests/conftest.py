@@ -1,0 +1,72 @@
+"""Shared helpers: tiny recipes that run real code paths in a second or two."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from difflab.cli import main
+
+# A few seconds on 2 cores: 64 digits at 8 px, a 3-level BasicUNet of 8/16/16 channels.
+TINY = [
+    "dataset.limit=64", "dataset.image_size=8", "model.channels=[8, 16, 16]", "model.kernel_size=3",
+    "train.batch_size=16", "train.epochs=3", "train.log_every=2", "train.sample_every=4",
+    "train.checkpoint_every=4", "train.keep_checkpoints=2", "train.preview_images=4",
+    "sample.steps=4", "sample.num_images=4", "sample.trajectory_steps=3", "sample.trajectory_images=2",
+    "device='cpu'",
+]
+
+
+def tiny_args(*extra: str) -> list[str]:
+    """`--set` arguments for the tiny recipe, plus any extra overrides."""
+    args = []
+    for item in [*TINY, *extra]:
+        args += ["--set", item]
+    return args
+
+
+def run_cli(*argv: str) -> int:
+    return main([str(a) for a in argv])
+
+
+def read_losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def recipe_file(tmp_path: Path):
+    """Write a recipe file with the given TOML text and return its path."""
+
+    def write(text: str, name: str = "recipe.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+class BlockingJob:
+    """Holds the worker until released, so a test can set up the next job's control first."""
+
+    name = "block"
+    device = "cpu"
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def run(self, ctx):
+        self.release.wait()
+        return "finished", {}
+
+
+def paused_from_the_start(worker, job):
+    """Submit `job` so that it is paused before it takes its first step."""
+    blocker = BlockingJob()
+    worker.submit(blocker)
+    handle = worker.submit(job)
+    handle.control.pause()
+    blocker.release.set()
+    return handle

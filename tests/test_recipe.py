@@ -1,0 +1,134 @@
+"""Recipes: valid, invalid (each problem one clear line), round trip, overrides, commands."""
+
+from __future__ import annotations
+
+import pytest
+
+from difflab.catalog import builtin_recipes
+from difflab.errors import RecipeError
+from difflab.recipe import Recipe, load_recipe, parse_recipe, recipe_to_toml, save_recipe
+from tests.conftest import run_cli
+
+
+def test_an_empty_file_is_a_valid_recipe(recipe_file):
+    recipe = load_recipe(recipe_file(""))
+    assert recipe == Recipe()
+    assert recipe.dataset.source == "digits" and recipe.dataset.image_size == 28
+    assert recipe.model.channels == [32, 64, 64] and recipe.train.lr == 1e-3
+
+
+def test_saving_a_loaded_recipe_gives_the_same_recipe_back(tmp_path, recipe_file):
+    original = load_recipe(recipe_file('[train]\nlr = 2e-4\nepochs = 7\n[model]\nchannels = [16, 32]\n'))
+    save_recipe(original, tmp_path / "saved.toml")
+    again = load_recipe(tmp_path / "saved.toml")
+    assert again == original
+    assert recipe_to_toml(again) == (tmp_path / "saved.toml").read_text()
+
+
+@pytest.mark.parametrize("builtin", builtin_recipes(), ids=lambda r: r.name)
+def test_builtin_recipes_validate_and_round_trip(builtin, tmp_path):
+    recipe = load_recipe(builtin.path)
+    assert builtin.description, "every built-in recipe has a one-line description"
+    save_recipe(recipe, tmp_path / "x.toml")
+    assert load_recipe(tmp_path / "x.toml") == recipe
+
+
+BAD_RECIPES = [
+    ('[train]\nlrr = 1e-3', ["train.lrr", "unknown key", "did you mean 'lr'", "batch_size"]),
+    ('[trian]\nlr = 1e-3', ["trian", "unknown key", "train"]),
+    ('sed = 3', ["sed", "unknown key", "seed"]),
+    ('[train]\nepochs = "3"', ["train.epochs = '3'", "valid integer"]),
+    ('[train]\nlr = "fast"', ["train.lr = 'fast'", "valid number"]),
+    ('[train]\nlr = -0.1', ["train.lr = -0.1", "greater than 0"]),
+    ('[train]\nlr = 0', ["train.lr = 0", "greater than 0"]),
+    ('[train]\nbatch_size = 0', ["train.batch_size = 0", "greater than 0"]),
+    ('[train]\nbatch_size = -8', ["train.batch_size = -8", "greater than 0"]),
+    ('[dataset]\nimage_size = -28', ["dataset.image_size = -28", "greater than 0"]),
+    ('[dataset]\nimage_size = 30', ["dataset.image_size = 30", "divisible by 4"]),
+    ('[dataset]\nsource = "cifar"', ["dataset.source = 'cifar'", "'digits'", "'folder'"]),
+    ('[dataset]\nchannels = 2', ["dataset.channels = 2", "1 or 3"]),
+    ('[dataset]\nflip = "yes"', ["dataset.flip = 'yes'", "valid boolean"]),
+    ('[model]\nchannels = [32, 0, 64]', ["model.channels = [32, 0, 64]", "greater than 0"]),
+    ('[model]\nchannels = [32]', ["model.channels", "at least 2"]),
+    ('[model]\nchannels = [32, "a"]', ["model.channels[1] = 'a'", "valid integer"]),
+    ('[model]\nkernel_size = 4', ["model.kernel_size = 4", "odd"]),
+    ('train = 5', ["train = 5", "must be a table"]),
+    ('device = "tpu"', ["device = 'tpu'", "'cuda'"]),
+    ('[sample]\nsteps = 0', ["sample.steps = 0", "greater than 0"]),
+    ('[train\nlr = 1', ["not valid TOML"]),
+]
+
+
+@pytest.mark.parametrize("text,expected", BAD_RECIPES, ids=[t for t, _ in BAD_RECIPES])
+def test_bad_recipes_are_rejected_with_one_clear_line(recipe_file, text, expected):
+    path = recipe_file(text)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    line = str(caught.value)
+    assert line.startswith(f"{path}: ")
+    for fragment in expected:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+
+
+def test_every_problem_gets_its_own_line(recipe_file):
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(recipe_file('[train]\nlr = -1\nepochs = 0\nbatchsize = 3'))
+    assert len(caught.value.problems) == 3
+    assert len(str(caught.value).splitlines()) == 3
+
+
+def test_overrides_are_toml_values(recipe_file):
+    recipe = load_recipe(recipe_file(""), ["train.lr=2e-4", "model.channels=[16, 32]",
+                                           "dataset.source=shapes", "dataset.flip=true"])
+    assert recipe.train.lr == 2e-4 and recipe.model.channels == [16, 32]
+    assert recipe.dataset.source == "shapes" and recipe.dataset.flip is True
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("train.lr", "expected key.path=value"),
+    ("train.lr=abc", "train.lr = 'abc'"),
+    ("train.nope=1", "train.nope: unknown key"),
+])
+def test_bad_overrides_are_named(recipe_file, override, fragment):
+    with pytest.raises(RecipeError, match=fragment.replace(".", r"\.").replace("'", "'")):
+        load_recipe(recipe_file(""), [override])
+
+
+def test_a_missing_recipe_file_is_named(tmp_path):
+    with pytest.raises(RecipeError, match="file not found"):
+        load_recipe(tmp_path / "nope.toml")
+
+
+def test_cross_field_errors_come_from_the_schema():
+    with pytest.raises(RecipeError, match="divisible by 8"):
+        parse_recipe({"model": {"channels": [8, 8, 8, 8]}, "dataset": {"image_size": 28}})
+
+
+# ------------------------------------------------------------------ the commands
+
+
+def test_recipe_check_says_ok_or_exits_2(recipe_file, capsys):
+    good, bad = recipe_file("", "good.toml"), recipe_file("[train]\nlr = -1", "bad.toml")
+    assert run_cli("recipe", "check", good, "from-scratch") == 0
+    assert run_cli("recipe", "check", good, bad) == 2
+    captured = capsys.readouterr()
+    assert "ok    " in captured.out and "bad.toml: train.lr = -1" in captured.err
+
+
+def test_recipe_show_writes_every_default_out(recipe_file, capsys):
+    assert run_cli("recipe", "show", recipe_file("[train]\nepochs = 9"), "--set", "train.lr=0.01") == 0
+    shown = capsys.readouterr().out
+    for section in ("[dataset]", "[schedule]", "[model]", "[train]", "[sample]"):
+        assert section in shown
+    assert "epochs = 9" in shown and "lr = 0.01" in shown and 'source = "digits"' in shown
+
+
+def test_recipes_lists_the_builtins_with_descriptions(capsys):
+    assert run_cli("recipes") == 0
+    out = capsys.readouterr().out
+    assert "from-scratch" in out and "BasicUNet" in out
+
+
+def test_an_unknown_recipe_name_lists_the_builtins(capsys):
+    assert run_cli("recipe", "show", "from-scratc") == 2
+    assert "built-ins: from-scratch" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+"""The worker: one job at a time, typed events, pause / single-step / stop, errors survive."""
+
+from __future__ import annotations
+
+import pytest
+
+from difflab import events
+from difflab.recipe import load_recipe, parse_recipe
+from difflab.runs import RunDir
+from difflab.train import TrainingJob
+from difflab.worker import Worker
+from tests.conftest import TINY, paused_from_the_start
+
+
+class CountingJob:
+    """Counts steps, asking the control before each; emits one Progress per step."""
+
+    name = "count"
+    device = "cpu"
+
+    def __init__(self, steps: int = 100):
+        self.steps = steps
+
+    def run(self, ctx):
+        done = 0
+        while done < self.steps and ctx.control.wait_turn():
+            done += 1
+            ctx.emit(events.Progress(ctx.job_id, done, self.steps, None))
+        return ("stopped" if done < self.steps else "finished"), {"steps": done}
+
+
+class FailingJob:
+    name = "fail"
+    device = "cpu"
+
+    def run(self, ctx):
+        raise ZeroDivisionError("boom")
+
+
+@pytest.fixture
+def worker():
+    worker = Worker("cpu")
+    yield worker
+    worker.shutdown(timeout=30)
+
+
+def test_single_step_runs_exactly_one_step_each_time_then_stop(worker):
+    handle = paused_from_the_start(worker, CountingJob())
+    stream = worker.iter_events(handle.job_id)
+    for expected in (1, 2, 3):
+        handle.control.step_once()
+        assert next(stream).step == expected
+    handle.control.stop()
+    finished = next(stream)
+    assert isinstance(finished, events.JobFinished)
+    assert finished.status == "stopped" and finished.summary == {"steps": 3}
+
+
+def test_resume_after_pause_runs_to_the_end(worker):
+    handle = paused_from_the_start(worker, CountingJob(steps=5))
+    handle.control.resume()
+    seen = list(worker.iter_events(handle.job_id))
+    assert [e.step for e in seen if isinstance(e, events.Progress)] == [1, 2, 3, 4, 5]
+    assert seen[-1].status == "finished"
+
+
+def test_a_failing_job_becomes_an_error_event_and_the_worker_goes_on(worker):
+    failed = worker.submit(FailingJob())
+    error = list(worker.iter_events(failed.job_id))[-1]
+    assert isinstance(error, events.JobError)
+    assert "ZeroDivisionError: boom" in error.message and error.exit_code == 1 and "Traceback" in error.traceback
+    ok = worker.submit(CountingJob(steps=2))
+    assert list(worker.iter_events(ok.job_id))[-1].status == "finished"
+
+
+def test_a_training_job_pauses_single_steps_and_stops_with_a_checkpoint(worker, tmp_path):
+    recipe = load_recipe_with(tmp_path, TINY)
+    run = RunDir.create(tmp_path / "run", recipe)
+    handle = paused_from_the_start(worker, TrainingJob(recipe, run))
+    stream = worker.iter_events(handle.job_id)
+    started = next(e for e in stream if isinstance(e, events.JobStarted))
+    assert started.total_steps == 12 and started.device == "cpu"
+    handle.control.step_once()
+    handle.control.step_once()
+    assert next(e for e in stream if isinstance(e, events.StepLogged)).step == 2
+    handle.control.stop()
+    finished = next(e for e in stream if isinstance(e, events.JobFinished))
+    assert finished.status == "stopped" and finished.summary["steps"] == 2
+    assert [p.name for p in run.list_checkpoints()] == ["step_000002"]
+
+
+def load_recipe_with(tmp_path, overrides):
+    path = tmp_path / "tiny.toml"
+    path.write_text("")
+    return load_recipe(path, overrides)
+
+
+def test_events_are_throttled_not_one_per_step(worker, tmp_path):
+    recipe = load_recipe_with(tmp_path, [*TINY, "train.log_every=4", "train.epochs=6"])
+    handle = worker.submit(TrainingJob(recipe, RunDir.create(tmp_path / "run", recipe)))
+    seen = list(worker.iter_events(handle.job_id))
+    assert seen[-1].status == "finished"
+    steps = seen[-1].summary["steps"]
+    logged = [e for e in seen if isinstance(e, events.StepLogged)]
+    assert [e.step for e in logged] == list(range(4, steps + 1, 4))
+    # at most one progress event per 0.1 s (plus the last step), however fast the steps are
+    progress = [e for e in seen if isinstance(e, events.Progress)]
+    assert len(progress) <= seen[-1].summary["elapsed_s"] / 0.1 + 2
+    assert progress[-1].step == steps
