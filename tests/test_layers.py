@@ -1,0 +1,43 @@
+"""The shape of the code: the engine never imports Textual; quick commands never import torch."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import difflab
+
+
+def engine_modules() -> list[str]:
+    return [f"difflab.{m.name}" for m in pkgutil.iter_modules(difflab.__path__)
+            if m.name not in ("__main__", "screens", "recipes")]
+
+
+def python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_the_engine_never_imports_textual():
+    modules = engine_modules()
+    assert "difflab.train" in modules and "difflab.worker" in modules
+    result = python(
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "leaked = sorted(m for m in sys.modules if m == 'textual' or m.startswith('textual.'))\n"
+        "assert not leaked, leaked\n")
+    assert result.returncode == 0, result.stderr
+
+
+def test_help_recipes_and_recipe_check_do_not_import_torch():
+    result = python(
+        "import sys, contextlib, io\n"
+        "from difflab.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['recipes']) == 0\n"
+        "    assert main(['recipe', 'check', 'from-scratch']) == 0\n"
+        "    assert main(['recipe', 'show', 'from-scratch']) == 0\n"
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'torchvision', 'sklearn') if m in sys.modules)\n"
+        "assert not heavy, heavy\n")
+    assert result.returncode == 0, result.stderr
