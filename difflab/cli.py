@@ -44,13 +44,31 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("file", help="recipe file or built-in name")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    sample = commands.add_parser("sample", help="sample from a run directory or a saved diffusers pipeline")
+    sample.add_argument("run_dir", nargs="?", type=Path, help="a run directory (its recipe says how to sample)")
+    sample.add_argument("--pipeline", metavar="PATH_OR_HUB_ID",
+                        help="a DDPM-style pipeline folder (save_pretrained) or hub id instead of a run")
+    sample.add_argument("--sampler", help="ddpm, ddim, pndm, dpm-solver++, euler, euler-ancestral, heun, lms, unipc")
+    sample.add_argument("--steps", type=int, help="sampling steps")
+    sample.add_argument("--eta", type=float, help="ddim: 0 deterministic … 1 as noisy as DDPM")
+    sample.add_argument("--seed", type=int, help="seed of the starting noise")
+    sample.add_argument("--num-images", type=int, help="images in the grid")
+    sample.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sample.add_argument("--out", type=Path, help="output folder (default: RUN/samples, or samples/ for a pipeline)")
+    sample.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+
+    model = commands.add_parser("model", help="dry-run a recipe's model: parameters, block shapes, FLOPs")
+    model.add_argument("recipe", help="recipe file or built-in name")
+    model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     commands.add_parser("recipes", help="list the built-in recipes")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "recipe": cmd_recipe, "recipes": cmd_recipes}
+    handlers = {"run": cmd_run, "recipe": cmd_recipe, "recipes": cmd_recipes, "sample": cmd_sample,
+                "model": cmd_model}
     if args.command is None:
         build_parser().print_help()
         return 0
@@ -105,6 +123,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     if fresh and outcome.exit_code == EXIT_BAD_INPUT and not run.list_checkpoints():
         shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no empty run behind
     return outcome.exit_code
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from difflab.headless import run_job
+    from difflab.sampling_job import SampleJob, SampleSource
+
+    if bool(args.run_dir) == bool(args.pipeline):
+        raise InputError("difflab sample: give either a run directory or --pipeline PATH_OR_HUB_ID")
+    flags = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "seed": args.seed,
+             "num_images": args.num_images}
+    overrides = [*args.overrides, *(f"sample.{k}={v!r}" if isinstance(v, str) else f"sample.{k}={v}"
+                                    for k, v in flags.items() if v is not None)]
+    if args.pipeline:
+        out = args.out or Path("samples") / Path(args.pipeline).name
+        source = SampleSource(pipeline=args.pipeline)
+    else:
+        out = args.out or args.run_dir / "samples"
+        source = SampleSource(run_dir=args.run_dir)
+    job = SampleJob(source, out, overrides, args.device)
+    return run_job(job, args.device, Console(highlight=False)).exit_code
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from difflab.catalog import find_recipe
+    from difflab.models import dry_run
+    from difflab.recipe import load_recipe
+
+    recipe = load_recipe(find_recipe(args.recipe), args.overrides)
+    report = dry_run(recipe)
+    console = Console()
+    console.print(f"[bold]{report.kind}[/]: {report.parameters:,} parameters; one forward pass of one "
+                  f"{report.input_shape} image: {report.flops_per_image / 1e9:.3f} GFLOPs")
+    table = Table("block", "output shape (C, H, W)")
+    for name, shape in report.blocks:
+        table.add_row(name, str(shape))
+    console.print(table)
+    return 0
 
 
 def _prepare_training(args: argparse.Namespace):

@@ -1,14 +1,18 @@
-"""Networks that undo corruption.
+"""Networks that undo corruption: the course's BasicUNet and diffusers' UNet2DModel.
 
 BasicUNet is the course's from-scratch model, kept short enough to read whole. It
 is a diffusers ModelMixin so it saves and loads with save_pretrained /
 from_pretrained (config.json + safetensors) like every other diffusers model.
+UNet2DModel is diffusers' own, built from the recipe's knobs. `denoise` hides the
+one difference that matters to a loop: UNet2DModel also takes the timestep.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from diffusers import ConfigMixin, ModelMixin
+from diffusers import ConfigMixin, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
@@ -51,10 +55,74 @@ class BasicUNet(ModelMixin, ConfigMixin):
 
 def build_model(recipe: Recipe) -> nn.Module:
     """The model a recipe describes, freshly initialised (seed the RNG first)."""
-    cfg = recipe.model
-    channels = recipe.dataset.channels
-    return BasicUNet(in_channels=channels, out_channels=channels,
-                     channels=tuple(cfg.channels), kernel_size=cfg.kernel_size)
+    cfg, channels = recipe.model, recipe.dataset.channels
+    if cfg.kind == "basic-unet":
+        return BasicUNet(in_channels=channels, out_channels=channels,
+                         channels=tuple(cfg.channels), kernel_size=cfg.kernel_size)
+    return UNet2DModel(
+        sample_size=recipe.dataset.image_size, in_channels=channels, out_channels=channels,
+        layers_per_block=cfg.layers_per_block, block_out_channels=tuple(cfg.block_out_channels),
+        down_block_types=tuple(cfg.down_block_types), up_block_types=tuple(cfg.up_block_types),
+        norm_num_groups=cfg.norm_num_groups, attention_head_dim=cfg.attention_head_dim, dropout=cfg.dropout)
+
+
+def denoise(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's prediction for x; BasicUNet ignores the timestep (as in the course)."""
+    inner = getattr(model, "module", model)  # DistributedDataParallel wraps the real model
+    if isinstance(inner, UNet2DModel):
+        if timesteps is None:
+            timesteps = torch.zeros(len(x), dtype=torch.long, device=x.device)  # the course's "timestep 0"
+        return model(x, timesteps).sample
+    return model(x)
+
+
+@dataclass
+class ModelReport:
+    """What a dry run of a model shows: size, shapes per block, compute per image."""
+
+    kind: str
+    parameters: int
+    input_shape: tuple[int, ...]
+    blocks: list[tuple[str, tuple[int, ...]]]
+    flops_per_image: int
+
+
+def dry_run(recipe: Recipe, device: str = "cpu") -> ModelReport:
+    """Build the recipe's model and push one image through it, counting FLOPs with torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe).to(device).eval()
+    size, channels = recipe.dataset.image_size, recipe.dataset.channels
+    x = torch.zeros(1, channels, size, size, device=device)
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    hooks = [module.register_forward_hook(_shape_recorder(name, shapes)) for name, module in _blocks(model)]
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        denoise(model, x, torch.zeros(1, dtype=torch.long, device=device))
+    for hook in hooks:
+        hook.remove()
+    return ModelReport(recipe.model.kind, count_parameters(model), tuple(x.shape[1:]), shapes,
+                       counter.get_total_flops())
+
+
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The parts whose output shapes tell the UNet's story: each level down, the middle, each level up."""
+    if isinstance(model, BasicUNet):
+        return ([(f"down_layers.{i}", m) for i, m in enumerate(model.down_layers)]
+                + [(f"up_layers.{i}", m) for i, m in enumerate(model.up_layers)])
+    return ([("conv_in", model.conv_in)]
+            + [(f"down_blocks.{i} {type(m).__name__}", m) for i, m in enumerate(model.down_blocks)]
+            + [("mid_block", model.mid_block)]
+            + [(f"up_blocks.{i} {type(m).__name__}", m) for i, m in enumerate(model.up_blocks)]
+            + [("conv_out", model.conv_out)])
+
+
+def _shape_recorder(name: str, shapes: list):
+    def record(module, inputs, output):
+        first = output[0] if isinstance(output, tuple) else output
+        shapes.append((name, tuple(first.shape[1:])))
+    return record
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

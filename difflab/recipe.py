@@ -8,6 +8,7 @@ nothing in it is executed.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -45,20 +46,52 @@ class DatasetConfig(Section):
 
 
 class ScheduleConfig(Section):
-    """How images are corrupted for training."""
+    """How images are corrupted for training: the toy mix, or DDPM's Gaussian schedule."""
 
-    kind: Literal["toy"] = Field(
-        "toy", description="toy: noisy = x*(1-amount) + noise*amount, uniform noise, uniform amount in 0..1")
+    kind: Literal["toy", "ddpm"] = Field(
+        "toy", description="toy: noisy = x*(1-amount) + noise*amount (uniform noise and amount); "
+        "ddpm: q(x_t|x_0) = N(sqrt(alpha_bar_t) x_0, (1-alpha_bar_t) I) over timesteps")
+    num_train_timesteps: int = Field(1000, gt=1, le=100_000, description="ddpm: number of timesteps")
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"] = Field(
+        "linear", description="ddpm: how beta grows over the timesteps (diffusers' names)")
+    beta_start: float = Field(1e-4, gt=0, lt=1, description="ddpm: beta at the first timestep")
+    beta_end: float = Field(0.02, gt=0, lt=1, description="ddpm: beta at the last timestep")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if self.beta_start >= self.beta_end:
+            raise ValueError(f"schedule.beta_start = {self.beta_start}: must be below "
+                             f"schedule.beta_end = {self.beta_end}")
+        return self
+
+
+DOWN_BLOCKS = Literal["DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D", "AttnSkipDownBlock2D",
+                      "SkipDownBlock2D"]
+UP_BLOCKS = Literal["UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"]
 
 
 class ModelConfig(Section):
     """The network that learns to undo the corruption."""
 
-    kind: Literal["basic-unet"] = Field("basic-unet", description="basic-unet: the course's hand-built UNet")
+    kind: Literal["basic-unet", "unet2d"] = Field(
+        "basic-unet", description="basic-unet: the course's hand-built UNet (no timestep); "
+        "unet2d: diffusers' UNet2DModel (timestep-conditioned)")
     channels: list[int] = Field(
         [32, 64, 64], min_length=2, max_length=6,
-        description="channels of each level; one down and one up convolution per level")
-    kernel_size: int = Field(5, gt=0, le=15, description="convolution kernel size (odd)")
+        description="basic-unet: channels of each level; one down and one up convolution per level")
+    kernel_size: int = Field(5, gt=0, le=15, description="basic-unet: convolution kernel size (odd)")
+    block_out_channels: list[int] = Field(
+        [32, 64, 64], min_length=1, max_length=8, description="unet2d: output channels of each block")
+    layers_per_block: int = Field(2, gt=0, le=8, description="unet2d: ResNet layers per block")
+    down_block_types: list[DOWN_BLOCKS] = Field(
+        ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"], min_length=1, max_length=8,
+        description="unet2d: one down block type per level")
+    up_block_types: list[UP_BLOCKS] = Field(
+        ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"], min_length=1, max_length=8,
+        description="unet2d: one up block type per level")
+    norm_num_groups: int = Field(32, gt=0, description="unet2d: groups of GroupNorm")
+    attention_head_dim: int = Field(8, gt=0, description="unet2d: channels per attention head")
+    dropout: float = Field(0.0, ge=0, lt=1, description="unet2d: dropout in the ResNet blocks")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -66,16 +99,55 @@ class ModelConfig(Section):
             raise ValueError(f"model.channels = {self.channels}: every entry must be greater than 0")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"model.kernel_size = {self.kernel_size}: must be odd so padding keeps the size")
+        if self.kind == "unet2d":
+            _check_unet2d(self)
         return self
+
+    def levels(self) -> int:
+        """How many resolution levels the model has (it halves the image levels-1 times)."""
+        return len(self.channels) if self.kind == "basic-unet" else len(self.block_out_channels)
+
+
+def _check_unet2d(cfg: ModelConfig) -> None:
+    n = len(cfg.block_out_channels)
+    if len(cfg.down_block_types) != n or len(cfg.up_block_types) != n:
+        raise ValueError(
+            f"model.block_out_channels has {n} entries but model.down_block_types has "
+            f"{len(cfg.down_block_types)} and model.up_block_types {len(cfg.up_block_types)}: "
+            f"give one block type of each per level")
+    if any(c <= 0 for c in cfg.block_out_channels):
+        raise ValueError(f"model.block_out_channels = {cfg.block_out_channels}: every entry must be greater than 0")
+    bad = [c for c in cfg.block_out_channels if c % cfg.norm_num_groups]
+    if bad:
+        raise ValueError(
+            f"model.norm_num_groups = {cfg.norm_num_groups}: GroupNorm needs every block's channels divisible "
+            f"by it, and {bad} are not (use a divisor of all of {cfg.block_out_channels}, e.g. "
+            f"{math.gcd(*cfg.block_out_channels)})")
 
 
 class TrainConfig(Section):
     """The training loop."""
 
-    objective: Literal["x0"] = Field("x0", description="x0: predict the clean image (MSE)")
+    objective: Literal["x0", "epsilon", "v_prediction"] = Field(
+        "x0", description="x0: predict the clean image; epsilon: predict the noise; "
+        "v_prediction: predict v (ddpm only for the last two)")
+    loss_weighting: Literal["none", "min-snr"] = Field(
+        "none", description="min-snr: weight each timestep's loss by min(SNR, gamma) (ddpm only)")
+    snr_gamma: float = Field(5.0, gt=0, description="min-snr: the gamma that caps the SNR weight")
     optimizer: Literal["adam", "adamw"] = Field("adam", description="torch.optim optimizer")
     lr: float = Field(1e-3, gt=0, le=1, description="learning rate")
-    batch_size: int = Field(128, gt=0, le=65536, description="images per optimizer step")
+    weight_decay: float = Field(0.0, ge=0, lt=1, description="adamw: decoupled weight decay")
+    lr_schedule: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                         "polynomial"] = Field(
+        "constant", description="learning-rate schedule (diffusers' get_scheduler)")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear learning-rate warm-up")
+    batch_size: int = Field(128, gt=0, le=65536, description="images per micro-batch (per device)")
+    gradient_accumulation: int = Field(1, gt=0, le=1024, description="micro-batches per optimizer step")
+    max_grad_norm: float = Field(0.0, ge=0, description="clip gradients to this norm (0 = no clipping)")
+    ema: bool = Field(False, description="keep an exponential moving average of the weights (EMAModel)")
+    ema_decay: float = Field(0.9999, gt=0, lt=1, description="ema: the largest decay (warms up from 0)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast precision through Accelerate (fp16 needs CUDA)")
     epochs: int = Field(3, gt=0, le=100_000, description="passes over the dataset")
     max_steps: int = Field(0, ge=0, description="stop after this many optimizer steps (0 = run all epochs)")
     log_every: int = Field(10, gt=0, description="steps between metrics.jsonl lines (loss averaged over them)")
@@ -85,16 +157,23 @@ class TrainConfig(Section):
     preview_images: int = Field(16, gt=0, le=256, description="images in each preview grid")
 
 
+SAMPLERS = ("toy", "ddpm", "ddim", "pndm", "dpm-solver++", "euler", "euler-ancestral", "heun", "lms", "unipc")
+
+
 class SampleConfig(Section):
     """How images are generated from noise after training."""
 
-    sampler: Literal["toy"] = Field(
-        "toy", description="toy: predict x0, move 1/(steps-i) of the way toward it")
-    steps: int = Field(40, gt=0, le=10_000, description="sampling steps")
+    sampler: Literal["toy", "ddpm", "ddim", "pndm", "dpm-solver++", "euler", "euler-ancestral", "heun", "lms",
+                     "unipc"] = Field(
+        "toy", description="toy: predict x0, move 1/(steps-i) of the way toward it; the others are "
+        "diffusers schedulers (ddpm schedule only)")
+    steps: int = Field(40, gt=0, le=100_000, description="sampling steps")
+    eta: float = Field(0.0, ge=0, le=1, description="ddim: 0 is deterministic, 1 is as noisy as DDPM")
     num_images: int = Field(64, gt=0, le=1024, description="images in the final grid")
     seed: int = Field(0, ge=0, description="seed of the starting noise")
-    trajectory_steps: int = Field(5, gt=0, le=100, description="steps in the step-by-step figure")
-    trajectory_images: int = Field(8, gt=0, le=64, description="images in the step-by-step figure")
+    trajectory_steps: int = Field(5, gt=0, le=1000, description="steps in the step-by-step figure")
+    trajectory_images: int = Field(8, gt=0, le=64, description="images in the step-by-step figure and GIF")
+    gif: bool = Field(True, description="save the denoising of the trajectory images as samples/denoising.gif")
 
 
 class Recipe(Section):
@@ -111,13 +190,34 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _check_image_fits_model(self) -> Recipe:
-        halvings = len(self.model.channels) - 1
+        halvings = self.model.levels() - 1
         factor = 2**halvings
         if self.dataset.image_size % factor:
             raise ValueError(
                 f"dataset.image_size = {self.dataset.image_size}: a {self.model.kind} with "
-                f"{len(self.model.channels)} levels halves the image {halvings} times, so the size must be "
+                f"{self.model.levels()} levels halves the image {halvings} times, so the size must be "
                 f"divisible by {factor} (e.g. {_nearest_multiple(self.dataset.image_size, factor)})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_process_fits_parts(self) -> Recipe:
+        kind, objective, sampler = self.schedule.kind, self.train.objective, self.sample.sampler
+        if kind == "toy" and objective != "x0":
+            raise ValueError(f"train.objective = '{objective}': the toy schedule has no noise level to "
+                             f"predict against; use 'x0', or schedule.kind = 'ddpm'")
+        if kind == "toy" and sampler != "toy":
+            raise ValueError(f"sample.sampler = '{sampler}': diffusers samplers need schedule.kind = 'ddpm'")
+        if kind == "ddpm" and sampler == "toy":
+            raise ValueError("sample.sampler = 'toy': the toy sampler belongs to the toy schedule; "
+                             f"with ddpm use one of: {', '.join(SAMPLERS[1:])}")
+        if kind == "toy" and self.train.loss_weighting != "none":
+            raise ValueError("train.loss_weighting = 'min-snr': SNR weighting needs schedule.kind = 'ddpm'")
+        if kind == "ddpm" and self.model.kind == "basic-unet":
+            raise ValueError("model.kind = 'basic-unet': it takes no timestep, so it cannot learn a DDPM "
+                             "schedule; use model.kind = 'unet2d'")
+        if kind == "ddpm" and self.sample.steps > self.schedule.num_train_timesteps:
+            raise ValueError(f"sample.steps = {self.sample.steps}: must be between 1 and "
+                             f"schedule.num_train_timesteps = {self.schedule.num_train_timesteps}")
         return self
 
 
@@ -197,8 +297,8 @@ def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
     if not loc:  # a cross-field check that already names its keys
         return str(error["msg"]).removeprefix("Value error, ")
     message = str(error["msg"]).removeprefix("Value error, ")
-    if re.match(r"^[\w.]+ = ", message):  # a section's own check already names key and value
-        return message
+    if re.match(r"^[\w.]+ = ", message) or message.startswith(f"{key}."):
+        return message  # a section's own check already names its keys and values
     if len(loc) == 1 and loc[0] in SECTIONS and error["type"] in ("model_type", "dict_type"):
         return f"{key} = {_show(_lookup(data, loc))}: must be a table (a [{key}] section)"
     value = _lookup(data, loc)

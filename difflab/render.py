@@ -6,7 +6,9 @@ Grids are built with torchvision's make_grid; terminal images with climage
 
 from __future__ import annotations
 
+import io
 import os
+from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
@@ -44,6 +46,16 @@ def trajectory_figure(inputs: list[torch.Tensor], predictions: list[torch.Tensor
         figure.paste(left.convert("RGB"), (label_w, top))
         figure.paste(right.convert("RGB"), (label_w + cell_w + gap, top))
     return figure
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Write a PNG atomically (a crash never leaves half an image)."""
+    from difflab.files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def terminal_image(image: Image.Image, width: int = 64, truecolor: bool | None = None) -> str:

@@ -4,6 +4,7 @@ RUN/recipe.toml      resolved recipe (every default written out)
 RUN/metrics.jsonl    one JSON object per logged step
 RUN/samples/         PNG grids during training and at the end
 RUN/model/           save_pretrained output of the trained network
+RUN/pipeline/        for DDPM runs: a DDPMPipeline that plain diffusers loads
 RUN/checkpoints/     resumable state: weights as safetensors, the rest weights_only-loadable
 RUN/summary.json     what ran, where, how long, versions, final metrics
 
@@ -13,7 +14,6 @@ through safetensors, the optimizer state through torch.load(weights_only=True).
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import re
@@ -49,6 +49,7 @@ class RunDir:
         self.metrics_path = self.path / "metrics.jsonl"
         self.samples = self.path / "samples"
         self.model_dir = self.path / "model"
+        self.pipeline_dir = self.path / "pipeline"
         self.checkpoints = self.path / "checkpoints"
         self.summary_path = self.path / "summary.json"
 
@@ -98,11 +99,9 @@ class RunDir:
 
     def save_image(self, image, name: str) -> Path:
         """Save a PIL image under samples/ atomically."""
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        path = self.samples / name
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
+        from difflab.render import save_png
+
+        return save_png(image, self.samples / name)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str) + "\n")

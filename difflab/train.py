@@ -1,14 +1,18 @@
-"""The training job: the from-scratch chapter's loop, emitting events as it goes.
+"""The training job: one loop for the toy and the DDPM chapters, emitting events as it goes.
 
-Per step: take a batch from the resident dataset, corrupt it by a random amount,
-predict the clean image, MSE, Adam. The loss is accumulated on the device and read
-back only at log intervals, so a CUDA run never waits on the host each step.
-Between steps the job consults its JobControl (pause, stop, single step).
+Per optimizer step: take micro-batches from the resident dataset, compute the
+objective's loss (objectives.py), backward through Accelerate (mixed precision,
+several GPUs under `accelerate launch`), clip, step the optimizer and the
+learning-rate schedule, update the EMA. The loss is accumulated on the device
+and read back only at log intervals, so a CUDA run never waits on the host each
+step. Between steps the job consults its JobControl (pause, stop, single step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,9 +91,8 @@ class TrainingJob:
         emit = ctx.emit
         emit(events.LogLine(ctx.job_id, f"loading dataset '{self.recipe.dataset.source}'"))
         data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed)
-        data = _resident(data, ctx.device)
         session = _Session.start(self, ctx, data)
-        emit(events.JobStarted(ctx.job_id, self.name, ctx.device, session.total_steps,
+        emit(events.JobStarted(ctx.job_id, self.name, session.device, session.total_steps,
                                session.state.step, self.run_dir.path))
         stopped = session.loop()
         if stopped:
@@ -102,50 +105,83 @@ class TrainingJob:
 
 def _resident(data, device: str):
     """Keep the decoded dataset on the device when it comfortably fits, else on the CPU."""
-    if device == "cuda":
+    if device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info()
-        if data.images.numel() * 4 < free // 4:
-            return data.to(device)
-        return data
-    return data.to(device) if device != "cpu" else data
+        return data.to(device) if data.images.numel() * 4 < free // 4 else data
+    return data if device == "cpu" else data.to(device)
+
+
+def _accelerator(recipe: Recipe, device: str):
+    """An Accelerator for this job: the worker's device, the recipe's precision."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # Accelerate keeps one process-wide state; a long-lived lab runs many jobs with
+        # different devices and precisions, so a single-process job starts it afresh.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        PartialState._reset_state()
+    return Accelerator(cpu=device == "cpu", mixed_precision=recipe.train.mixed_precision)
 
 
 class _Session:
-    """One training session of a job: model, optimizer, RNG and counters, stepped in a loop."""
+    """One training session of a job: model, optimizer, schedules, EMA, RNG and counters."""
 
-    def __init__(self, job: TrainingJob, ctx: JobContext, data) -> None:
-        recipe = job.recipe
-        self.job, self.ctx, self.data, self.recipe = job, ctx, data, recipe
+    def __init__(self, job: TrainingJob, ctx: JobContext, data, accelerator) -> None:
+        self.job, self.ctx, self.recipe = job, ctx, job.recipe
+        self.accelerator = accelerator
+        self.device = str(accelerator.device)
+        self.data = _resident(data, self.device)
         self.run = job.run_dir
-        self.cfg = recipe.train
-        self.steps_per_epoch = math.ceil(len(data) / self.cfg.batch_size)
+        self.cfg = self.recipe.train
+        self.main = accelerator.is_main_process
+        self.global_batch = self.cfg.batch_size * self.cfg.gradient_accumulation * accelerator.num_processes
+        # Several processes must all take the same number of micro-batches, so they drop the tail.
+        per_epoch = len(data) / self.global_batch
+        self.steps_per_epoch = max(1, math.floor(per_epoch) if accelerator.num_processes > 1 else math.ceil(per_epoch))
         total = self.cfg.epochs * self.steps_per_epoch
         self.total_steps = min(total, self.cfg.max_steps) if self.cfg.max_steps else total
         self.state = TrainingState()
-        self.meter = LossMeter.zeros(ctx.device)
+        self.meter = LossMeter.zeros(self.device)
         self.last_loss: float | None = None
         self._order_epoch = -1
 
     @classmethod
     def start(cls, job: TrainingJob, ctx: JobContext, data) -> _Session:
-        from difflab.models import build_model
+        from diffusers.optimization import get_scheduler
 
-        session = cls(job, ctx, data)
-        torch.manual_seed(job.recipe.seed)  # weight initialisation
-        session.model = build_model(job.recipe).to(ctx.device)
-        session.optimizer = _optimizer(job.recipe, session.model)
-        # One generator for every random draw of the loop (noise, amounts, flips): its
+        from difflab.models import build_model
+        from difflab.objectives import make_objective
+
+        accelerator = _accelerator(job.recipe, ctx.device)
+        session = cls(job, ctx, data, accelerator)
+        recipe, cfg = job.recipe, job.recipe.train
+        torch.manual_seed(recipe.seed)  # weight initialisation
+        model = build_model(recipe)
+        optimizer = _optimizer(recipe, model)
+        session.lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                             num_training_steps=session.total_steps)
+        session.model, session.optimizer = accelerator.prepare(model, optimizer)
+        session.noise_scheduler = _noise_scheduler(recipe)
+        session.objective = make_objective(recipe, data.value_range, session.noise_scheduler)
+        session.ema = _ema(recipe, session.unwrapped)
+        # One generator for every random draw of the loop (noise, timesteps, flips): its
         # state goes into checkpoints, which is what makes resume exact.
-        session.generator = torch.Generator(device=ctx.device).manual_seed(job.recipe.seed + 1)
+        session.generator = torch.Generator(device=session.device).manual_seed(
+            recipe.seed + 1 + accelerator.process_index)
         if job.resume:
             session.restore(job.run_dir.load_latest_checkpoint())
         return session
+
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
 
     # ------------------------------------------------------------ the loop
 
     def loop(self) -> bool:
         """Train until done; True when stopped early by the control."""
-        control, cfg = self.ctx.control, self.cfg
+        control = self.ctx.control
         self._clock = time.perf_counter()
         self._last_progress = self._clock
         self._images_since_log = 0
@@ -155,38 +191,47 @@ class _Session:
             if not control.wait_turn():
                 return True
             epoch, position = divmod(self.state.step, self.steps_per_epoch)
-            self.train_step(self.batch_indices(epoch, position))
+            self.train_step(self.micro_batches(epoch, position))
             self.state.step += 1
             self.after_step(epoch, position)
         return False
 
-    def batch_indices(self, epoch: int, position: int) -> torch.Tensor:
+    def micro_batches(self, epoch: int, position: int) -> list[torch.Tensor]:
+        """This process's micro-batches for one optimizer step (the epoch's tail may be short)."""
         # Each epoch's order comes from (seed, epoch) alone, so a resumed run sees the same batches.
         if self._order_epoch != epoch:
             generator = torch.Generator().manual_seed(self.recipe.seed * 1_000_003 + epoch)
             self._order = torch.randperm(len(self.data), generator=generator)
             self._order_epoch = epoch
-        size = self.cfg.batch_size
-        return self._order[position * size:(position + 1) * size]
+        size, acc = self.cfg.batch_size, self.accelerator
+        first = position * self.cfg.gradient_accumulation
+        starts = [((first + m) * acc.num_processes + acc.process_index) * size
+                  for m in range(self.cfg.gradient_accumulation)]
+        return [chunk for start in starts if len(chunk := self._order[start:start + size])]
 
-    def train_step(self, indices: torch.Tensor) -> None:
-        from difflab.schedules import corrupt
-
-        x = self.data.images[indices.to(self.data.images.device)].to(self.ctx.device, non_blocking=True)
-        gen, device = self.generator, self.ctx.device
-        if self.recipe.dataset.flip:
-            flip = torch.rand(len(x), generator=gen, device=device) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        low, high = self.data.value_range
-        noise = torch.rand(x.shape, generator=gen, device=device) * (high - low) + low
-        amount = torch.rand(len(x), generator=gen, device=device)
-        prediction = self.model(corrupt(x, amount, noise))
-        loss = F.mse_loss(prediction, x)  # the x0 objective: predict the clean image
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    def train_step(self, micro_batches: list[torch.Tensor]) -> None:
+        acc, gen = self.accelerator, self.generator
+        total = torch.zeros((), device=self.device)
+        for i, indices in enumerate(micro_batches):
+            x = self.data.images[indices.to(self.data.images.device)].to(self.device, non_blocking=True)
+            if self.recipe.dataset.flip:
+                flip = torch.rand(len(x), generator=gen, device=self.device) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            last = i == len(micro_batches) - 1
+            # no gradient all-reduce between processes until the last micro-batch
+            with (contextlib.nullcontext() if last else acc.no_sync(self.model)), acc.autocast():
+                loss = self.objective.loss(self.model, x, gen)
+            acc.backward(loss / len(micro_batches))
+            total += loss.detach()
+            self._images_since_log += len(x)
+        if self.cfg.max_grad_norm:
+            acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
-        self.meter.add(loss)
-        self._images_since_log += len(x)
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.unwrapped.parameters())
+        self.meter.add(total / len(micro_batches))
 
     def after_step(self, epoch: int, position: int) -> None:
         step, cfg = self.state.step, self.cfg
@@ -194,10 +239,12 @@ class _Session:
             self.log(epoch)
         if position == self.steps_per_epoch - 1:
             self.end_epoch(epoch)
+        paused_at = time.perf_counter()
         if cfg.sample_every and step % cfg.sample_every == 0 and step < self.total_steps:
             self.preview()
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.total_steps:
             self.checkpoint()
+        self._log_clock += time.perf_counter() - paused_at  # throughput counts training time only
         self.progress()
 
     # ------------------------------------------------------------ reporting
@@ -206,14 +253,16 @@ class _Session:
         loss = self.meter.take_log_mean()
         if not math.isfinite(loss):
             raise JobFailed(f"loss became {loss} at step {self.state.step}; the model diverged. "
-                            f"Try a lower train.lr (now {self.cfg.lr}) or resume from an earlier checkpoint")
+                            f"Try a lower train.lr (now {self.cfg.lr}), train.max_grad_norm = 1.0, "
+                            f"or resume from an earlier checkpoint")
         now = time.perf_counter()
-        rate = self._images_since_log / max(now - self._log_clock, 1e-9)
+        rate = self._images_since_log * self.accelerator.num_processes / max(now - self._log_clock, 1e-9)
         self._images_since_log, self._log_clock = 0, now
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.lr_scheduler.get_last_lr()[0]
         row = events.StepLogged(self.ctx.job_id, self.state.step, epoch, loss, lr, rate, self.elapsed())
-        self.run.append_metrics({"step": row.step, "epoch": row.epoch, "loss": row.loss, "lr": row.lr,
-                                 "img_per_s": round(rate, 2), "elapsed": round(row.elapsed, 3)})
+        if self.main:
+            self.run.append_metrics({"step": row.step, "epoch": row.epoch, "loss": row.loss, "lr": row.lr,
+                                     "img_per_s": round(rate, 2), "elapsed": round(row.elapsed, 3)})
         self.last_loss = loss
         self.ctx.emit(row)
 
@@ -235,34 +284,59 @@ class _Session:
 
     # ------------------------------------------------------------ samples
 
-    def sample_grid(self, count: int, steps: int):
-        from difflab.render import image_grid
-        from difflab.sample import starting_noise, toy_sample
+    def sampling_setup(self):
+        from difflab.generate import SamplingSetup
 
-        noise = starting_noise(count, tuple(self.data.images.shape[1:]), self.recipe.sample.seed,
-                               self.data.value_range, self.ctx.device)
-        self.model.eval()
-        images = toy_sample(self.model, noise, steps)
-        self.model.train()
-        return image_grid(images, self.data.value_range, scale=2)
+        return SamplingSetup(self.unwrapped, self.recipe, tuple(self.data.images.shape[1:]),
+                             self.data.value_range, self.device, self.noise_scheduler)
+
+    @contextlib.contextmanager
+    def sampling_weights(self):
+        """Sample with the EMA weights when there are any (as diffusers' training example does)."""
+        params = list(self.unwrapped.parameters())
+        if self.ema is not None:
+            self.ema.store(params)
+            self.ema.copy_to(params)
+        try:
+            yield
+        finally:
+            if self.ema is not None:
+                self.ema.restore(params)
+            self.model.train()
 
     def preview(self) -> None:
+        from difflab.generate import generate
+        from difflab.render import image_grid
+
+        if not self.main:
+            return
         # Fixed noise (the sample seed) every time, so previews show the model changing, not the noise.
-        grid = self.sample_grid(self.cfg.preview_images, self.recipe.sample.steps)
+        with self.sampling_weights():
+            images = generate(self.sampling_setup(), self.cfg.preview_images, self.recipe.sample.steps)
+        grid = image_grid(images, self.data.value_range, scale=2)
         path = self.run.save_image(grid, f"step_{self.state.step:06d}.png")
         self.ctx.emit(events.PreviewReady(self.ctx.job_id, self.state.step, grid, path))
 
     # ------------------------------------------------------------ checkpoints
 
     def checkpoint(self) -> None:
-        state = self.state
-        checkpoint = Checkpoint(
-            step=state.step, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-            tensors={"generator": self.generator.get_state(), "log_sum": self.meter.log_sum,
-                     "epoch_sum": self.meter.epoch_sum},
-            counters={"elapsed": self.elapsed(), "epoch_losses": state.epoch_losses,
-                      "log_count": self.meter.log_count, "epoch_count": self.meter.epoch_count,
-                      "last_loss": self.last_loss})
+        if not self.main:
+            return
+        state, meter = self.state, self.meter
+        tensors = {"generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                   "log_sum": meter.log_sum, "epoch_sum": meter.epoch_sum}
+        counters = {"elapsed": self.elapsed(), "epoch_losses": state.epoch_losses, "log_count": meter.log_count,
+                    "epoch_count": meter.epoch_count, "last_loss": self.last_loss}
+        if self.ema is not None:
+            ema_state = self.ema.state_dict()
+            tensors.update({f"ema.{i}": p for i, p in enumerate(ema_state.pop("shadow_params"))})
+            counters["ema"] = ema_state
+        extra = {"lr_scheduler": self.lr_scheduler.state_dict()}
+        if self.accelerator.scaler is not None:
+            extra["grad_scaler"] = self.accelerator.scaler.state_dict()
+        checkpoint = Checkpoint(step=state.step, model=self.unwrapped.state_dict(),
+                                optimizer={"optimizer": self.optimizer.state_dict(), **extra},
+                                tensors=tensors, counters=counters)
         path = self.run.save_checkpoint(checkpoint, self.cfg.keep_checkpoints)
         self.ctx.emit(events.CheckpointSaved(self.ctx.job_id, state.step, path))
 
@@ -270,57 +344,80 @@ class _Session:
         from difflab.errors import InputError
 
         try:
-            self.model.load_state_dict(checkpoint.model)
-            self.optimizer.load_state_dict(checkpoint.optimizer)
-        except (RuntimeError, ValueError, KeyError) as error:
+            self.unwrapped.load_state_dict(checkpoint.model)
+            self.optimizer.load_state_dict(checkpoint.optimizer["optimizer"])
+            self.lr_scheduler.load_state_dict(checkpoint.optimizer["lr_scheduler"])
+            if "grad_scaler" in checkpoint.optimizer and self.accelerator.scaler is not None:
+                self.accelerator.scaler.load_state_dict(checkpoint.optimizer["grad_scaler"])
+            self._restore_ema(checkpoint)
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
             raise InputError(f"{self.run.checkpoints}: checkpoint step {checkpoint.step} does not match "
                              f"this recipe's model ({str(error).splitlines()[0]})") from None
-        device = self.ctx.device
-        self.generator.set_state(checkpoint.tensors["generator"])
-        counters = checkpoint.counters
-        self.meter = LossMeter(checkpoint.tensors["log_sum"].to(device), counters["log_count"],
-                               checkpoint.tensors["epoch_sum"].to(device), counters["epoch_count"])
+        tensors, counters = checkpoint.tensors, checkpoint.counters
+        self.generator.set_state(tensors["generator"])
+        torch.set_rng_state(tensors["torch_rng"])  # dropout draws from the global generator
+        self.meter = LossMeter(tensors["log_sum"].to(self.device), counters["log_count"],
+                               tensors["epoch_sum"].to(self.device), counters["epoch_count"])
         self.state = TrainingState(checkpoint.step, counters["elapsed"], list(counters["epoch_losses"]))
         self.last_loss = counters.get("last_loss")
-        self.run.truncate_metrics(checkpoint.step)
+        if self.main:
+            self.run.truncate_metrics(checkpoint.step)
         self.ctx.emit(events.LogLine(self.ctx.job_id, f"resumed from step {checkpoint.step}"))
+
+    def _restore_ema(self, checkpoint: Checkpoint) -> None:
+        if self.ema is None:
+            return
+        state = dict(checkpoint.counters["ema"])
+        count = sum(1 for key in checkpoint.tensors if key.startswith("ema."))
+        state["shadow_params"] = [checkpoint.tensors[f"ema.{i}"].to(self.device) for i in range(count)]
+        self.ema.load_state_dict(state)
 
     # ------------------------------------------------------------ the end
 
     def finish(self) -> dict:
-        """Final checkpoint, the model folder, final samples, trajectory figure and summary."""
+        """Final checkpoint, the exported model, final samples, figure, GIF and summary."""
+        if not self.main:
+            return self.summary("finished")
         if not any(p.name == f"step_{self.state.step:06d}" for p in self.run.list_checkpoints()):
             self.checkpoint()
-        _export_model(self.model, self.run.model_dir)
-        self.ctx.emit(events.LogLine(self.ctx.job_id, f"sampling {self.recipe.sample.num_images} images "
-                                                      f"in {self.recipe.sample.steps} steps"))
-        final = self.sample_grid(self.recipe.sample.num_images, self.recipe.sample.steps)
-        final_path = self.run.save_image(final, "final.png")
-        self.ctx.emit(events.PreviewReady(self.ctx.job_id, self.state.step, final, final_path))
-        self.run.save_image(self.trajectory(), "trajectory.png")
+        s = self.recipe.sample
+        self.ctx.emit(events.LogLine(self.ctx.job_id, f"sampling {s.num_images} images in {s.steps} steps "
+                                                      f"({s.sampler})"))
+        with self.sampling_weights():
+            self.export()
+            final = self.write_samples()
+        self.ctx.emit(events.PreviewReady(self.ctx.job_id, self.state.step, final, self.run.samples / "final.png"))
         summary = self.summary("finished")
         self.run.write_summary(summary)
         return summary
 
-    def trajectory(self):
-        from difflab.render import trajectory_figure
-        from difflab.sample import sample_with_trajectory, starting_noise
+    def export(self) -> None:
+        """RUN/model (save_pretrained) always; RUN/pipeline, loadable by DDPMPipeline, for DDPM runs."""
+        from difflab.files import atomic_dir
 
-        s = self.recipe.sample
-        noise = starting_noise(s.trajectory_images, tuple(self.data.images.shape[1:]), s.seed,
-                               self.data.value_range, self.ctx.device)
-        self.model.eval()
-        path = sample_with_trajectory(self.model, noise, s.trajectory_steps)
-        return trajectory_figure(path.inputs, path.predictions, self.data.value_range)
+        with atomic_dir(self.run.model_dir) as tmp:
+            self.unwrapped.save_pretrained(tmp, safe_serialization=True)
+        if self.noise_scheduler is not None:
+            from diffusers import DDPMPipeline
+
+            with atomic_dir(self.run.pipeline_dir) as tmp:
+                DDPMPipeline(unet=self.unwrapped, scheduler=self.noise_scheduler).save_pretrained(
+                    tmp, safe_serialization=True)
+
+    def write_samples(self):
+        from difflab.generate import write_samples
+
+        return write_samples(self.sampling_setup(), self.run.samples)
 
     def summary(self, status: str) -> dict:
         from difflab.models import count_parameters
         from difflab.versions import versions
 
         return {
-            "status": status, "job": "train", "run_dir": str(self.run.path), "device": self.ctx.device,
+            "status": status, "job": "train", "run_dir": str(self.run.path), "device": self.device,
+            "processes": self.accelerator.num_processes, "mixed_precision": self.cfg.mixed_precision,
             "dataset": self.data.name, "dataset_size": len(self.data),
-            "parameters": count_parameters(self.model),
+            "model": self.recipe.model.kind, "parameters": count_parameters(self.unwrapped),
             "steps": self.state.step, "total_steps": self.total_steps,
             "epochs_completed": len(self.state.epoch_losses), "epoch_losses": self.state.epoch_losses,
             "final_loss": self.last_loss, "elapsed_s": round(self.elapsed(), 3),
@@ -330,12 +427,24 @@ class _Session:
 
 
 def _optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
-    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.train.optimizer]
-    return kind(model.parameters(), lr=recipe.train.lr)
+    cfg = recipe.train
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _export_model(model, folder: Path) -> None:
-    from difflab.files import atomic_dir
+def _noise_scheduler(recipe: Recipe):
+    if recipe.schedule.kind != "ddpm":
+        return None
+    from difflab.schedules import noise_scheduler, prediction_type_for
 
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+    return noise_scheduler(recipe.schedule, prediction_type_for(recipe.train.objective))
+
+
+def _ema(recipe: Recipe, model):
+    if not recipe.train.ema:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    # warm-up (decay grows from 0 toward ema_decay) as in diffusers' unconditional example
+    return EMAModel(model.parameters(), decay=recipe.train.ema_decay, use_ema_warmup=True, inv_gamma=1.0,
+                    power=3 / 4, model_cls=type(model), model_config=model.config)

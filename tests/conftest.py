@@ -19,11 +19,24 @@ TINY = [
     "device='cpu'",
 ]
 
+# The DDPM chapter at the same scale: a 2-level UNet2DModel of 8/16 channels on 8 px RGB shapes.
+TINY_DDPM = [
+    "dataset.source=shapes", "dataset.num_images=64", "dataset.image_size=8", "dataset.channels=3",
+    "dataset.value_range='-1..1'", "schedule.kind=ddpm", "schedule.beta_schedule=squaredcos_cap_v2",
+    "model.kind=unet2d", "model.block_out_channels=[8, 16]", "model.layers_per_block=1",
+    "model.down_block_types=['DownBlock2D', 'AttnDownBlock2D']",
+    "model.up_block_types=['AttnUpBlock2D', 'UpBlock2D']", "model.norm_num_groups=8",
+    "train.objective=epsilon", "train.optimizer=adamw", "train.batch_size=16", "train.epochs=3",
+    "train.log_every=2", "train.sample_every=4", "train.checkpoint_every=4", "train.preview_images=4",
+    "sample.sampler=ddim", "sample.steps=4", "sample.num_images=4", "sample.trajectory_steps=3",
+    "sample.trajectory_images=2", "device='cpu'",
+]
 
-def tiny_args(*extra: str) -> list[str]:
-    """`--set` arguments for the tiny recipe, plus any extra overrides."""
+
+def tiny_args(*extra: str, base: list[str] = TINY) -> list[str]:
+    """`--set` arguments for the tiny recipe (or another base), plus any extra overrides."""
     args = []
-    for item in [*TINY, *extra]:
+    for item in [*base, *extra]:
         args += ["--set", item]
     return args
 

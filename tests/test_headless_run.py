@@ -35,7 +35,8 @@ def test_a_short_run_writes_every_artifact(tmp_path, capsys):
     assert [m["step"] for m in metrics] == [2, 4, 6, 8, 10, 12]
     assert set(metrics[0]) == {"step", "epoch", "loss", "lr", "img_per_s", "elapsed"}
     samples = sorted(p.name for p in (run / "samples").iterdir())
-    assert samples == ["final.png", "step_000004.png", "step_000008.png", "trajectory.png"]
+    assert samples == ["denoising.gif", "final.png", "step_000004.png", "step_000008.png", "trajectory.png"]
+    assert Image.open(run / "samples" / "denoising.gif").n_frames == 4  # one frame per sampling step
     assert Image.open(run / "samples" / "final.png").size[0] > 8
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000008", "step_000012"]
     assert sorted(p.name for p in (run / "checkpoints" / "step_000012").iterdir()) == [

@@ -1,0 +1,243 @@
+r"""Sampling speed of difflab's one loop against diffusers' own pipelines, side by side.
+
+What it measures
+----------------
+The course's 28 px, 1-channel UNet2DModel (block_out_channels (32, 64, 64), 2 layers
+per block, DownBlock2D / AttnDownBlock2D / AttnDownBlock2D down, the mirror image up;
+randomly initialised: speed does not depend on the weights), sampling a batch of 8
+images from Gaussian noise in N steps, on a DDPM linear schedule:
+
+* (a) overhead: for DDPM, DDIM and DPM-Solver++, the share of the sampling loop's
+  time spent outside the UNet, i.e. in difflab's ``diffusers_sample`` (scaling,
+  scheduler step, the callback). The UNet calls are timed inside the loop (with a
+  device sync around each on CUDA) and subtracted from the whole loop's time. Measured
+  twice: with no callback (how final images are made) and with a callback that
+  records each step's input and predicted x0 to the CPU (how the step-by-step
+  figure and the GIF are made).
+* (b) difflab vs pipeline: ``diffusers_sample`` against diffusers' ``DDPMPipeline``
+  and ``DDIMPipeline`` built in memory from the same UNet and an equal scheduler,
+  with the same steps, batch and generator seed. The pipelines run with
+  ``output_type="pt"`` (no copy to the host, no numpy or PIL conversion; only their
+  ``/2 + 0.5`` and clamp) and their progress bar disabled, so both sides do the
+  same work; the script checks that both return the same images. Each round runs
+  both (the order alternates), and the result is the median over rounds of
+  pipeline seconds / difflab seconds: 1.0 means no slower, above 1 faster.
+
+How to run it
+-------------
+    python benchmarks/sample_speed.py                      # cpu or cuda, whichever is there
+    python benchmarks/sample_speed.py --device cpu --threads 1 --rounds 5
+    python benchmarks/sample_speed.py --device cuda --steps 50 --batch 64
+
+Flags: --steps N (sampling steps, default 25), --batch B (default 8), --rounds R
+(default 5), --device cpu|cuda|auto (default auto), --threads T (torch intra-op
+threads; default: torch's own choice).
+
+Target
+------
+pipeline / difflab >= 1.0: the per-step hook and the scheduler-agnostic loop must
+cost nothing measurable when no callback is given.
+
+These are figures to quote, not tests: the script only prints and asserts nothing
+beyond the two sides agreeing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from difflab.recipe import ScheduleConfig  # noqa: E402
+from difflab.sample import Trajectory  # noqa: E402
+from difflab.samplers import diffusers_sample, sampler_scheduler  # noqa: E402
+from difflab.schedules import noise_scheduler  # noqa: E402
+
+SEED = 0
+IMAGE_SIZE = 28
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
+PIPELINES = ("ddpm", "ddim")
+
+
+def course_unet(device: str):
+    """The course's MNIST UNet2DModel, randomly initialised."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(SEED)
+    return UNet2DModel(
+        sample_size=IMAGE_SIZE, in_channels=1, out_channels=1, layers_per_block=2,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    ).to(device).eval()
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def starting_noise(batch: int, device: str) -> tuple[torch.Tensor, torch.Generator]:
+    """The noise a pipeline draws first from a fresh generator, and that generator for the steps after."""
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    noise = torch.randn((batch, 1, IMAGE_SIZE, IMAGE_SIZE), generator=generator, device=device)
+    return noise, generator
+
+
+# ---------------------------------------------------------------- (a) overhead
+
+
+def loop_overhead(unet, name: str, steps: int, batch: int, device: str, record: bool) -> float:
+    """Share of one diffusers_sample run's time spent outside the UNet calls."""
+    in_unet = 0.0
+
+    def timed_unet(x, t):
+        nonlocal in_unet
+        sync(device)
+        start = time.perf_counter()
+        out = unet(x, t).sample
+        sync(device)
+        in_unet += time.perf_counter() - start
+        return out
+
+    scheduler = sampler_scheduler(name, noise_scheduler(ScheduleConfig(kind="ddpm")))
+    callback = Trajectory().record if record else None
+    sync(device)
+    start = time.perf_counter()
+    noise, generator = starting_noise(batch, device)
+    diffusers_sample(timed_unet, scheduler, noise, steps, generator=generator, callback=callback)
+    sync(device)
+    total = time.perf_counter() - start
+    return (total - in_unet) / total
+
+
+# ---------------------------------------------------------------- (b) vs the pipelines
+
+
+def make_pipeline(name: str, unet):
+    from diffusers import DDIMPipeline, DDPMPipeline
+
+    scheduler = sampler_scheduler(name, noise_scheduler(ScheduleConfig(kind="ddpm")))
+    pipeline = (DDPMPipeline if name == "ddpm" else DDIMPipeline)(unet=unet, scheduler=scheduler)
+    pipeline.set_progress_bar_config(disable=True)  # tqdm's redraws are not sampling work
+    return pipeline
+
+
+def run_pipeline(pipeline, steps: int, batch: int, device: str) -> tuple[float, torch.Tensor]:
+    sync(device)
+    start = time.perf_counter()
+    generator = torch.Generator(device=device).manual_seed(SEED)
+    images = pipeline(batch_size=batch, generator=generator, num_inference_steps=steps, output_type="pt").images
+    sync(device)
+    return time.perf_counter() - start, images
+
+
+def run_difflab(unet, name: str, steps: int, batch: int, device: str) -> tuple[float, torch.Tensor]:
+    scheduler = sampler_scheduler(name, noise_scheduler(ScheduleConfig(kind="ddpm")))
+    sync(device)
+    start = time.perf_counter()
+    noise, generator = starting_noise(batch, device)
+    images = diffusers_sample(lambda x, t: unet(x, t).sample, scheduler, noise, steps, generator=generator)
+    sync(device)
+    return time.perf_counter() - start, (images / 2 + 0.5).clamp(0, 1)  # the pipelines' own last step
+
+
+# ---------------------------------------------------------------- main
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=25, help="sampling steps (N)")
+    parser.add_argument("--batch", type=int, default=8, help="images sampled at once")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of each measurement")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if min(args.steps, args.batch, args.rounds) < 1:
+        parser.error("--steps, --batch and --rounds must be at least 1")
+    from difflab.errors import InputError
+    from difflab.worker import resolve_device
+
+    try:
+        args.device = resolve_device(args.device)
+    except InputError as error:
+        parser.error(f"--device {args.device}: {error}")
+    return args
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import diffusers
+    from rich.console import Console
+    from rich.table import Table
+
+    device, steps, batch = args.device, args.steps, args.batch
+    print(f"torch {torch.__version__} | diffusers {diffusers.__version__} | device {device}: "
+          f"{device_name(device)} | threads {torch.get_num_threads()} | python {platform.python_version()}")
+    print(f"UNet2DModel (32, 64, 64) x2 layers, {IMAGE_SIZE} px, 1 channel; batch {batch}, {steps} steps, "
+          f"{args.rounds} rounds")
+    unet = course_unet(device)
+    run_difflab(unet, "ddim", 2, batch, device)  # warm-up: first-call allocations and kernel choices
+
+    overhead = {(name, record): [] for name in SAMPLERS for record in (False, True)}
+    for _ in range(args.rounds):
+        for (name, record), shares in overhead.items():
+            shares.append(loop_overhead(unet, name, steps, batch, device, record))
+    table = Table(title=f"(a) share of the sampling loop outside the UNet ({device}, median of {args.rounds})")
+    for column in ("sampler", "no callback", "recording callback"):
+        table.add_column(column, justify="left" if column == "sampler" else "right")
+    for name in SAMPLERS:
+        table.add_row(name, *(f"{statistics.median(overhead[name, r]) * 100:.2f}%" for r in (False, True)))
+    Console(highlight=False, width=100).print(table)
+
+    pipelines = {name: make_pipeline(name, unet) for name in PIPELINES}
+    times = {name: {"pipeline": [], "difflab": []} for name in PIPELINES}
+    for r in range(args.rounds):
+        for name in PIPELINES:
+            order = ("pipeline", "difflab") if r % 2 == 0 else ("difflab", "pipeline")
+            images = {}
+            for which in order:
+                if which == "pipeline":
+                    seconds, images[which] = run_pipeline(pipelines[name], steps, batch, device)
+                else:
+                    seconds, images[which] = run_difflab(unet, name, steps, batch, device)
+                times[name][which].append(seconds)
+            gap = (images["pipeline"] - images["difflab"]).abs().max().item()
+            if gap > 1e-4:
+                raise SystemExit(f"{name}: difflab and the pipeline sampled different images (max gap {gap})")
+            print(f"  round {r + 1} {name:4s}: pipeline {times[name]['pipeline'][-1] * 1000:7.1f} ms, "
+                  f"difflab {times[name]['difflab'][-1] * 1000:7.1f} ms (max |difference| {gap:.1e})", flush=True)
+
+    for name in PIPELINES:
+        ratios = [p / d for p, d in zip(times[name]["pipeline"], times[name]["difflab"])]
+        print(f"{name.upper()}Pipeline / difflab time: {statistics.median(ratios):.3f}x (median of {args.rounds} "
+              f"rounds; {statistics.median(times[name]['difflab']) / steps * 1000:.1f} ms/step in difflab, "
+              f"{device}, batch {batch})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""What the model is trained to predict, and the loss of one batch.
+
+The toy objective is the from-scratch chapter's: corrupt by a random amount,
+predict the clean image. The DDPM objective draws a timestep per image, noises
+with the scheduler, and predicts noise, the clean sample or v, optionally with
+Min-SNR weighting. Every random draw comes from the job's generator, whose state
+checkpoints save: that is what makes a resumed run exact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from difflab.models import denoise
+from difflab.recipe import Recipe
+from difflab.schedules import corrupt
+
+
+class ToyObjective:
+    """x*(1-amount) + noise*amount with uniform noise over the data range; predict x."""
+
+    def __init__(self, value_range: tuple[float, float]) -> None:
+        self.low, self.high = value_range
+
+    def loss(self, model, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.rand(x.shape, generator=generator, device=x.device) * (self.high - self.low) + self.low
+        amount = torch.rand(len(x), generator=generator, device=x.device)
+        return F.mse_loss(denoise(model, corrupt(x, amount, noise)), x)
+
+
+class DDPMObjective:
+    """Noise x at a random timestep with the scheduler; predict epsilon, x0 or v (MSE)."""
+
+    def __init__(self, recipe: Recipe, scheduler) -> None:
+        self.scheduler = scheduler
+        self.objective = recipe.train.objective
+        self.min_snr_gamma = recipe.train.snr_gamma if recipe.train.loss_weighting == "min-snr" else None
+
+    def loss(self, model, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        from difflab.schedules import add_noise, min_snr_weights, training_target
+
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        steps = self.scheduler.config.num_train_timesteps
+        t = torch.randint(0, steps, (len(x),), generator=generator, device=x.device)
+        prediction = denoise(model, add_noise(self.scheduler, x, noise, t), t)
+        target = training_target(self.scheduler, x, noise, t, self.objective)
+        # float32 for the loss even under autocast: bf16 MSE of small residuals is too coarse
+        per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.min_snr_gamma is not None:
+            per_image = per_image * min_snr_weights(self.scheduler, t, self.min_snr_gamma, self.objective)
+        return per_image.mean()
+
+
+def make_objective(recipe: Recipe, value_range: tuple[float, float], scheduler=None):
+    """The objective a recipe trains with (the scheduler is needed for ddpm)."""
+    if recipe.schedule.kind == "toy":
+        return ToyObjective(value_range)
+    return DDPMObjective(recipe, scheduler)

@@ -1,0 +1,144 @@
+"""Sampling with any diffusers scheduler: one loop, one per-step hook.
+
+A sampler is a diffusers scheduler built from the training scheduler's config, so
+the betas and the prediction type carry over (the course swaps DDPM for DDIM the
+same way). The loop is the one every diffusers pipeline runs (scale the input,
+call the model, step), plus a callback that sees each model input and the clean
+image the model predicts from it: the step-by-step view, the trajectory figure
+and the GIF all hang off that one hook.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from difflab.errors import InputError
+from difflab.sample import SampleStep, StepCallback, Trajectory
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""model_fn(x_scaled, t) -> the model's output (noise, clean image or v), e.g. lambda x, t: unet(x, t).sample"""
+
+SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "pndm": PNDMScheduler,
+    "dpm-solver++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-ancestral": EulerAncestralDiscreteScheduler,
+    "heun": HeunDiscreteScheduler,
+    "lms": LMSDiscreteScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+
+# PNDM's Runge-Kutta warm-up costs 12 extra model calls; DDPM-trained pipelines skip it.
+_OPTIONS: dict[str, dict] = {"pndm": {"skip_prk_steps": True}, "dpm-solver++": {"algorithm_type": "dpmsolver++"}}
+
+# What defines the process the model learned. Passed explicitly because from_config drops every
+# key the training scheduler left at its default (`_use_default_values`) in favour of the new
+# class's own default, and Heun's are Stable Diffusion's betas (0.00085..0.012), not DDPM's.
+_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                  "prediction_type")
+
+# Prediction types diffusers 0.42 has not implemented for a sampler (its step() raises mid-run).
+_UNSUPPORTED: dict[str, set[str]] = {"pndm": {"sample"}, "euler-ancestral": {"sample"}}
+
+
+def sampler_scheduler(name: str, train_scheduler: SchedulerMixin) -> SchedulerMixin:
+    """The named sampler, configured from the training scheduler (same betas, same prediction type)."""
+    cls = SCHEDULER_CLASSES.get(name)
+    if cls is None:
+        raise InputError(f"sampler {name!r} is not a diffusers sampler; valid samplers: "
+                         f"{', '.join(SCHEDULER_CLASSES)}")
+    prediction_type = train_scheduler.config.prediction_type
+    if prediction_type in _UNSUPPORTED.get(name, ()):
+        usable = [n for n in SCHEDULER_CLASSES if prediction_type not in _UNSUPPORTED.get(n, ())]
+        objective = "x0" if prediction_type == "sample" else prediction_type
+        raise InputError(f"sampler {name!r} cannot sample a model trained with train.objective = "
+                         f"{objective!r} (diffusers has no {prediction_type!r} step for it); "
+                         f"use one of: {', '.join(usable)}")
+    schedule = {key: train_scheduler.config[key] for key in _SCHEDULE_KEYS if key in train_scheduler.config}
+    return cls.from_config(train_scheduler.config, **schedule, **_OPTIONS.get(name, {}))
+
+
+def predict_x0(x: torch.Tensor, output: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
+    """The clean image implied by a model output at x = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise."""
+    if prediction_type == "sample":
+        return output
+    a, s = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+    if prediction_type == "epsilon":
+        return (x - s * output) / a
+    if prediction_type == "v_prediction":  # v = a*noise - s*x0
+        return a * x - s * output
+    raise ValueError(f"prediction_type {prediction_type!r}: expected 'epsilon', 'sample' or 'v_prediction'")
+
+
+def timestep_alpha_bars(scheduler: SchedulerMixin) -> list[float]:
+    """alpha_bar at each of the scheduler's current timesteps, fractional ones included.
+
+    Euler-type samplers may use fractional timesteps, for which they interpolate sigma =
+    sqrt((1 - alpha_bar) / alpha_bar) linearly; this reads alpha_bar back the same way.
+    """
+    alpha_bar = scheduler.alphas_cumprod.double().cpu()
+    sigmas = ((1 - alpha_bar) / alpha_bar).sqrt().numpy()
+    at = np.interp(scheduler.timesteps.double().cpu().numpy(), np.arange(len(sigmas)), sigmas)
+    return (1 / (1 + at**2)).tolist()
+
+
+def _step_kwargs(scheduler: SchedulerMixin, eta: float, generator: torch.Generator | None) -> dict:
+    kwargs = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
+    if generator is not None and "generator" in inspect.signature(scheduler.step).parameters:
+        kwargs["generator"] = generator  # only the stochastic steps take one
+    return kwargs
+
+
+@torch.no_grad()
+def diffusers_sample(model_fn: ModelFn, scheduler: SchedulerMixin, noise: torch.Tensor, steps: int,
+                     eta: float = 0.0, generator: torch.Generator | None = None,
+                     callback: StepCallback | None = None) -> torch.Tensor:
+    """Sample from Gaussian `noise` in `steps` steps; `callback` sees every model call.
+
+    `steps` is what set_timesteps is given. Some samplers call the model more often than
+    that (Heun twice a step but the first, 2*steps-1 in all; PNDM steps+1), and the
+    callback's index and total count model calls: SampleStep(i, total, x_scaled, x0).
+    eta reaches only DDIM; the generator only samplers whose step takes one.
+    """
+    scheduler.set_timesteps(steps, device=noise.device)
+    timesteps = scheduler.timesteps
+    alpha_bars = timestep_alpha_bars(scheduler) if callback is not None else []
+    prediction_type = scheduler.config.prediction_type
+    kwargs = _step_kwargs(scheduler, eta, generator)
+    x = noise * scheduler.init_noise_sigma
+    for i, t in enumerate(timesteps):
+        # the scaled input is sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise for every sampler
+        # (Euler-type ones divide by sqrt(sigma^2 + 1)), so one x0 formula serves them all
+        x_in = scheduler.scale_model_input(x, t)
+        output = model_fn(x_in, t)
+        if callback is not None:
+            x0 = predict_x0(x_in, output, alpha_bars[i], prediction_type)
+            callback(SampleStep(i, len(timesteps), x_in, x0))
+        x = scheduler.step(output, t, x, **kwargs).prev_sample
+    return x
+
+
+def sample_trajectory(model_fn: ModelFn, scheduler: SchedulerMixin, noise: torch.Tensor, steps: int,
+                      eta: float = 0.0, generator: torch.Generator | None = None) -> Trajectory:
+    """Sample and keep every model call's input and predicted clean image on the CPU."""
+    path = Trajectory()
+    path.final = diffusers_sample(model_fn, scheduler, noise, steps, eta, generator, path.record).cpu()
+    return path

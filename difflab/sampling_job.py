@@ -1,0 +1,175 @@
+"""The sampling job: generate from a run directory or any saved diffusers pipeline.
+
+A run directory brings its recipe (schedule, data shape, sampler settings); a
+pipeline brings its UNet and scheduler config, from which a sampling recipe is
+made. Either way sampling goes through generate.py on the worker, with throttled
+progress events, and writes a grid, the step-by-step figure and the GIF.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from difflab import events
+from difflab.errors import InputError
+from difflab.recipe import Recipe, parse_recipe
+from difflab.runs import RunDir
+from difflab.worker import JobContext
+
+PROGRESS_INTERVAL_S = 0.1
+
+
+@dataclass
+class SampleSource:
+    """Where the model comes from: a run directory, or a pipeline path / hub id."""
+
+    run_dir: Path | None = None
+    pipeline: str | None = None
+
+
+class SampleJob:
+    """Sample `recipe.sample` from a source into an output folder."""
+
+    name = "sample"
+
+    def __init__(self, source: SampleSource, out: Path, overrides: list[str] = (), device: str = "auto") -> None:
+        self.source, self.out, self.overrides, self.device = source, Path(out), list(overrides), device
+
+    def run(self, ctx: JobContext) -> tuple[str, dict]:
+        from difflab.generate import write_samples
+
+        setup = self._setup(ctx.device)
+        s = setup.recipe.sample
+        ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, s.steps, 0, self.out))
+        started = time.perf_counter()
+        stem = f"{s.sampler}-{s.steps}steps-seed{s.seed}-"
+        setup.progress = _ProgressHook(ctx, s.steps)
+        grid = write_samples(setup, self.out, stem)
+        path = self.out / f"{stem}final.png"
+        ctx.emit(events.PreviewReady(ctx.job_id, s.steps, grid, path))
+        return "finished", {"status": "finished", "job": "sample", "samples": str(path), "sampler": s.sampler,
+                            "steps": s.steps, "seed": s.seed, "elapsed_s": round(time.perf_counter() - started, 3)}
+
+    def _setup(self, device: str):
+        if self.source.pipeline:
+            return pipeline_setup(self.source.pipeline, self.overrides, device)
+        return run_setup(Path(self.source.run_dir), self.overrides, device)
+
+
+class _ProgressHook:
+    """A sampler callback that emits at most ~10 progress events a second."""
+
+    def __init__(self, ctx: JobContext, total: int) -> None:
+        self.ctx, self.total, self.last = ctx, total, 0.0
+
+    def __call__(self, step) -> None:
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_INTERVAL_S or step.index + 1 == step.total:
+            self.last = now
+            self.ctx.emit(events.Progress(self.ctx.job_id, min(step.index + 1, self.total), self.total, None))
+
+
+def run_setup(run_dir: Path, overrides: list[str], device: str):
+    """Sampling setup for a finished (or checkpointed) run directory."""
+    from difflab.generate import SamplingSetup
+    from difflab.recipe import apply_overrides
+
+    run, recipe = RunDir.open(run_dir)
+    data = recipe.model_dump(mode="json")
+    apply_overrides(data, overrides, str(run.recipe_path))
+    recipe = parse_recipe(data, str(run.recipe_path))
+    model = _load_run_model(run, recipe).to(device)
+    scheduler = None
+    if recipe.schedule.kind == "ddpm":
+        from difflab.schedules import noise_scheduler, prediction_type_for
+
+        scheduler = noise_scheduler(recipe.schedule, prediction_type_for(recipe.train.objective))
+    shape = (recipe.dataset.channels, recipe.dataset.image_size, recipe.dataset.image_size)
+    value_range = (0.0, 1.0) if recipe.dataset.value_range == "0..1" else (-1.0, 1.0)
+    return SamplingSetup(model, recipe, shape, value_range, device, scheduler)
+
+
+def _load_run_model(run: RunDir, recipe: Recipe):
+    from diffusers import UNet2DModel
+
+    from difflab.models import BasicUNet
+
+    if not (run.model_dir / "config.json").is_file():
+        raise InputError(f"{run.model_dir}: no trained model yet (the run has not finished; "
+                         f"resume it with `difflab run --resume {run.path}`)")
+    cls = BasicUNet if recipe.model.kind == "basic-unet" else UNet2DModel
+    try:
+        return cls.from_pretrained(run.model_dir)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise InputError(f"{run.model_dir}: cannot load the model ({str(error).splitlines()[0]})") from None
+
+
+def pipeline_setup(source: str, overrides: list[str], device: str):
+    """Sampling setup for any unconditional UNet2DModel pipeline on disk or on the hub."""
+    from difflab.generate import SamplingSetup
+    from difflab.recipe import apply_overrides
+
+    unet, scheduler = load_pipeline(source)
+    cfg = unet.config
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    objective = {"sample": "x0"}.get(prediction, prediction)
+    data = {
+        "schedule": {"kind": "ddpm", "num_train_timesteps": scheduler.config.num_train_timesteps,
+                     "beta_schedule": scheduler.config.beta_schedule,
+                     "beta_start": scheduler.config.beta_start, "beta_end": scheduler.config.beta_end},
+        "dataset": {"image_size": _size(cfg.sample_size), "channels": cfg.in_channels, "value_range": "-1..1"},
+        "model": {"kind": "unet2d", "block_out_channels": list(cfg.block_out_channels),
+                  "down_block_types": list(cfg.down_block_types), "up_block_types": list(cfg.up_block_types),
+                  "layers_per_block": cfg.layers_per_block, "norm_num_groups": cfg.norm_num_groups},
+        "train": {"objective": objective},
+        "sample": {"sampler": "ddim", "steps": 50},
+    }
+    apply_overrides(data, overrides, source)
+    recipe = parse_recipe(data, f"{source} (pipeline)")
+    if recipe.train.objective != objective:
+        raise InputError(f"train.objective = '{recipe.train.objective}': the pipeline's scheduler predicts "
+                         f"'{prediction}'; a sampler must use the pipeline's own prediction type")
+    shape = (cfg.in_channels, recipe.dataset.image_size, recipe.dataset.image_size)
+    return SamplingSetup(unet.to(device), recipe, shape, (-1.0, 1.0), device, scheduler)
+
+
+def _size(sample_size) -> int:
+    return sample_size if isinstance(sample_size, int) else int(sample_size[0])
+
+
+def load_pipeline(source: str):
+    """(unet, scheduler) of a DDPM-style pipeline: a local folder, else a hub id (cache first)."""
+    from diffusers import DDPMPipeline
+
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise InputError(f"--pipeline {source}: not a diffusers pipeline folder (no model_index.json)")
+        try:
+            pipe = DDPMPipeline.from_pretrained(path)
+        except (OSError, ValueError, TypeError) as error:
+            raise InputError(f"--pipeline {source}: cannot load it as an unconditional pipeline "
+                             f"({str(error).splitlines()[0]})") from None
+        return pipe.unet, pipe.scheduler
+    return _from_hub(source)
+
+
+def _from_hub(hub_id: str):
+    from diffusers import DDPMPipeline
+
+    try:
+        pipe = DDPMPipeline.from_pretrained(hub_id, local_files_only=True)
+        return pipe.unet, pipe.scheduler
+    except (OSError, ValueError):
+        pass  # not cached: try the network below
+    try:
+        pipe = DDPMPipeline.from_pretrained(hub_id)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--pipeline {hub_id}: not a local folder, not in the Hugging Face cache, and the hub "
+                         f"could not be reached or has no such pipeline ({str(error).splitlines()[0]}). "
+                         f"Offline, download it elsewhere and copy the folder here.") from None
+    return pipe.unet, pipe.scheduler
