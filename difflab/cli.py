@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 the job failed, 2 bad input, 130 stopped by Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -119,7 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     job, run, fresh = _prepare_training(args)
     if args.device:
         job.device = args.device  # the flag wins over the recipe, also when resuming
-    outcome = run_job(job, job.device, Console(highlight=False))
+    quiet = int(os.environ.get("RANK", "0")) != 0  # one report per launch, from the main process
+    outcome = run_job(job, job.device, Console(highlight=False, quiet=quiet))
     if fresh and outcome.exit_code == EXIT_BAD_INPUT and not run.list_checkpoints():
         shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no empty run behind
     return outcome.exit_code
@@ -186,7 +188,9 @@ def _prepare_training(args: argparse.Namespace):
     if recipe.dataset.path and not Path(recipe.dataset.path).expanduser().is_absolute():
         # The run's recipe.toml must replay from anywhere, so paths are written out absolute.
         recipe.dataset.path = str((path.parent / recipe.dataset.path).resolve())
-    run = RunDir.create(args.out or default_run_dir(path), recipe)
+    out = args.out or default_run_dir(path)
+    # Under `accelerate launch` only the main process creates and writes the run directory.
+    run = RunDir.create(out, recipe) if int(os.environ.get("RANK", "0")) == 0 else RunDir(out)
     return TrainingJob(recipe, run, path.parent), run, True
 
 

@@ -57,14 +57,14 @@ class LossMeter:
         self.log_count += 1
         self.epoch_count += 1
 
-    def take_log_mean(self) -> float:
-        mean = (self.log_sum / max(self.log_count, 1)).item()  # the one host sync per log interval
+    def take_log_mean(self, reduce=lambda t: t) -> float:
+        mean = reduce(self.log_sum / max(self.log_count, 1)).item()  # the one host sync per log interval
         self.log_sum.zero_()
         self.log_count = 0
         return mean
 
-    def take_epoch_mean(self) -> float:
-        mean = (self.epoch_sum / max(self.epoch_count, 1)).item()
+    def take_epoch_mean(self, reduce=lambda t: t) -> float:
+        mean = reduce(self.epoch_sum / max(self.epoch_count, 1)).item()
         self.epoch_sum.zero_()
         self.epoch_count = 0
         return mean
@@ -250,7 +250,7 @@ class _Session:
     # ------------------------------------------------------------ reporting
 
     def log(self, epoch: int) -> None:
-        loss = self.meter.take_log_mean()
+        loss = self.meter.take_log_mean(self.across_processes)
         if not math.isfinite(loss):
             raise JobFailed(f"loss became {loss} at step {self.state.step}; the model diverged. "
                             f"Try a lower train.lr (now {self.cfg.lr}), train.max_grad_norm = 1.0, "
@@ -266,8 +266,12 @@ class _Session:
         self.last_loss = loss
         self.ctx.emit(row)
 
+    def across_processes(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean over all processes (each saw its own shard of the batch)."""
+        return self.accelerator.reduce(value, "mean") if self.accelerator.num_processes > 1 else value
+
     def end_epoch(self, epoch: int) -> None:
-        loss = self.meter.take_epoch_mean()
+        loss = self.meter.take_epoch_mean(self.across_processes)
         self.state.epoch_losses.append(loss)
         self.ctx.emit(events.EpochFinished(self.ctx.job_id, epoch, loss))
 

@@ -137,3 +137,20 @@ def test_the_model_command_reports_parameters_shapes_and_flops(capsys):
     assert "1,707,009 parameters" in out and "GFLOPs" in out and "AttnDownBlock2D" in out and "(1, 28, 28)" in out
     assert run_cli("model", "ddpm-rgb-32") == 0
     assert "18,536,323 parameters" in capsys.readouterr().out
+
+
+def test_two_processes_train_one_recipe_through_accelerate(tmp_path):
+    # `accelerate launch` on GPUs and torchrun on CPUs set the same environment that
+    # Accelerate reads; two gloo processes exercise sharding, no_sync and main-only writes.
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "difflab", "run", "ddpm-rgb-32", "--out", str(run),
+               *ddpm_args("train.epochs=2", "train.batch_size=8", "sample.gif=false", "train.ema=true")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["steps"] == 2 * 64 // (8 * 2)  # each step takes a batch per process
+    assert result.stdout.count("run summary") == 1  # only the main process reports
+    assert (run / "pipeline" / "model_index.json").is_file()
