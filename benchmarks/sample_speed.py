@@ -21,9 +21,11 @@ images from Gaussian noise in N steps, on a DDPM linear schedule:
   ``/2 + 0.5`` and clamp) and their progress bar disabled, so both sides do the
   same work; the script checks that both return the same images. Each round runs
   both (the order alternates), and the result is the median over rounds of
-  pipeline seconds / difflab seconds: 1.0 means no slower, above 1 faster. The
-  ratio of the two sides' fastest rounds is printed beside it: on a shared machine
-  other load only ever adds time, so best vs best is the steadier figure.
+  pipeline seconds / difflab seconds: 1.0 means no slower, above 1 faster. Beside
+  it: the ratio of the two sides' fastest rounds, and the median ratio of this
+  process's CPU time. On a shared machine other load only ever adds wall time, and
+  CPU time leaves out the waits for a core (not the slowdown from a busy sibling
+  core), so with --threads 1 those two are the steadier figures.
 
 How to run it
 -------------
@@ -132,23 +134,61 @@ def make_pipeline(name: str, unet):
     return pipeline
 
 
-def run_pipeline(pipeline, steps: int, batch: int, device: str) -> tuple[float, torch.Tensor]:
+def timed(device: str, run) -> tuple[float, float, torch.Tensor]:
+    """Wall seconds, this process's CPU seconds, and what `run()` returned."""
     sync(device)
-    start = time.perf_counter()
-    generator = torch.Generator(device=device).manual_seed(SEED)
-    images = pipeline(batch_size=batch, generator=generator, num_inference_steps=steps, output_type="pt").images
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
     sync(device)
-    return time.perf_counter() - start, images
+    return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
-def run_difflab(unet, name: str, steps: int, batch: int, device: str) -> tuple[float, torch.Tensor]:
+def run_pipeline(pipeline, steps: int, batch: int, device: str) -> tuple[float, float, torch.Tensor]:
+    def run():
+        generator = torch.Generator(device=device).manual_seed(SEED)
+        return pipeline(batch_size=batch, generator=generator, num_inference_steps=steps, output_type="pt").images
+
+    return timed(device, run)
+
+
+def run_difflab(unet, name: str, steps: int, batch: int, device: str) -> tuple[float, float, torch.Tensor]:
     scheduler = sampler_scheduler(name, noise_scheduler(ScheduleConfig(kind="ddpm")))
-    sync(device)
-    start = time.perf_counter()
-    noise, generator = starting_noise(batch, device)
-    images = diffusers_sample(lambda x, t: unet(x, t).sample, scheduler, noise, steps, generator=generator)
-    sync(device)
-    return time.perf_counter() - start, (images / 2 + 0.5).clamp(0, 1)  # the pipelines' own last step
+
+    def run():
+        noise, generator = starting_noise(batch, device)
+        return diffusers_sample(lambda x, t: unet(x, t).sample, scheduler, noise, steps, generator=generator)
+
+    wall, cpu, images = timed(device, run)
+    return wall, cpu, (images / 2 + 0.5).clamp(0, 1)  # the pipelines' own last step, untimed
+
+
+def compare_pipelines(unet, steps: int, batch: int, rounds: int, device: str) -> None:
+    """(b): each pipeline against difflab, interleaved, same images; prints the ratios."""
+    pipelines = {name: make_pipeline(name, unet) for name in PIPELINES}
+    times = {(name, side): [] for name in PIPELINES for side in ("pipeline", "difflab")}
+    for r in range(rounds):
+        for name in PIPELINES:
+            images = {}
+            for side in ("pipeline", "difflab") if r % 2 == 0 else ("difflab", "pipeline"):
+                run = (run_pipeline(pipelines[name], steps, batch, device) if side == "pipeline"
+                       else run_difflab(unet, name, steps, batch, device))
+                times[name, side].append(run[:2])
+                images[side] = run[2]
+            gap = (images["pipeline"] - images["difflab"]).abs().max().item()
+            if gap > 1e-4:
+                raise SystemExit(f"{name}: difflab and the pipeline sampled different images (max gap {gap})")
+            print(f"  round {r + 1} {name:4s}: pipeline {times[name, 'pipeline'][-1][0] * 1000:7.1f} ms, "
+                  f"difflab {times[name, 'difflab'][-1][0] * 1000:7.1f} ms (max |difference| {gap:.1e})",
+                  flush=True)
+    for name in PIPELINES:
+        pipeline, difflab = times[name, "pipeline"], times[name, "difflab"]
+        wall = [p[0] / d[0] for p, d in zip(pipeline, difflab)]
+        cpu = [p[1] / d[1] for p, d in zip(pipeline, difflab)]
+        best = min(p[0] for p in pipeline) / min(d[0] for d in difflab)
+        # other processes' load only adds wall time; this process's CPU time leaves out its waits for a core
+        print(f"{name.upper()}Pipeline / difflab time: {statistics.median(wall):.3f}x (median of {rounds} rounds; "
+              f"best vs best {best:.3f}x, CPU time {statistics.median(cpu):.3f}x; "
+              f"{min(d[0] for d in difflab) / steps * 1000:.1f} ms/step in difflab, {device}, batch {batch})")
 
 
 # ---------------------------------------------------------------- main
@@ -187,14 +227,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def report_overhead(unet, steps: int, batch: int, rounds: int, device: str) -> None:
+    """(a): the median share of the loop outside the UNet, per sampler, without and with a callback."""
+    from rich.console import Console
+    from rich.table import Table
+
+    overhead = {(name, record): [] for name in SAMPLERS for record in (False, True)}
+    for _ in range(rounds):
+        for (name, record), shares in overhead.items():
+            shares.append(loop_overhead(unet, name, steps, batch, device, record))
+    table = Table(title=f"(a) share of the sampling loop outside the UNet ({device}, median of {rounds})")
+    for column in ("sampler", "no callback", "recording callback"):
+        table.add_column(column, justify="left" if column == "sampler" else "right")
+    for name in SAMPLERS:
+        table.add_row(name, *(f"{statistics.median(overhead[name, r]) * 100:.2f}%" for r in (False, True)))
+    Console(highlight=False, width=100).print(table)
+
+
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     import diffusers
-    from rich.console import Console
-    from rich.table import Table
 
     device, steps, batch = args.device, args.steps, args.batch
     print(f"torch {torch.__version__} | diffusers {diffusers.__version__} | device {device}: "
@@ -203,43 +258,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} rounds")
     unet = course_unet(device)
     run_difflab(unet, "ddim", 2, batch, device)  # warm-up: first-call allocations and kernel choices
-
-    overhead = {(name, record): [] for name in SAMPLERS for record in (False, True)}
-    for _ in range(args.rounds):
-        for (name, record), shares in overhead.items():
-            shares.append(loop_overhead(unet, name, steps, batch, device, record))
-    table = Table(title=f"(a) share of the sampling loop outside the UNet ({device}, median of {args.rounds})")
-    for column in ("sampler", "no callback", "recording callback"):
-        table.add_column(column, justify="left" if column == "sampler" else "right")
-    for name in SAMPLERS:
-        table.add_row(name, *(f"{statistics.median(overhead[name, r]) * 100:.2f}%" for r in (False, True)))
-    Console(highlight=False, width=100).print(table)
-
-    pipelines = {name: make_pipeline(name, unet) for name in PIPELINES}
-    times = {name: {"pipeline": [], "difflab": []} for name in PIPELINES}
-    for r in range(args.rounds):
-        for name in PIPELINES:
-            order = ("pipeline", "difflab") if r % 2 == 0 else ("difflab", "pipeline")
-            images = {}
-            for which in order:
-                if which == "pipeline":
-                    seconds, images[which] = run_pipeline(pipelines[name], steps, batch, device)
-                else:
-                    seconds, images[which] = run_difflab(unet, name, steps, batch, device)
-                times[name][which].append(seconds)
-            gap = (images["pipeline"] - images["difflab"]).abs().max().item()
-            if gap > 1e-4:
-                raise SystemExit(f"{name}: difflab and the pipeline sampled different images (max gap {gap})")
-            print(f"  round {r + 1} {name:4s}: pipeline {times[name]['pipeline'][-1] * 1000:7.1f} ms, "
-                  f"difflab {times[name]['difflab'][-1] * 1000:7.1f} ms (max |difference| {gap:.1e})", flush=True)
-
-    for name in PIPELINES:
-        pipeline, difflab = times[name]["pipeline"], times[name]["difflab"]
-        ratios = [p / d for p, d in zip(pipeline, difflab)]
-        # best-of: other load on the machine only ever adds time, so the fastest runs compare the code
-        print(f"{name.upper()}Pipeline / difflab time: {statistics.median(ratios):.3f}x median of {args.rounds} "
-              f"rounds, {min(pipeline) / min(difflab):.3f}x best vs best "
-              f"({min(difflab) / steps * 1000:.1f} ms/step in difflab, {device}, batch {batch})")
+    report_overhead(unet, steps, batch, args.rounds, device)
+    compare_pipelines(unet, steps, batch, args.rounds, device)
     return 0
 
 
