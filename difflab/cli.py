@@ -24,7 +24,9 @@ EXIT_BAD_INPUT = 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="difflab", description="A terminal lab for diffusion models, step by step.",
+        prog="difflab", usage="difflab [RECIPE] | difflab COMMAND ...",
+        description="A terminal lab for diffusion models, step by step. With no command (or just a "
+                    "recipe) it opens the lab in the terminal.",
         epilog="Start with: difflab recipes, then difflab run from-scratch")
     parser.add_argument("--version", action="version", version=f"difflab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -67,12 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
+        return open_lab(argv[0] if argv else None)
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "recipe": cmd_recipe, "recipes": cmd_recipes, "sample": cmd_sample,
                 "model": cmd_model}
-    if args.command is None:
-        build_parser().print_help()
-        return 0
     try:
         return handlers[args.command](args)
     except DifflabError as error:
@@ -81,6 +83,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
         return 130
+
+
+COMMANDS = ("run", "recipe", "recipes", "sample", "model")
+
+
+def open_lab(recipe: str | None) -> int:
+    """`difflab [RECIPE]`: the lab in the terminal, on the given recipe or a fresh one."""
+    from difflab.catalog import find_recipe
+
+    try:
+        path = find_recipe(recipe) if recipe else None
+        if path is not None:
+            from difflab.recipe import load_recipe
+
+            load_recipe(path)  # a bad recipe is reported here, before the screen takes over
+    except DifflabError as error:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/] {escape(str(error))}")
+        return error.exit_code
+    from difflab.screens.app import DifflabApp
+
+    DifflabApp(path).run()
+    return 0
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:

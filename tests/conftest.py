@@ -83,3 +83,20 @@ def paused_from_the_start(worker, job):
     handle.control.pause()
     blocker.release.set()
     return handle
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def wait_for_probe(pilot, timeout: float = 90.0) -> None:
+    """Let the current screen's probe job finish on the worker (polls; never a blind sleep)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    await pilot.pause(0.05)
+    while getattr(pilot.app.screen, "probing", False):
+        assert time.monotonic() < deadline, "the screen's probe did not finish"
+        await pilot.pause(0.1)
+    await pilot.pause(0.05)

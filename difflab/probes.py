@@ -1,0 +1,148 @@
+"""Small jobs that compute what the lab's screens show: dataset samples, schedule
+curves and strips, model reports. They run on the worker like training does, so no
+screen touches torch; each returns its result in the JobFinished summary.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from difflab.recipe import Recipe, ScheduleConfig
+from difflab.worker import JobContext
+
+
+def decimate(xs: list[float], ys: list[float], points: int) -> tuple[list[float], list[float]]:
+    """At most `points` evenly spaced samples of a series (plots need ~2 per column, not 1000)."""
+    if len(xs) <= points:
+        return list(xs), list(ys)
+    step = (len(xs) - 1) / (points - 1)
+    picks = [round(i * step) for i in range(points)]
+    return [xs[i] for i in picks], [ys[i] for i in picks]
+
+
+@dataclass
+class DatasetProbe:
+    """Load the recipe's dataset; return its summary and a grid of real samples."""
+
+    recipe: Recipe
+    recipe_dir: Path | None = None
+    count: int = 16
+    name: str = "dataset"
+    device: str = "cpu"
+
+    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+        from difflab.data import load_dataset
+        from difflab.render import image_grid
+
+        data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed)
+        grid = image_grid(data.images[: self.count], data.value_range, scale=1)
+        return "finished", {"summary": data.summary(), "grid": grid}
+
+
+@dataclass
+class ScheduleProbe:
+    """Curves of a schedule (and a second one to compare), and one image noised at N timesteps."""
+
+    recipe: Recipe
+    compare: ScheduleConfig | None = None
+    recipe_dir: Path | None = None
+    strip_steps: int = 8
+    points: int = 200
+    name: str = "schedule"
+    device: str = "cpu"
+
+    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+        from difflab.data import load_dataset
+        from difflab.render import image_grid
+        from difflab.schedules import noised_strip
+
+        ddpm = self.recipe.schedule.model_copy(update={"kind": "ddpm"})
+        toy = self.recipe.schedule.model_copy(update={"kind": "toy"})
+        curves = {"schedule": self._curves(ddpm)}
+        if self.compare is not None:
+            curves["compare"] = self._curves(self.compare.model_copy(update={"kind": "ddpm"}))
+        data = load_dataset(self.recipe.dataset.model_copy(update={"limit": 0}), self.recipe_dir, self.recipe.seed)
+        image = data.images[0]
+        last = ddpm.num_train_timesteps - 1
+        steps = [round(i * last / (self.strip_steps - 1)) for i in range(self.strip_steps)]
+        strips = {kind: image_grid(noised_strip(image, cfg, steps, seed=self.recipe.seed), data.value_range,
+                                   nrow=len(steps))
+                  for kind, cfg in (("ddpm", ddpm), ("toy", toy))}
+        return "finished", {"curves": curves, "timesteps": steps, "strips": strips}
+
+    def _curves(self, cfg: ScheduleConfig) -> dict[str, tuple[list[float], list[float]]]:
+        from difflab.schedules import schedule_curves
+
+        c = schedule_curves(cfg)
+        t = c.timesteps.tolist()
+        return {name: decimate(t, getattr(c, name).tolist(), self.points)
+                for name in ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "log_snr")}
+
+
+@dataclass
+class ModelEstimate:
+    """A model report plus rough costs of one training step at the recipe's batch."""
+
+    report: Any
+    device: str
+    step_seconds: float
+    memory_bytes: int
+
+
+@dataclass
+class ModelProbe:
+    """Dry-run the recipe's model; time a small training step and scale it to the batch."""
+
+    recipe: Recipe
+    timing_batch: int = 4
+    name: str = "model"
+    device: str = "auto"
+
+    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+        import torch
+
+        from difflab.models import build_model, denoise, dry_run
+
+        report = dry_run(self.recipe, "cpu")
+        size, channels = self.recipe.dataset.image_size, self.recipe.dataset.channels
+        model = build_model(self.recipe).to(ctx.device)
+        x = torch.randn(self.timing_batch, channels, size, size, device=ctx.device)
+        t = torch.zeros(self.timing_batch, dtype=torch.long, device=ctx.device)
+        denoise(model, x, t).square().mean().backward()  # warm-up: first calls pick kernels
+        started = time.perf_counter()
+        denoise(model, x, t).square().mean().backward()
+        if ctx.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        per_image = (time.perf_counter() - started) / self.timing_batch
+        batch = self.recipe.train.batch_size
+        # Adam keeps two moments per weight, plus the weights and their gradients: 4 copies;
+        # activations are roughly 3x the forward FLOPs' outputs, estimated from the block shapes.
+        activations = sum(4 * _numel(shape) for _, shape in report.blocks) * 3 * batch
+        memory = 4 * 4 * report.parameters + activations
+        return "finished", {"estimate": ModelEstimate(report, ctx.device, per_image * batch, memory)}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    total = 1
+    for n in shape:
+        total *= n
+    return total
+
+
+@dataclass
+class DeviceProbe:
+    """Which device the worker owns, by name (imports torch on the worker, not the UI)."""
+
+    name: str = "device"
+    device: str = "auto"
+
+    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+        import torch
+
+        label = ctx.device
+        if ctx.device.startswith("cuda"):
+            label = f"cuda: {torch.cuda.get_device_name(0)}"
+        return "finished", {"device": ctx.device, "label": label}

@@ -1,0 +1,175 @@
+"""The difflab app: the screen switcher, the recipe being edited, and the bridge to the worker.
+
+The app holds one Recipe. Screens edit it through `set_recipe_value`, which
+validates with the same schema (and the same messages) as the headless runner.
+Work goes to the engine's worker through the bridge; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from textual.app import App
+from textual.binding import Binding
+from textual.command import Hit, Hits, Provider
+from textual.reactive import reactive
+
+from difflab.errors import DifflabError, RecipeError
+from difflab.recipe import Recipe, load_recipe, parse_recipe, save_recipe
+from difflab.screens.bridge import DRAIN_HZ, EngineBridge
+from difflab.screens.dataset import DatasetScreen
+from difflab.screens.dialogs import HelpScreen, OpenRecipeScreen, RecipeBrowserScreen, SaveAsScreen
+from difflab.screens.model import ModelScreen
+from difflab.screens.schedule import ScheduleScreen
+
+
+class DifflabCommands(Provider):
+    """difflab's own commands in the command palette."""
+
+    async def search(self, query: str) -> Hits:
+        app = self.app
+        commands = [
+            ("Open recipe…", app.action_open_recipe, "open a recipe file"),
+            ("Save recipe", app.action_save_recipe, "save to the current file"),
+            ("Save recipe as…", app.action_save_recipe_as, "save under a new name"),
+            ("Built-in recipes…", app.action_browse_recipes, "start from a course experiment"),
+            ("Help", app.action_help, "what each screen teaches"),
+        ] + [(f"Go to {label[2:]} screen", partial(app.switch_mode, name), "") for name, label in _screens()]
+        matcher = self.matcher(query)
+        for name, callback, help_text in commands:
+            if (score := matcher.match(name)) > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)
+
+
+def _screens():
+    from difflab.screens.widgets import SCREENS
+
+    return SCREENS
+
+
+class DifflabApp(App):
+    """A terminal lab for diffusion models."""
+
+    TITLE = "difflab"
+    CSS_PATH = "app.tcss"
+    MODES = {"dataset": DatasetScreen, "schedule": ScheduleScreen, "model": ModelScreen}
+    DEFAULT_MODE = "dataset"
+    COMMANDS = App.COMMANDS | {DifflabCommands}
+    BINDINGS = [
+        Binding("1", "switch_mode('dataset')", "Dataset", id="screen.dataset", tooltip="the data screen"),
+        Binding("2", "switch_mode('schedule')", "Schedule", id="screen.schedule", tooltip="noise schedules"),
+        Binding("3", "switch_mode('model')", "Model", id="screen.model", tooltip="the network"),
+        Binding("question_mark", "help", "Help", id="help", tooltip="what each screen teaches"),
+        Binding("ctrl+o", "open_recipe", "Open", id="recipe.open", tooltip="open a recipe file"),
+        Binding("ctrl+s", "save_recipe", "Save", id="recipe.save", tooltip="save the recipe"),
+        Binding("ctrl+b", "browse_recipes", "Built-ins", id="recipe.builtins", tooltip="built-in recipes"),
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+    ]
+
+    recipe: reactive[Recipe] = reactive(Recipe, init=False)
+    """The recipe being edited; every screen reads and edits this one."""
+    recipe_path: reactive[Path | None] = reactive(None)
+    """The file the recipe came from or was last saved to."""
+    dirty: reactive[bool] = reactive(False)
+    """Whether the recipe has changes not saved to `recipe_path`."""
+    device_label: reactive[str] = reactive("…")
+    """The worker's device, by name, once the worker has looked."""
+
+    def __init__(self, recipe_path: Path | None = None, device: str = "auto") -> None:
+        super().__init__()
+        self.bridge = EngineBridge(device)
+        self.set_reactive(DifflabApp.recipe, load_recipe(recipe_path) if recipe_path else Recipe())
+        self.recipe_path = recipe_path
+
+    def on_mount(self) -> None:
+        self.set_interval(1 / DRAIN_HZ, self.bridge.drain)
+        from difflab.probes import DeviceProbe
+
+        self.bridge.submit(DeviceProbe(), self._on_device)
+
+    def _on_device(self, event) -> None:
+        summary = getattr(event, "summary", None)
+        if summary:
+            self.device_label = summary["label"]
+
+    # ------------------------------------------------------------ the recipe
+
+    @property
+    def recipe_dir(self) -> Path | None:
+        return self.recipe_path.parent if self.recipe_path else None
+
+    def recipe_value(self, key: str) -> Any:
+        node: Any = self.recipe
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    def set_recipe_value(self, key: str, value: Any) -> str:
+        """Change one key; returns "" or the validation message the headless runner would print."""
+        data = self.recipe.model_dump(mode="json")
+        source = str(self.recipe_path or "recipe")
+        try:
+            _assign(data, key, value)
+            recipe = parse_recipe(data, source)
+        except RecipeError as error:
+            return "\n".join(error.problems)
+        if recipe != self.recipe:
+            self.recipe = recipe
+            self.dirty = True
+        return ""
+
+    def open_recipe(self, path: Path) -> None:
+        try:
+            recipe = load_recipe(path)
+        except DifflabError as error:
+            self.notify(str(error), title="cannot open recipe", severity="error", timeout=10)
+            return
+        self.recipe, self.recipe_path, self.dirty = recipe, path, False
+        self.notify(f"opened {path}")
+
+    def save_to(self, path: Path) -> None:
+        try:
+            save_recipe(self.recipe, path)
+        except OSError as error:
+            self.notify(f"{path}: {error.strerror or error}", title="cannot save", severity="error", timeout=10)
+            return
+        self.recipe_path, self.dirty = path, False
+        self.notify(f"saved {path}")
+
+    # ------------------------------------------------------------ actions
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_open_recipe(self) -> None:
+        self.push_screen(OpenRecipeScreen(self.recipe_dir or Path.cwd()),
+                         lambda path: path and self.open_recipe(path))
+
+    def action_save_recipe(self) -> None:
+        if self.recipe_path is None or _is_builtin(self.recipe_path):
+            self.action_save_recipe_as()
+        else:
+            self.save_to(self.recipe_path)
+
+    def action_save_recipe_as(self) -> None:
+        suggestion = self.recipe_path.name if self.recipe_path else "recipe.toml"
+        self.push_screen(SaveAsScreen(suggestion), lambda path: path and self.save_to(path))
+
+    def action_browse_recipes(self) -> None:
+        self.push_screen(RecipeBrowserScreen(), lambda path: path and self.open_recipe(path))
+
+
+def _assign(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        data = data.setdefault(part, {})
+    data[parts[-1]] = value
+
+
+def _is_builtin(path: Path) -> bool:
+    # built-in recipes live in the installed package: saving over them would edit the install
+    from difflab.catalog import builtin_recipes
+
+    return any(path.resolve() == r.path.resolve() for r in builtin_recipes())

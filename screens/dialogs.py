@@ -1,0 +1,132 @@
+"""Modal screens: help, open a recipe, save as, the built-in recipe browser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, DirectoryTree, Input, Label, Markdown, OptionList
+from textual.widgets.option_list import Option
+
+HELP = """\
+# difflab
+
+A lab for the diffusion-models course, one screen per step. Every screen edits one
+section of the **recipe** (a TOML file); `difflab run RECIPE` replays it headless.
+
+| key | screen | teaches | edits |
+|---|---|---|---|
+| `1` | Dataset | what the model learns from: source, size, channels, value range, classes | `[dataset]` |
+| `2` | Schedule | how images are corrupted: the toy linear mix vs DDPM's √ᾱ / √(1−ᾱ) schedule, SNR | `[schedule]` |
+| `3` | Model | BasicUNet vs UNet2DModel: parameters, block shapes, FLOPs, step time | `[model]` |
+
+Training, sampling, inversion and audio screens come with later issues; their
+recipes already run headless (`difflab run`, `difflab sample`).
+
+| key | does |
+|---|---|
+| `ctrl+o` / `ctrl+s` | open / save the recipe (save as: command palette) |
+| `ctrl+b` | built-in recipes |
+| `ctrl+p` | command palette |
+| `?` | this help |
+| `ctrl+q` | quit |
+
+An invalid value shows the same message as `difflab recipe check`, under its field; the
+recipe keeps its last valid value.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    """What each screen teaches and which recipe section it edits."""
+
+    BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close", id="help.close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll { width: 90; height: 80%; border: thick $primary; background: $surface; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Markdown(HELP)
+
+
+class OpenRecipeScreen(ModalScreen[Path | None]):
+    """Pick a recipe file from a folder tree, or type its path."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="open.cancel")]
+    DEFAULT_CSS = """
+    OpenRecipeScreen { align: center middle; }
+    OpenRecipeScreen > Vertical { width: 80; height: 80%; border: thick $primary; background: $surface; }
+    OpenRecipeScreen DirectoryTree { height: 1fr; }
+    """
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Open a recipe (.toml): pick one or type a path and press enter")
+            yield Input(placeholder="path/to/recipe.toml", id="path")
+            yield DirectoryTree(self.folder)
+
+    def on_directory_tree_file_selected(self, event: DirectoryTree.FileSelected) -> None:
+        self.dismiss(Path(event.path))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(Path(event.value).expanduser() if event.value.strip() else None)
+
+
+class SaveAsScreen(ModalScreen[Path | None]):
+    """Ask for the file to save the recipe to."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="save.cancel")]
+    DEFAULT_CSS = """
+    SaveAsScreen { align: center middle; }
+    SaveAsScreen > Vertical { width: 70; height: auto; border: thick $primary; background: $surface; padding: 1; }
+    """
+
+    def __init__(self, suggestion: str) -> None:
+        super().__init__()
+        self.suggestion = suggestion
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Save the recipe as (TOML, the same form `difflab run` reads):")
+            yield Input(self.suggestion, id="path")
+            yield Button("Save", variant="primary", id="save")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self._finish()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        value = self.query_one(Input).value.strip()
+        self.dismiss(Path(value).expanduser() if value else None)
+
+
+class RecipeBrowserScreen(ModalScreen[Path | None]):
+    """The built-in recipes, one line each; enter opens one."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="browse.cancel")]
+    DEFAULT_CSS = """
+    RecipeBrowserScreen { align: center middle; }
+    RecipeBrowserScreen > Vertical { width: 100; height: auto; max-height: 80%; border: thick $primary;
+                                     background: $surface; }
+    """
+
+    def compose(self) -> ComposeResult:
+        from difflab.catalog import builtin_recipes
+
+        self.recipes = builtin_recipes()
+        with Vertical():
+            yield Label("Built-in recipes: one per course experiment")
+            yield OptionList(*[Option(f"[b]{r.name}[/b]  {r.description}", id=r.name) for r in self.recipes])
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(next(r.path for r in self.recipes if r.name == event.option.id))

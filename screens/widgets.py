@@ -1,0 +1,125 @@
+"""Widgets every screen shares: terminal images, the screen bar, the status line, recipe fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.reactive import reactive
+from textual.widgets import Input, Label, Select, Static, Switch, Tab, Tabs
+from textual_image.renderable.halfcell import Image as HalfcellRenderable
+from textual_image.widget import HalfcellImage
+
+from difflab.recipe import parse_toml_value
+
+SCREENS = [("dataset", "1 Dataset"), ("schedule", "2 Schedule"), ("model", "3 Model")]
+
+
+class TerminalImage(HalfcellImage, Renderable=HalfcellRenderable):
+    """A PIL image drawn with half-block colour cells, fitted to its area, aspect kept.
+
+    Half cells render in a few milliseconds (climage takes tens to hundreds), and
+    work in every terminal, tmux and SSH included.
+    """
+
+    DEFAULT_CSS = """
+    TerminalImage { width: auto; height: auto; }
+    """
+
+
+class ScreenBar(Tabs):
+    """The visible screen switcher (keys 1–3 do the same)."""
+
+    def __init__(self, current: str) -> None:
+        super().__init__(*[Tab(label, id=f"tab-{name}") for name, label in SCREENS], active=f"tab-{current}")
+
+    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        event.stop()
+        name = event.tab.id.removeprefix("tab-")
+        if self.app.current_mode != name:
+            self.app.switch_mode(name)
+
+
+class StatusLine(Static):
+    """Device, current recipe file, unsaved changes."""
+
+    DEFAULT_CSS = """
+    StatusLine { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
+    """
+
+    def on_mount(self) -> None:
+        for name in ("device_label", "recipe_path", "dirty"):
+            self.watch(self.app, name, lambda _value: self.refresh_text(), init=False)
+        self.refresh_text()
+
+    def refresh_text(self) -> None:
+        app = self.app
+        path = str(app.recipe_path) if app.recipe_path else "unsaved recipe"
+        changed = " [b]●[/] modified" if app.dirty else ""
+        self.update(f"device: {app.device_label}   recipe: {path}{changed}")
+
+
+class RecipeField(Vertical):
+    """One recipe key: a label, an input (text, choice or switch) and its validation message."""
+
+    DEFAULT_CSS = """
+    RecipeField { height: auto; margin-bottom: 1; }
+    RecipeField .field-label { color: $text-muted; }
+    RecipeField .field-error { color: $error; height: auto; }
+    RecipeField Input, RecipeField Select { width: 100%; }
+    """
+
+    error: reactive[str] = reactive("", layout=True)
+
+    def __init__(self, key: str, label: str, choices: list[str] | None = None) -> None:
+        super().__init__(id="field-" + key.replace(".", "-"))
+        self.key, self.label_text, self.choices = key, label, choices
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.label_text, classes="field-label")
+        value = self.app.recipe_value(self.key)
+        if self.choices is not None:
+            yield Select([(c, c) for c in self.choices], value=str(value), allow_blank=False)
+        elif isinstance(value, bool):
+            yield Switch(value=value)
+        else:
+            yield Input(_as_text(value), select_on_focus=False)
+        yield Label("", classes="field-error")
+
+    def watch_error(self, message: str) -> None:
+        if self.is_mounted:
+            self.query_one(".field-error", Label).update(message)
+
+    def refresh_value(self) -> None:
+        """Show the recipe's current value (after a recipe was opened)."""
+        value = self.app.recipe_value(self.key)
+        if self.choices is not None:
+            self.query_one(Select).value = str(value)
+        elif isinstance(value, bool):
+            self.query_one(Switch).value = value
+        else:
+            self.query_one(Input).value = _as_text(value)
+        self.error = ""
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self._set(parse_toml_value(event.value.strip()) if event.value.strip() else "")
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        if event.value is not Select.BLANK and event.value != str(self.app.recipe_value(self.key)):
+            self._set(parse_toml_value(str(event.value)))
+
+    def on_switch_changed(self, event: Switch.Changed) -> None:
+        event.stop()
+        self._set(event.value)
+
+    def _set(self, value: Any) -> None:
+        self.error = self.app.set_recipe_value(self.key, value)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(repr(v) if isinstance(v, str) else str(v) for v in value) + "]"
+    return str(value)

@@ -1,0 +1,158 @@
+"""The lab's shell and dataset screen, driven with Textual's Pilot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from textual.widgets import DataTable, Input, Select, Static
+
+from difflab.cli import main
+from difflab.recipe import load_recipe, recipe_to_toml
+from difflab.screens.app import DifflabApp
+from difflab.screens.dataset import DatasetScreen
+from difflab.screens.dialogs import HelpScreen, RecipeBrowserScreen, SaveAsScreen
+from difflab.screens.widgets import RecipeField, TerminalImage
+from tests.conftest import wait_for_probe
+
+pytestmark = pytest.mark.anyio
+
+
+def field(app, key: str) -> RecipeField:
+    return app.screen.query_one(f"#field-{key.replace('.', '-')}", RecipeField)
+
+
+async def test_the_lab_opens_on_the_dataset_screen_with_real_samples():
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for_probe(pilot)
+        assert isinstance(app.screen, DatasetScreen)
+        assert app.screen.query_one("#samples", TerminalImage).image is not None
+        facts = str(app.screen.query_one("#facts", Static).render())
+        assert "1,797 images of 1×28×28" in facts
+        assert app.screen.query_one("#classes", DataTable).row_count == 10
+        assert app.device_label == "cpu"
+
+
+async def test_number_keys_and_the_tab_bar_switch_screens():
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        for key, mode in (("2", "schedule"), ("3", "model"), ("1", "dataset")):
+            await pilot.press(key)
+            assert app.current_mode == mode
+        await pilot.click("#tab-model")
+        assert app.current_mode == "model"
+
+
+async def test_changing_the_source_reloads_the_dataset_on_the_worker():
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for_probe(pilot)
+        field(app, "dataset.source").query_one(Select).value = "shapes"
+        await pilot.pause(0.5)
+        await wait_for_probe(pilot)
+        assert app.recipe.dataset.source == "shapes" and app.dirty
+        assert "shapes: 1,000 images" in str(app.screen.query_one("#facts", Static).render())
+        assert app.screen.query_one("#classes", DataTable).row_count == 3
+
+
+async def test_an_invalid_value_shows_the_headless_message_and_keeps_the_recipe():
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for_probe(pilot)
+        size = field(app, "dataset.image_size")
+        size.query_one(Input).value = "-5"
+        await pilot.pause(0.2)
+        assert "dataset.image_size = -5: input should be greater than 0" in size.error
+        assert app.recipe.dataset.image_size == 28
+        size.query_one(Input).value = "32"
+        await pilot.pause(0.2)
+        assert size.error == "" and app.recipe.dataset.image_size == 32
+
+
+async def test_a_missing_folder_is_a_notification_and_the_app_keeps_running(tmp_path):
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for_probe(pilot)
+        field(app, "dataset.path").query_one(Input).value = str(tmp_path / "nowhere")
+        await pilot.pause(0.2)
+        field(app, "dataset.source").query_one(Select).value = "folder"
+        await pilot.pause(0.2)
+        await wait_for_probe(pilot)
+        messages = [n.message for n in app._notifications]
+        assert any("folder not found" in m for m in messages), messages
+        field(app, "dataset.source").query_one(Select).value = "digits"
+        await pilot.pause(0.5)
+        await wait_for_probe(pilot)
+        assert "digits" in str(app.screen.query_one("#facts", Static).render())
+
+
+async def test_help_explains_each_screen():
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_open_a_builtin_edit_it_and_save_it_as_a_file_the_runner_reads(tmp_path):
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("ctrl+b")
+        assert isinstance(app.screen, RecipeBrowserScreen)
+        names = [r.name for r in app.screen.recipes]
+        app.screen.query_one("OptionList").highlighted = names.index("ddpm-rgb-32")
+        await pilot.press("enter")
+        assert app.recipe.schedule.kind == "ddpm" and app.recipe_path.name == "ddpm-rgb-32.toml"
+        await wait_for_probe(pilot)
+        field(app, "dataset.num_images").query_one(Input).value = "200"
+        await pilot.pause(0.2)
+        assert app.dirty
+        await pilot.press("ctrl+s")  # a built-in is never overwritten: save asks for a new name
+        assert isinstance(app.screen, SaveAsScreen)
+        target = tmp_path / "mine.toml"
+        app.screen.query_one(Input).value = str(target)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert not app.dirty and app.recipe_path == target
+    saved = load_recipe(target)
+    assert saved.dataset.num_images == 200 and saved.schedule.kind == "ddpm"
+    assert target.read_text() == recipe_to_toml(saved)
+
+
+async def test_opening_a_bad_recipe_is_a_notification_not_a_crash(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlrr = 1\n")
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        app.open_recipe(bad)
+        await pilot.pause(0.1)
+        assert any("train.lrr: unknown key" in n.message for n in app._notifications)
+        assert app.recipe_path is None
+
+
+def test_difflab_with_a_bad_recipe_exits_2_before_opening_the_screen(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlr = -1\n")
+    assert main([str(bad)]) == 2
+    assert "train.lr = -1" in capsys.readouterr().err
+
+
+def test_the_app_module_does_not_import_torch():
+    code = ("import sys\nimport difflab.screens.app\n"
+            "heavy = [m for m in ('torch', 'diffusers', 'torchvision') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_dataset_screen_snapshot(snap_compare):
+    async def settle(pilot):
+        await wait_for_probe(pilot)
+        for widget in pilot.app.screen.query(Input):
+            widget.cursor_blink = False
+        await pilot.pause(0.1)
+
+    assert snap_compare(DifflabApp(), terminal_size=(100, 32), run_before=settle)
