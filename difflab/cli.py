@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("recipe", help="recipe file or built-in name")
     model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    preview = commands.add_parser("preview", help="show an image (a sample grid, a GIF's first frame) here")
+    preview.add_argument("image", type=Path)
+    preview.add_argument("--width", type=int, default=64, help="columns (default 64)")
+
     commands.add_parser("recipes", help="list the built-in recipes")
     return parser
 
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return open_lab(argv[0] if argv else None)
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "recipe": cmd_recipe, "recipes": cmd_recipes, "sample": cmd_sample,
-                "model": cmd_model}
+                "model": cmd_model, "preview": cmd_preview}
     try:
         return handlers[args.command](args)
     except DifflabError as error:
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-COMMANDS = ("run", "recipe", "recipes", "sample", "model")
+COMMANDS = ("run", "recipe", "recipes", "sample", "model", "preview")
 
 
 def open_lab(recipe: str | None) -> int:
@@ -169,6 +173,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
         source = SampleSource(run_dir=args.run_dir)
     job = SampleJob(source, out, overrides, args.device)
     return run_job(job, args.device, Console(highlight=False)).exit_code
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from difflab.render import terminal_image
+
+    try:
+        with Image.open(args.image) as image:
+            image.load()
+            picture = image.copy()
+    except FileNotFoundError:
+        raise InputError(f"{args.image}: no such file") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise InputError(f"{args.image}: not an image this lab can read ({error})") from None
+    print(terminal_image(picture, width=args.width))
+    return 0
 
 
 def cmd_model(args: argparse.Namespace) -> int:

@@ -68,8 +68,8 @@ class ScheduleProbe:
         image = data.images[0]
         last = ddpm.num_train_timesteps - 1
         steps = [round(i * last / (self.strip_steps - 1)) for i in range(self.strip_steps)]
-        strips = {kind: image_grid(noised_strip(image, cfg, steps, seed=self.recipe.seed), data.value_range,
-                                   nrow=len(steps))
+        strips = {kind: image_grid(noised_strip(image, cfg, steps, seed=self.recipe.seed,
+                                                value_range=data.value_range), data.value_range, nrow=len(steps))
                   for kind, cfg in (("ddpm", ddpm), ("toy", toy))}
         return "finished", {"curves": curves, "timesteps": steps, "strips": strips}
 
@@ -97,32 +97,41 @@ class ModelProbe:
     """Dry-run the recipe's model; time a small training step and scale it to the batch."""
 
     recipe: Recipe
-    timing_batch: int = 4
+    timing_batch: int = 16
     name: str = "model"
     device: str = "auto"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        import torch
-
-        from difflab.models import build_model, denoise, dry_run
+        from difflab.models import build_model, dry_run
 
         report = dry_run(self.recipe, "cpu")
         size, channels = self.recipe.dataset.image_size, self.recipe.dataset.channels
         model = build_model(self.recipe).to(ctx.device)
-        x = torch.randn(self.timing_batch, channels, size, size, device=ctx.device)
-        t = torch.zeros(self.timing_batch, dtype=torch.long, device=ctx.device)
-        denoise(model, x, t).square().mean().backward()  # warm-up: first calls pick kernels
-        started = time.perf_counter()
-        denoise(model, x, t).square().mean().backward()
-        if ctx.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        per_image = (time.perf_counter() - started) / self.timing_batch
+        per_image = _fastest_step(model, self.timing_batch, channels, size, ctx.device) / self.timing_batch
         batch = self.recipe.train.batch_size
         # Adam keeps two moments per weight, plus the weights and their gradients: 4 copies;
         # activations are roughly 3x the forward FLOPs' outputs, estimated from the block shapes.
         activations = sum(4 * _numel(shape) for _, shape in report.blocks) * 3 * batch
         memory = 4 * 4 * report.parameters + activations
         return "finished", {"estimate": ModelEstimate(report, ctx.device, per_image * batch, memory)}
+
+
+def _fastest_step(model, batch: int, channels: int, size: int, device: str, repeats: int = 3) -> float:
+    """Seconds for one forward+backward pass: the fastest of a few (a busy machine only adds time)."""
+    import torch
+
+    from difflab.models import denoise
+
+    x = torch.randn(batch, channels, size, size, device=device)
+    t = torch.zeros(batch, dtype=torch.long, device=device)
+    times = []
+    for _ in range(repeats + 1):  # the first pass picks kernels and is not counted
+        started = time.perf_counter()
+        denoise(model, x, t).square().mean().backward()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return min(times[1:])
 
 
 def _numel(shape: tuple[int, ...]) -> int:

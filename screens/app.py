@@ -85,6 +85,11 @@ class DifflabApp(App):
 
     def on_mount(self) -> None:
         self.set_interval(1 / DRAIN_HZ, self.bridge.drain)
+        # The worker's first job imports torch, which holds the GIL for a second or so:
+        # start it once the first frame is on screen, not before.
+        self.call_after_refresh(self._ask_device)
+
+    def _ask_device(self) -> None:
         from difflab.probes import DeviceProbe
 
         self.bridge.submit(DeviceProbe(), self._on_device)

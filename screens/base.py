@@ -52,7 +52,8 @@ class LabScreen(Screen):
         self._timer = None
         self._pending = False
         self.watch(self.app, "recipe", self._recipe_changed, init=False)
-        self.rerun_probe()
+        self._pending = True
+        self.call_after_refresh(self.rerun_probe)  # paint first; the probe may import torch
 
     def on_screen_resume(self) -> None:
         if getattr(self, "_stale", False):  # the recipe changed while another screen was shown

@@ -66,7 +66,7 @@ class RecipeField(Vertical):
     DEFAULT_CSS = """
     RecipeField { height: auto; margin-bottom: 1; }
     RecipeField .field-label { color: $text-muted; }
-    RecipeField .field-error { color: $error; height: auto; }
+    RecipeField .field-error { color: $error; height: auto; width: 100%; }
     RecipeField Input, RecipeField Select { width: 100%; }
     """
 
@@ -85,11 +85,15 @@ class RecipeField(Vertical):
             yield Switch(value=value)
         else:
             yield Input(_as_text(value), select_on_focus=False)
-        yield Label("", classes="field-error")
+        error = Label("", classes="field-error", markup=False)
+        error.display = False
+        yield error
 
     def watch_error(self, message: str) -> None:
         if self.is_mounted:
-            self.query_one(".field-error", Label).update(message)
+            label = self.query_one(".field-error", Label)
+            label.update(message)
+            label.display = bool(message)  # an empty message takes no row
 
     def refresh_value(self) -> None:
         """Show the recipe's current value (after a recipe was opened)."""

@@ -127,9 +127,11 @@ async def test_opening_a_bad_recipe_is_a_notification_not_a_crash(tmp_path):
     bad.write_text("[train]\nlrr = 1\n")
     app = DifflabApp()
     async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for_probe(pilot)
         app.open_recipe(bad)
         await pilot.pause(0.1)
-        assert any("train.lrr: unknown key" in n.message for n in app._notifications)
+        messages = [n.message for n in app._notifications]
+        assert any("train.lrr: unknown key" in m for m in messages), messages
         assert app.recipe_path is None
 
 

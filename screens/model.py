@@ -1,0 +1,107 @@
+"""Model screen: the knobs of BasicUNet or UNet2DModel; its size, shapes, compute and rough cost."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Label, Static
+
+from difflab.screens.base import LabScreen
+from difflab.screens.widgets import RecipeField
+
+KINDS = {"basic-unet": "BasicUNet", "unet2d": "UNet2DModel"}
+
+# The knobs each kind reads; the other kind ignores them, so only the chosen kind's are shown.
+KIND_FIELDS = {
+    "basic-unet": [
+        ("model.channels", "channels per level"),
+        ("model.kernel_size", "kernel size (odd)"),
+    ],
+    "unet2d": [
+        ("model.block_out_channels", "block output channels per level"),
+        ("model.layers_per_block", "ResNet layers per block"),
+        ("model.down_block_types", "down block types (one per level)"),
+        ("model.up_block_types", "up block types (one per level)"),
+        ("model.norm_num_groups", "GroupNorm groups (divide every level)"),
+        ("model.attention_head_dim", "channels per attention head"),
+        ("model.dropout", "dropout"),
+    ],
+}
+
+
+class ModelScreen(LabScreen):
+    """[model]: the network's knobs; parameters, block shapes, FLOPs and a rough step cost."""
+
+    SCREEN_NAME = "model"
+    CSS_PATH = "model.tcss"
+
+    def fields(self) -> list[RecipeField]:
+        fields = [RecipeField("model.kind", "model", list(KINDS))]
+        for kind, knobs in KIND_FIELDS.items():
+            for key, label in knobs:
+                field = RecipeField(key, label)
+                field.add_class(kind)  # _show_kind_fields toggles fields by this class
+                fields.append(field)
+        return fields + [
+            RecipeField("train.batch_size", "batch size (for the estimate)"),
+            RecipeField("dataset.image_size", "image size (pixels)"),
+        ]
+
+    def compose_output(self) -> ComposeResult:
+        yield Static(id="headline")
+        # markup off: messages quote recipe values such as ['DownBlock2D'] verbatim
+        yield Static(id="rejected", markup=False)
+        yield Label("output of each block (C×H×W)", classes="section-title")
+        yield DataTable(id="blocks", show_cursor=False, zebra_stripes=True)
+        yield Static(id="estimate")
+
+    def on_mount(self) -> None:
+        # LabScreen.on_mount also runs (Textual dispatches on_mount along the MRO)
+        self.watch(self.app, "recipe", self._show_kind_fields)
+        for field in self.query(RecipeField):
+            self.watch(field, "error", self._show_rejection, init=False)
+
+    def make_probe(self):
+        from difflab.probes import ModelProbe
+
+        return ModelProbe(self.app.recipe)
+
+    def show_result(self, summary: dict) -> None:
+        estimate = summary["estimate"]
+        report = estimate.report
+        self.query_one("#headline", Static).update(
+            f"[b]{KINDS[report.kind]}[/b] · {report.parameters:,} parameters\n"
+            f"{report.flops_per_image / 1e9:.3g} GFLOPs per image (forward) · input {_shape(report.input_shape)}")
+        table = self.query_one("#blocks", DataTable)
+        table.clear(columns=True)
+        table.add_columns("block", "output")
+        for name, shape in report.blocks:
+            table.add_row(name, _shape(shape))
+        self.query_one("#estimate", Static).update(
+            f"one training step at batch {self.app.recipe.train.batch_size:,} on {estimate.device}: "
+            f"~{_duration(estimate.step_seconds)}, ~{_megabytes(estimate.memory_bytes)} (rough)")
+
+    def _show_kind_fields(self, recipe) -> None:
+        """Show the chosen kind's knobs and hide the other kind's."""
+        for kind in KIND_FIELDS:
+            self.query(f"RecipeField.{kind}").set(display=kind == recipe.model.kind)
+
+    def _show_rejection(self, error: str) -> None:
+        """Say why the report did not update: a rejected change leaves the recipe (and report) as it was."""
+        still_wrong = [field.error for field in self.query(RecipeField) if field.error]
+        latest = error or (still_wrong[-1] if still_wrong else "")
+        rejected = self.query_one("#rejected", Static)
+        rejected.display = bool(latest)
+        rejected.update(f"last change rejected: {latest}")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(str(n) for n in shape)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _megabytes(size: int) -> str:
+    megabytes = size / 1e6
+    return f"{megabytes:.1f} MB" if megabytes < 10 else f"{megabytes:,.0f} MB"

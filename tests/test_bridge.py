@@ -1,0 +1,35 @@
+"""The UI's bridge to the worker: events arrive coalesced, on the UI's schedule."""
+
+from __future__ import annotations
+
+from difflab import events
+from difflab.screens.bridge import EngineBridge, _coalesce
+
+
+def test_only_the_newest_progress_per_job_survives_a_drain():
+    waiting = [events.Progress(1, 1, 10, None), events.LogLine(1, "a"), events.Progress(2, 5, 9, None),
+               events.Progress(1, 2, 10, 0.5), events.Progress(1, 3, 10, 0.4), events.JobFinished(2, "finished")]
+    kept = _coalesce(waiting)
+    assert kept == [events.LogLine(1, "a"), events.Progress(2, 5, 9, None), events.Progress(1, 3, 10, 0.4),
+                    events.JobFinished(2, "finished")]
+
+
+class Chatty:
+    """A job that reports every one of many steps."""
+
+    name, device = "chatty", "cpu"
+
+    def run(self, ctx):
+        for step in range(1, 501):
+            ctx.emit(events.Progress(ctx.job_id, step, 500, None))
+        return "finished", {"steps": 500}
+
+
+def test_a_job_emitting_500_progress_events_reaches_the_ui_as_a_handful():
+    bridge = EngineBridge("cpu")
+    seen = []
+    handle = bridge.submit(Chatty(), seen.append)
+    bridge.worker.shutdown(timeout=30)  # finish the job, then drain once as the UI timer would
+    assert bridge.drain() == 2
+    assert seen[0].step == 500 and seen[-1].summary == {"steps": 500}
+    assert not bridge.busy and handle.job_id == seen[0].job_id

@@ -1,0 +1,73 @@
+"""The model screen, driven with Textual's Pilot: choose a network, read what it costs."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, Input, Select, Static
+
+from difflab.screens.app import DifflabApp
+from difflab.screens.model import ModelScreen
+from difflab.screens.widgets import RecipeField
+from tests.conftest import wait_for_probe
+
+pytestmark = pytest.mark.anyio
+
+
+def field(app, key: str) -> RecipeField:
+    return app.screen.query_one(f"#field-{key.replace('.', '-')}", RecipeField)
+
+
+def text(app, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+def block_names(app) -> list[str]:
+    table = app.screen.query_one("#blocks", DataTable)
+    return [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+
+
+async def test_the_course_models_their_sizes_and_a_rejected_change():
+    # one app for the whole story: each probe builds and times a real model, seconds on 2 cores
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("3")
+        assert isinstance(app.screen, ModelScreen)
+        await wait_for_probe(pilot)
+        assert "BasicUNet · 309,057 parameters" in text(app, "#headline")  # the course's ~309k
+        assert "input 1×28×28" in text(app, "#headline")
+        assert block_names(app)[0] == "down_layers.0"
+        assert "one training step at batch 128 on cpu" in text(app, "#estimate")
+        assert not field(app, "model.norm_num_groups").display
+
+        field(app, "model.kind").query_one(Select).value = "unet2d"
+        await pilot.pause(0.5)
+        await wait_for_probe(pilot)
+        assert "UNet2DModel · 1,707,009 parameters" in text(app, "#headline")  # the course's ~1.7M
+        assert "down_blocks.1 AttnDownBlock2D" in block_names(app)
+        assert field(app, "model.norm_num_groups").display and not field(app, "model.channels").display
+
+        groups = field(app, "model.norm_num_groups")
+        groups.query_one(Input).value = "24"
+        await pilot.pause(0.2)
+        assert "model.norm_num_groups = 24" in groups.error
+        assert app.recipe.model.norm_num_groups == 32
+        assert "last change rejected: model.norm_num_groups = 24" in text(app, "#rejected")
+        assert "1,707,009 parameters" in text(app, "#headline")  # the report still shows the kept recipe
+
+        groups.query_one(Input).value = "16"
+        await pilot.pause(0.2)
+        assert groups.error == "" and not app.screen.query_one("#rejected").display
+
+
+def test_the_model_screen_snapshot(snap_compare):
+    async def settle(pilot):
+        await pilot.press("3")  # here, not snap_compare's press=: that runs after run_before
+        await wait_for_probe(pilot)
+        for box in pilot.app.query(Input):
+            box.cursor_blink = False
+        # the measured step time varies from run to run; the rest of the screen does not
+        pilot.app.screen.query_one("#estimate", Static).update(
+            "one training step at batch 128 on cpu: ~X s, ~Y MB (rough)")
+        await pilot.pause(0.1)
+
+    assert snap_compare(DifflabApp(), terminal_size=(100, 32), run_before=settle)

@@ -1,0 +1,110 @@
+"""The schedule screen, used as a person would: open it, read the curves, change the schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input, Label, Select, Static
+from textual_plot import PlotWidget
+
+from difflab.screens.app import DifflabApp
+from difflab.screens.schedule import ScheduleScreen
+from difflab.screens.widgets import TerminalImage
+
+SIZE = (100, 32)
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"  # Textual runs on asyncio only
+
+
+async def wait_until(pilot: Pilot, done: Callable[[], bool], timeout_s: float = 60) -> None:
+    """Let the app run until `done()` holds (the first probe imports torch: seconds, not ms)."""
+    for _ in range(int(timeout_s / 0.1)):
+        if done():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError(f"still waiting after {timeout_s} s")
+
+
+async def open_schedule(pilot: Pilot) -> ScheduleScreen:
+    """Press 2 and wait until the screen shows its first probe's result."""
+    await pilot.press("2")
+    screen = pilot.app.screen
+    await wait_until(pilot, lambda: not screen.probing and strip(screen, "ddpm").image is not None)
+    return screen
+
+
+def strip(screen: ScheduleScreen, kind: str) -> TerminalImage:
+    """The noised strip of one corruption process: "ddpm" or "toy"."""
+    return screen.query_one(f"#{kind}-strip", TerminalImage)
+
+
+def lines_in(screen: ScheduleScreen, plot_id: str) -> int:
+    """How many curves a plot draws."""
+    # PlotWidget has no public list of what it draws; its datasets are what the user sees
+    return len(screen.query_one(f"#{plot_id}", PlotWidget)._datasets)
+
+
+async def test_key_2_shows_both_schedules_curves_and_strips():
+    app = DifflabApp(device="cpu")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_schedule(pilot)
+        assert isinstance(screen, ScheduleScreen)
+        # √ᾱ and √(1−ᾱ) for the recipe's schedule and the default comparison; log SNR for both
+        assert lines_in(screen, "amounts") == 4
+        assert lines_in(screen, "log-snr") == 2
+        assert strip(screen, "toy").image.size == strip(screen, "ddpm").image.size
+        assert "0, 143, 285, 428, 571, 714, 856, 999" in str(screen.query_one("#timesteps", Static).content)
+
+
+async def test_choosing_a_beta_schedule_edits_the_recipe_and_renoises_the_strip():
+    app = DifflabApp(device="cpu")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_schedule(pilot)
+        before = strip(screen, "ddpm").image
+        screen.query_one("#field-schedule-beta_schedule Select", Select).value = "squaredcos_cap_v2"
+        await wait_until(pilot, lambda: strip(screen, "ddpm").image is not before and not screen.probing)
+        assert app.recipe.schedule.beta_schedule == "squaredcos_cap_v2"
+        assert app.dirty
+        assert "squaredcos_cap_v2" in str(screen.query_one("#key", Static).content)
+
+
+async def test_the_comparison_is_not_saved_in_the_recipe():
+    app = DifflabApp(device="cpu")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_schedule(pilot)
+        recipe = app.recipe
+        screen.query_one("#compare", Select).value = "none"
+        await wait_until(pilot, lambda: lines_in(screen, "amounts") == 2 and not screen.probing)
+        assert lines_in(screen, "log-snr") == 1
+        assert app.recipe is recipe and not app.dirty
+
+
+async def test_beta_start_above_beta_end_is_refused_under_the_field():
+    app = DifflabApp(device="cpu")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_schedule(pilot)
+        field = screen.query_one("#field-schedule-beta_start")
+        box = field.query_one(Input)
+        box.focus()
+        await pilot.press("end", *["backspace"] * len(box.value), "0", ".", "5")
+        message = str(field.query_one(".field-error", Label).content)
+        assert "schedule.beta_start = 0.5: must be below schedule.beta_end = 0.02" in message
+        assert app.recipe.schedule.beta_start == 0.0001
+
+
+async def _open_schedule_quietly(pilot: Pilot) -> None:
+    # snap_compare runs this before its own key presses, so the screen is opened here
+    await open_schedule(pilot)
+    for box in pilot.app.query(Input):
+        box.cursor_blink = False
+
+
+def test_schedule_screen_snapshot(snap_compare):
+    # device="cpu": the status line names the device, and a GPU machine would name its card
+    assert snap_compare(DifflabApp(device="cpu"), terminal_size=SIZE, run_before=_open_schedule_quietly)
