@@ -50,6 +50,17 @@ class StepLogged(Event):
     lr: float
     images_per_sec: float
     elapsed: float
+    memory_bytes: int = 0  # peak device memory (CUDA) or peak process memory (CPU)
+
+
+@dataclass(frozen=True)
+class LossByNoiseLevel(Event):
+    """Mean loss per noise-level bucket over the last log interval: diagnoses "the loss falls
+    but samples are noise" (low noise levels learnt, high ones not)."""
+
+    step: int
+    edges: tuple[float, ...]  # bucket edges in 0..1 (timestep / T, or the toy amount)
+    losses: tuple[float | None, ...]  # None where no image fell in the bucket
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dataclasses import dataclass
+
 from difflab.models import denoise
 from difflab.recipe import Recipe
 from difflab.schedules import corrupt
+
+
+@dataclass
+class BatchLoss:
+    """The loss to minimise, and each image's loss with its noise level in 0..1 (for diagnostics)."""
+
+    loss: torch.Tensor
+    per_image: torch.Tensor
+    level: torch.Tensor
 
 
 class ToyObjective:
@@ -26,7 +37,8 @@ class ToyObjective:
     def loss(self, model, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         noise = torch.rand(x.shape, generator=generator, device=x.device) * (self.high - self.low) + self.low
         amount = torch.rand(len(x), generator=generator, device=x.device)
-        return F.mse_loss(denoise(model, corrupt(x, amount, noise)), x)
+        per_image = F.mse_loss(denoise(model, corrupt(x, amount, noise)), x, reduction="none").mean(dim=(1, 2, 3))
+        return BatchLoss(per_image.mean(), per_image.detach(), amount)
 
 
 class DDPMObjective:
@@ -47,9 +59,10 @@ class DDPMObjective:
         target = training_target(self.scheduler, x, noise, t, self.objective)
         # float32 for the loss even under autocast: bf16 MSE of small residuals is too coarse
         per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        raw = per_image.detach()
         if self.min_snr_gamma is not None:
             per_image = per_image * min_snr_weights(self.scheduler, t, self.min_snr_gamma, self.objective)
-        return per_image.mean()
+        return BatchLoss(per_image.mean(), raw, t.float() / steps)
 
 
 def make_objective(recipe: Recipe, value_range: tuple[float, float], scheduler=None):

@@ -70,6 +70,27 @@ class LossMeter:
         return mean
 
 
+class NoiseLevelMeter:
+    """Per-image losses summed into noise-level buckets on the device; read at log intervals."""
+
+    BUCKETS = 10
+
+    def __init__(self, device: str) -> None:
+        self.sums = torch.zeros(self.BUCKETS, device=device)
+        self.counts = torch.zeros(self.BUCKETS, device=device)
+
+    def add(self, per_image: torch.Tensor, level: torch.Tensor) -> None:
+        index = (level * self.BUCKETS).long().clamp(0, self.BUCKETS - 1)
+        self.sums.index_add_(0, index, per_image.float())
+        self.counts.index_add_(0, index, torch.ones_like(per_image, dtype=torch.float))
+
+    def take(self) -> tuple[float | None, ...]:
+        sums, counts = self.sums.tolist(), self.counts.tolist()
+        self.sums.zero_()
+        self.counts.zero_()
+        return tuple(s / c if c else None for s, c in zip(sums, counts))
+
+
 class TrainingJob:
     """Train the recipe's model into a run directory (fresh, or resumed from its last checkpoint)."""
 
@@ -144,6 +165,7 @@ class _Session:
         self.state = TrainingState()
         self.meter = LossMeter.zeros(self.device)
         self.last_loss: float | None = None
+        self.levels = NoiseLevelMeter(self.device)
         self._order_epoch = -1
 
     @classmethod
@@ -190,6 +212,7 @@ class _Session:
         while self.state.step < self.total_steps:
             if not control.wait_turn():
                 return True
+            self.apply(control.take_adjustments())
             epoch, position = divmod(self.state.step, self.steps_per_epoch)
             self.train_step(self.micro_batches(epoch, position))
             self.state.step += 1
@@ -220,9 +243,10 @@ class _Session:
             last = i == len(micro_batches) - 1
             # no gradient all-reduce between processes until the last micro-batch
             with (contextlib.nullcontext() if last else acc.no_sync(self.model)), acc.autocast():
-                loss = self.objective.loss(self.model, x, gen)
-            acc.backward(loss / len(micro_batches))
-            total += loss.detach()
+                batch = self.objective.loss(self.model, x, gen)
+            acc.backward(batch.loss / len(micro_batches))
+            total += batch.loss.detach()
+            self.levels.add(batch.per_image, batch.level)
             self._images_since_log += len(x)
         if self.cfg.max_grad_norm:
             acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
@@ -247,6 +271,21 @@ class _Session:
         self._log_clock += time.perf_counter() - paused_at  # throughput counts training time only
         self.progress()
 
+    def apply(self, changes: dict) -> None:
+        """Settings changed while the job runs: the learning rate and the preview cadence."""
+        if not changes:
+            return
+        if "lr" in changes:
+            # the schedule multiplies base_lrs by its factor: move the base, keep the shape
+            factor = self.lr_scheduler.get_last_lr()[0] / max(self.lr_scheduler.base_lrs[0], 1e-30)
+            self.lr_scheduler.base_lrs = [float(changes["lr"])] * len(self.lr_scheduler.base_lrs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = float(changes["lr"]) * factor
+        known = {k: v for k, v in changes.items() if k in ("sample_every", "log_every", "lr")}
+        self.cfg = self.cfg.model_copy(update=known)
+        text = ", ".join(f"{k} = {v}" for k, v in known.items())
+        self.ctx.emit(events.LogLine(self.ctx.job_id, f"step {self.state.step}: {text}"))
+
     # ------------------------------------------------------------ reporting
 
     def log(self, epoch: int) -> None:
@@ -258,13 +297,16 @@ class _Session:
         now = time.perf_counter()
         rate = self._images_since_log * self.accelerator.num_processes / max(now - self._log_clock, 1e-9)
         self._images_since_log, self._log_clock = 0, now
-        lr = self.lr_scheduler.get_last_lr()[0]
-        row = events.StepLogged(self.ctx.job_id, self.state.step, epoch, loss, lr, rate, self.elapsed())
+        lr = self.optimizer.param_groups[0]["lr"]
+        row = events.StepLogged(self.ctx.job_id, self.state.step, epoch, loss, lr, rate, self.elapsed(),
+                                _peak_memory(self.device))
         if self.main:
             self.run.append_metrics({"step": row.step, "epoch": row.epoch, "loss": row.loss, "lr": row.lr,
                                      "img_per_s": round(rate, 2), "elapsed": round(row.elapsed, 3)})
         self.last_loss = loss
         self.ctx.emit(row)
+        edges = tuple(i / NoiseLevelMeter.BUCKETS for i in range(NoiseLevelMeter.BUCKETS + 1))
+        self.ctx.emit(events.LossByNoiseLevel(self.ctx.job_id, self.state.step, edges, self.levels.take()))
 
     def across_processes(self, value: torch.Tensor) -> torch.Tensor:
         """The mean over all processes (each saw its own shard of the batch)."""
@@ -428,6 +470,15 @@ class _Session:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
             "samples": str(self.run.samples / "final.png") if status == "finished" else None,
         }
+
+
+def _peak_memory(device: str) -> int:
+    """Peak memory so far: the CUDA allocator's on a GPU, the process's resident set on a CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated()
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def _optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -27,6 +27,18 @@ class JobControl:
         self._paused = False
         self._stop = False
         self._single_steps = 0
+        self._adjustments: dict = {}
+
+    def adjust(self, **settings) -> None:
+        """Ask a running job to change settings (e.g. lr, sample_every) at its next step."""
+        with self._cond:
+            self._adjustments.update(settings)
+
+    def take_adjustments(self) -> dict:
+        """The settings asked for since the last call (the job calls this between steps)."""
+        with self._cond:
+            taken, self._adjustments = self._adjustments, {}
+            return taken
 
     def pause(self) -> None:
         with self._cond:

@@ -107,3 +107,27 @@ def test_events_are_throttled_not_one_per_step(worker, tmp_path):
     progress = [e for e in seen if isinstance(e, events.Progress)]
     assert len(progress) <= seen[-1].summary["elapsed_s"] / 0.1 + 2
     assert progress[-1].step == steps
+
+
+def test_learning_rate_and_preview_cadence_change_on_a_running_job(worker, tmp_path):
+    recipe = load_recipe_with(tmp_path, [*TINY, "train.log_every=1", "train.sample_every=0"])
+    handle = paused_from_the_start(worker, TrainingJob(recipe, RunDir.create(tmp_path / "run", recipe)))
+    stream = worker.iter_events(handle.job_id)
+    handle.control.step_once()
+    assert next(e for e in stream if isinstance(e, events.StepLogged)).lr == recipe.train.lr
+    handle.control.adjust(lr=2.5e-4, sample_every=2)
+    handle.control.step_once()
+    changed = next(e for e in stream if isinstance(e, events.StepLogged))
+    assert changed.step == 2 and changed.lr == 2.5e-4
+    assert next(e for e in stream if isinstance(e, events.PreviewReady)).step == 2  # the new cadence
+    handle.control.stop()
+    list(stream)
+
+
+def test_losses_are_reported_by_noise_level(worker, tmp_path):
+    recipe = load_recipe_with(tmp_path, [*TINY, "train.log_every=4", "train.batch_size=64"])
+    handle = worker.submit(TrainingJob(recipe, RunDir.create(tmp_path / "run", recipe)))
+    by_level = [e for e in worker.iter_events(handle.job_id) if isinstance(e, events.LossByNoiseLevel)]
+    assert by_level and len(by_level[0].edges) == 11 and len(by_level[0].losses) == 10
+    filled = [loss for loss in by_level[-1].losses if loss is not None]
+    assert len(filled) >= 8 and all(loss > 0 for loss in filled)  # 4 steps x 64 images cover the range
