@@ -155,3 +155,26 @@ class DeviceProbe:
         if ctx.device.startswith("cuda"):
             label = f"cuda: {torch.cuda.get_device_name(0)}"
         return "finished", {"device": ctx.device, "label": label}
+
+
+@dataclass
+class TrainingLaunch:
+    """A training job whose heavy module (torch, diffusers) is imported on the worker.
+
+    The TUI submits this instead of TrainingJob, so pressing start never stalls the
+    UI thread on an import.
+    """
+
+    recipe: Recipe
+    run_dir: Any  # difflab.runs.RunDir
+    recipe_dir: Path | None = None
+    name: str = "train"
+
+    @property
+    def device(self) -> str:
+        return self.recipe.device
+
+    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+        from difflab.train import TrainingJob
+
+        return TrainingJob(self.recipe, self.run_dir, self.recipe_dir).run(ctx)

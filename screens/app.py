@@ -20,9 +20,11 @@ from difflab.errors import DifflabError, RecipeError
 from difflab.recipe import Recipe, load_recipe, parse_recipe, save_recipe
 from difflab.screens.bridge import DRAIN_HZ, EngineBridge
 from difflab.screens.dataset import DatasetScreen
-from difflab.screens.dialogs import HelpScreen, OpenRecipeScreen, RecipeBrowserScreen, SaveAsScreen
+from difflab.screens.dialogs import ConfirmQuitScreen, HelpScreen, OpenRecipeScreen, RecipeBrowserScreen, SaveAsScreen
 from difflab.screens.model import ModelScreen
+from difflab.screens.sampling import SamplingScreen
 from difflab.screens.schedule import ScheduleScreen
+from difflab.screens.training import TrainingScreen
 
 
 class DifflabCommands(Provider):
@@ -54,13 +56,16 @@ class DifflabApp(App):
 
     TITLE = "difflab"
     CSS_PATH = "app.tcss"
-    MODES = {"dataset": DatasetScreen, "schedule": ScheduleScreen, "model": ModelScreen}
+    MODES = {"dataset": DatasetScreen, "schedule": ScheduleScreen, "model": ModelScreen,
+             "training": TrainingScreen, "sampling": SamplingScreen}
     DEFAULT_MODE = "dataset"
     COMMANDS = App.COMMANDS | {DifflabCommands}
     BINDINGS = [
         Binding("1", "switch_mode('dataset')", "Dataset", id="screen.dataset", tooltip="the data screen"),
         Binding("2", "switch_mode('schedule')", "Schedule", id="screen.schedule", tooltip="noise schedules"),
         Binding("3", "switch_mode('model')", "Model", id="screen.model", tooltip="the network"),
+        Binding("4", "switch_mode('training')", "Train", id="screen.training", tooltip="train and watch it learn"),
+        Binding("5", "switch_mode('sampling')", "Sample", id="screen.sampling", tooltip="sample step by step"),
         Binding("question_mark", "help", "Help", id="help", tooltip="what each screen teaches"),
         Binding("ctrl+o", "open_recipe", "Open", id="recipe.open", tooltip="open a recipe file"),
         Binding("ctrl+s", "save_recipe", "Save", id="recipe.save", tooltip="save the recipe"),
@@ -88,6 +93,11 @@ class DifflabApp(App):
         # The worker's first job imports torch, which holds the GIL for a second or so:
         # start it once the first frame is on screen, not before.
         self.call_after_refresh(self._ask_device)
+
+    def on_unmount(self) -> None:
+        # A job left running would die inside torch at interpreter exit: stop it (training
+        # checkpoints first) and let the worker finish before the process goes.
+        self.bridge.close()
 
     def _ask_device(self) -> None:
         from difflab.probes import DeviceProbe
@@ -144,6 +154,34 @@ class DifflabApp(App):
         self.notify(f"saved {path}")
 
     # ------------------------------------------------------------ actions
+
+    async def action_quit(self) -> None:
+        """Quit; while training, ask first, and stop the job with a checkpoint before leaving."""
+        training = self.training_screen
+        if training is None or not training.running:
+            self.exit()
+            return
+
+        def answered(stop: bool | None) -> None:
+            if stop:
+                training.stop()
+                self.notify("stopping: writing a checkpoint before quitting…")
+                self._quit_timer = self.set_interval(0.1, self._exit_when_stopped)
+
+        self.push_screen(ConfirmQuitScreen(), answered)
+
+    def _exit_when_stopped(self) -> None:
+        self.bridge.drain()
+        if not self.training_screen.running:
+            self.exit()
+
+    @property
+    def training_screen(self):
+        """The training screen if it was ever opened (it owns the running training job)."""
+        return getattr(self, "_training_screen", None)
+
+    def register_training_screen(self, screen) -> None:
+        self._training_screen = screen
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

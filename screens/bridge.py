@@ -25,6 +25,7 @@ class EngineBridge:
         self.device = device
         self._worker: Worker | None = None
         self._handlers: dict[int, EventHandler] = {}
+        self._handles: dict[int, JobHandle] = {}
 
     @property
     def worker(self) -> Worker:
@@ -35,7 +36,16 @@ class EngineBridge:
     def submit(self, job: Job, on_event: EventHandler) -> JobHandle:
         handle = self.worker.submit(job)
         self._handlers[handle.job_id] = on_event
+        self._handles[handle.job_id] = handle
         return handle
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop every job still running (training writes its checkpoint) and end the worker."""
+        if self._worker is None:
+            return
+        for handle in self._handles.values():
+            handle.control.stop()
+        self._worker.shutdown(timeout)
 
     def forget(self, job_id: int) -> None:
         """Stop delivering a job's events (its screen no longer wants them)."""
@@ -59,6 +69,7 @@ class EngineBridge:
                 delivered += 1
             if isinstance(event, TERMINAL_EVENTS):
                 self._handlers.pop(event.job_id, None)
+                self._handles.pop(event.job_id, None)
         return delivered
 
     @property

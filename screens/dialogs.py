@@ -22,9 +22,11 @@ section of the **recipe** (a TOML file); `difflab run RECIPE` replays it headles
 | `1` | Dataset | what the model learns from: source, size, channels, value range, classes | `[dataset]` |
 | `2` | Schedule | how images are corrupted: the toy linear mix vs DDPM's √ᾱ / √(1−ᾱ) schedule, SNR | `[schedule]` |
 | `3` | Model | BasicUNet vs UNet2DModel: parameters, block shapes, FLOPs, step time | `[model]` |
+| `4` | Training | start / pause (`p`) / single step (`n`) / stop (`x`) a run; live loss (log: `l`), lr, img/s, ETA, memory, previews, loss by noise level, checkpoints | `[train]` |
+| `5` | Sampling | any run, checkpoint or pipeline with any sampler; step through x_t and the predicted x0 (`←` `→`), two samplers side by side, save PNG + GIF (`ctrl+g`) | `[sample]` |
 
-Training, sampling, inversion and audio screens come with later issues; their
-recipes already run headless (`difflab run`, `difflab sample`).
+`ctrl+r` starts the training or sampling job of the screen you are on. Inversion and
+audio screens come with later issues; their chapters run headless today.
 
 | key | does |
 |---|---|
@@ -130,3 +132,29 @@ class RecipeBrowserScreen(ModalScreen[Path | None]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(next(r.path for r in self.recipes if r.name == event.option.id))
+
+
+class ConfirmQuitScreen(ModalScreen[bool]):
+    """Quitting while training: stop the job (it writes a checkpoint) and quit, or stay."""
+
+    BINDINGS = [Binding("y", "dismiss(True)", "Stop and quit", id="quit.yes"),
+                Binding("n,escape", "dismiss(False)", "Keep training", id="quit.no")]
+    DEFAULT_CSS = """
+    ConfirmQuitScreen { align: center middle; }
+    ConfirmQuitScreen > Vertical { width: 64; height: auto; border: thick $warning; background: $surface;
+                                   padding: 1 2; }
+    ConfirmQuitScreen Button { margin: 1 1 0 0; }
+    """
+
+    def compose(self) -> ComposeResult:
+        from textual.containers import Horizontal
+
+        with Vertical():
+            yield Label("A training job is running. Stop it (a checkpoint is written first, "
+                        "so `difflab run --resume` can continue it) and quit?")
+            with Horizontal():
+                yield Button("Stop and quit [y]", variant="warning", id="yes")
+                yield Button("Keep training [n]", variant="primary", id="no")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")

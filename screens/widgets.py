@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.widgets import Input, Label, Select, Static, Switch, Tab, Tabs
-from textual_image.renderable.halfcell import Image as HalfcellRenderable
-from textual_image.widget import HalfcellImage
+from textual_image.widget import HalfcellImage, SixelImage, TGPImage
 
 from difflab.recipe import parse_toml_value
 
-SCREENS = [("dataset", "1 Dataset"), ("schedule", "2 Schedule"), ("model", "3 Model")]
+SCREENS = [("dataset", "1 Dataset"), ("schedule", "2 Schedule"), ("model", "3 Model"),
+           ("training", "4 Training"), ("sampling", "5 Sampling")]
 
 
-class TerminalImage(HalfcellImage, Renderable=HalfcellRenderable):
-    """A PIL image drawn with half-block colour cells, fitted to its area, aspect kept.
+def _image_widget_class() -> type:
+    """Sixel or Kitty graphics where the terminal said it has them, else half-block cells.
 
-    Half cells render in a few milliseconds (climage takes tens to hundreds), and
-    work in every terminal, tmux and SSH included.
+    textual-image asks the terminal once, at import, before Textual takes the screen;
+    half cells work everywhere (tmux, SSH, tests) and render a 64-column preview in a
+    few milliseconds. DIFFLAB_IMAGES=halfcell|sixel|kitty forces one.
     """
+    from textual_image.renderable import Image as detected
+    from textual_image.renderable.sixel import Image as SixelRenderable
+    from textual_image.renderable.tgp import Image as TGPRenderable
 
-    DEFAULT_CSS = """
-    TerminalImage { width: auto; height: auto; }
-    """
+    forced = os.environ.get("DIFFLAB_IMAGES", "auto")
+    if forced == "sixel" or (forced == "auto" and detected is SixelRenderable):
+        return SixelImage
+    if forced == "kitty" or (forced == "auto" and detected is TGPRenderable):
+        return TGPImage
+    return HalfcellImage
+
+
+TerminalImage = _image_widget_class()
+"""The one image widget every screen uses: fitted to its area, aspect ratio kept."""
 
 
 class ScreenBar(Tabs):

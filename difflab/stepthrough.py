@@ -1,0 +1,215 @@
+"""Step through sampling: every step's model input x_t beside the predicted clean image.
+
+One seed, one or two samplers: both start from the same noise, so where their
+trajectories part shows what the sampler changes. Each model call is one step of
+the step-through (Heun calls the model 2*steps-1 times, PNDM steps+1), because
+each call is a fresh (x_t, predicted x0) pair worth looking at.
+
+The result keeps each sampler's Trajectory tensors (CPU) beside the PIL grids, so
+`save_outputs` can write the denoising GIF later without sampling again. torch is
+imported inside the functions: the TUI imports this module before the worker has
+loaded torch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from difflab import events
+from difflab.errors import InputError
+from difflab.worker import JobContext
+
+PROGRESS_INTERVAL_S = 0.1
+
+
+@dataclass
+class SamplerSteps:
+    """One sampler's trajectory: a grid per model call for x_t and predicted x0, and the final grid."""
+
+    inputs: list[Any]  # PIL images, one per model call
+    predictions: list[Any]
+    final: Any
+    trajectory: Any  # difflab.sample.Trajectory, CPU tensors, for the GIF
+
+
+def source_kind(path: str | Path) -> str:
+    """"pipeline" (model_index.json inside), "checkpoint" (RUN/checkpoints/step_N) or "run"."""
+    path = Path(path).expanduser()
+    if (path / "model_index.json").is_file():
+        return "pipeline"
+    return "checkpoint" if (path / "model.safetensors").is_file() and (path / "state.json").is_file() else "run"
+
+
+class StepThroughJob:
+    """Sample the same seed with each sampler and keep every step's x_t and predicted x0 as grids."""
+
+    name = "step-through"
+
+    def __init__(self, source_run_dir: Path | None, pipeline: str | None, samplers: list[str], steps: int,
+                 seed: int, num_images: int, eta: float = 0.0, device: str = "auto") -> None:
+        """`source_run_dir` is a run folder or one of its checkpoint folders; `pipeline` a diffusers folder."""
+        if (source_run_dir is None) == (pipeline is None):
+            raise InputError("step-through: give either a run directory or a pipeline, not both or neither")
+        if not 1 <= len(samplers) <= 2:
+            raise InputError(f"step-through: {len(samplers)} samplers given; compare one or two")
+        self.source_run_dir, self.pipeline = source_run_dir, pipeline
+        self.samplers, self.steps, self.seed = list(samplers), steps, seed
+        self.num_images, self.eta, self.device = num_images, eta, device
+
+    @classmethod
+    def from_path(cls, path: str | Path, **settings) -> StepThroughJob:
+        """A job for a run, checkpoint or pipeline folder, whichever `path` is."""
+        if source_kind(path) == "pipeline":
+            return cls(None, str(path), **settings)
+        return cls(Path(path).expanduser(), None, **settings)
+
+    @property
+    def samples_dir(self) -> Path:
+        """Where saved grids and GIFs go: the run's samples/, or ./samples/ for a pipeline."""
+        if self.source_run_dir is None:
+            return Path("samples")
+        run = self.source_run_dir
+        return (run.parent.parent if source_kind(run) == "checkpoint" else run) / "samples"
+
+    def overrides(self, sampler: str) -> list[str]:
+        return [f"sample.sampler='{sampler}'", f"sample.steps={self.steps}", f"sample.seed={self.seed}",
+                f"sample.num_images={self.num_images}", f"sample.eta={self.eta}"]
+
+    def setup(self, sampler: str, device: str):
+        from difflab.sampling_job import pipeline_setup, run_setup
+
+        if self.pipeline:
+            return pipeline_setup(self.pipeline, self.overrides(sampler), device)
+        folder = self.source_run_dir
+        if source_kind(folder) == "checkpoint":
+            return checkpoint_setup(folder, self.overrides(sampler), device)
+        if folder.is_dir() and not (folder / "recipe.toml").is_file():
+            raise InputError(f"{folder}: not a run folder (no recipe.toml), a checkpoint folder (no "
+                             f"model.safetensors) or a diffusers pipeline folder (no model_index.json)")
+        return run_setup(folder, self.overrides(sampler), device)
+
+    def run(self, ctx: JobContext) -> tuple[str, dict]:
+        total = self.steps * len(self.samplers)
+        ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, total))
+        paths, setup = {}, None
+        for i, sampler in enumerate(self.samplers):
+            if setup is None:
+                setup = self.setup(sampler, ctx.device)
+            else:  # the model is loaded once; only the recipe's sampler changes
+                setup.recipe = _with_sampler(setup.recipe, sampler)
+            progress = _ProgressHook(ctx, offset=i * self.steps, steps=self.steps, total=total)
+            paths[sampler] = _sample_steps(setup, self.num_images, self.steps, progress)
+            if ctx.control.stop_requested:
+                return "stopped", {}
+        return "finished", {"samplers": paths, "value_range": setup.value_range, "steps": self.steps,
+                            "seed": self.seed, "samples_dir": self.samples_dir}
+
+
+def checkpoint_setup(folder: Path, overrides: list[str], device: str):
+    """Sampling setup for RUN/checkpoints/step_N: the run's recipe, the checkpoint's weights.
+
+    A run that kept an EMA samples with the EMA weights, as its exported model does.
+    Mirrors sampling_job.run_setup, which only loads the finished run's model/.
+    """
+    from difflab.generate import SamplingSetup
+    from difflab.models import build_model
+    from difflab.recipe import apply_overrides, parse_recipe
+    from difflab.runs import RunDir, load_checkpoint
+
+    run, recipe = RunDir.open(folder.parent.parent)
+    data = recipe.model_dump(mode="json")
+    apply_overrides(data, overrides, str(run.recipe_path))
+    recipe = parse_recipe(data, str(run.recipe_path))
+    checkpoint = load_checkpoint(folder)
+    model = build_model(recipe)
+    model.load_state_dict(checkpoint.model)
+    for i, parameter in enumerate(model.parameters()):
+        if (ema := checkpoint.tensors.get(f"ema.{i}")) is not None:
+            parameter.data.copy_(ema)
+    scheduler = None
+    if recipe.schedule.kind == "ddpm":
+        from difflab.schedules import noise_scheduler, prediction_type_for
+
+        scheduler = noise_scheduler(recipe.schedule, prediction_type_for(recipe.train.objective))
+    shape = (recipe.dataset.channels, recipe.dataset.image_size, recipe.dataset.image_size)
+    value_range = (0.0, 1.0) if recipe.dataset.value_range == "0..1" else (-1.0, 1.0)
+    return SamplingSetup(model.to(device), recipe, shape, value_range, device, scheduler)
+
+
+def _with_sampler(recipe, sampler: str):
+    """The recipe with another sampler, validated (the toy sampler is refused on a DDPM schedule)."""
+    from difflab.recipe import parse_recipe
+
+    data = recipe.model_dump(mode="json")
+    data["sample"]["sampler"] = sampler
+    return parse_recipe(data, f"second sampler {sampler!r}")
+
+
+def _sample_steps(setup, count: int, steps: int, progress) -> SamplerSteps:
+    """Sample with `setup` (its own seed, so every sampler starts from the same noise) and grid each step."""
+    from difflab.generate import generate
+    from difflab.render import image_grid
+    from difflab.sample import Trajectory
+
+    path = Trajectory()
+
+    def on_step(step) -> None:
+        path.record(step)
+        progress(step)
+
+    path.final = generate(setup, count, steps, on_step).cpu()
+    value_range = setup.value_range
+    return SamplerSteps(inputs=[image_grid(x, value_range, nrow=count) for x in path.inputs],
+                        predictions=[image_grid(p, value_range, nrow=count) for p in path.predictions],
+                        final=image_grid(path.final, value_range, nrow=count), trajectory=path)
+
+
+class _ProgressHook:
+    """Throttled progress (~10 a second); a sampler's model calls are mapped onto its `steps`."""
+
+    def __init__(self, ctx: JobContext, offset: int, steps: int, total: int) -> None:
+        self.ctx, self.offset, self.steps, self.total, self.last = ctx, offset, steps, total, 0.0
+
+    def __call__(self, step) -> None:
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_INTERVAL_S or step.index + 1 == step.total:
+            self.last = now
+            done = self.offset + round((step.index + 1) * self.steps / step.total)
+            self.ctx.emit(events.Progress(self.ctx.job_id, done, self.total, None))
+
+
+def save_outputs(result: dict, folder: Path) -> list[Path]:
+    """Write each sampler's final grid (PNG, upscaled 2x) and denoising GIF into `folder`; returns the paths."""
+    from PIL import Image
+
+    from difflab.animate import denoising_gif
+    from difflab.render import save_png
+
+    folder = Path(folder)
+    written = []
+    for sampler, steps in result["samplers"].items():
+        stem = f"{sampler}-{result['steps']}steps-seed{result['seed']}"
+        grid = steps.final.resize((steps.final.width * 2, steps.final.height * 2), Image.Resampling.NEAREST)
+        written.append(save_png(grid, folder / f"{stem}.png"))
+        path = steps.trajectory
+        written.append(denoising_gif(path.inputs, path.predictions, result["value_range"], folder / f"{stem}.gif"))
+    return written
+
+
+class SaveStepThroughJob:
+    """Write a finished step-through's grids and GIFs on the worker (the GIF is built from tensors)."""
+
+    name = "save-step-through"
+
+    def __init__(self, result: dict, folder: Path | None = None) -> None:
+        self.result, self.folder = result, Path(folder or result["samples_dir"])
+
+    def run(self, ctx: JobContext) -> tuple[str, dict]:
+        try:
+            paths = save_outputs(self.result, self.folder)
+        except OSError as error:
+            raise InputError(f"{self.folder}: cannot write the samples ({error.strerror or error})") from None
+        return "finished", {"paths": [str(p) for p in paths]}

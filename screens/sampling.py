@@ -1,0 +1,229 @@
+"""Sampling screen: sample a run or a saved pipeline and step through it, x_t beside predicted x0.
+
+The course's side-by-side figure, scrubbed with the arrow keys; the same seed under
+a second sampler shows where two trajectories part. The work runs on the worker as a
+StepThroughJob; this screen only shows the grids it returns and asks the worker to save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
+
+from difflab.events import Event, JobError, JobFinished, Progress
+from difflab.recipe import SAMPLERS
+from difflab.screens.base import LabScreen
+from difflab.screens.widgets import TerminalImage
+from difflab.stepthrough import SaveStepThroughJob, StepThroughJob
+
+NO_COMPARISON = "none"
+
+
+class StepView(Vertical, can_focus=True):
+    """The step-through: focusable, so the arrow keys reach the screen instead of a form field."""
+
+
+class SamplingScreen(LabScreen):
+    """Sample from a run or a pipeline; scrub through the steps; compare two samplers from one seed."""
+
+    SCREEN_NAME = "sampling"
+    CSS_PATH = "sampling.tcss"
+    BINDINGS = [
+        Binding("ctrl+r", "sample", "Sample", id="sampling.run", tooltip="sample with these settings"),
+        Binding("left", "scrub(-1)", "Step back", id="sampling.back", tooltip="the step before"),
+        Binding("right", "scrub(1)", "Step on", id="sampling.next", tooltip="the step after"),
+        Binding("home", "scrub_to(0)", "First", id="sampling.first", show=False, tooltip="the first step"),
+        Binding("end", "scrub_to(-1)", "Last", id="sampling.last", show=False, tooltip="the last step"),
+        Binding("ctrl+g", "save", "Save PNG+GIF", id="sampling.save", tooltip="save the grids and the GIFs"),
+    ]
+
+    step: reactive[int] = reactive(0, init=False)
+    """The step shown, 0-based (a model call: Heun makes two per step but the first)."""
+
+    def fields(self):
+        sample = self.app.recipe.sample
+        yield Label("source: run or pipeline folder", classes="field-label")
+        yield Input(str(newest_run() or ""), placeholder="runs/my-run", id="source")
+        yield Label("sampler", classes="field-label")
+        ddpm_samplers = [(s, s) for s in SAMPLERS]
+        yield Select(ddpm_samplers, value="ddim" if sample.sampler == "toy" else sample.sampler,
+                     allow_blank=False, id="sampler")
+        yield Label("compare with (same seed)", classes="field-label")
+        yield Select([(NO_COMPARISON, NO_COMPARISON)] + ddpm_samplers, value=NO_COMPARISON,
+                     allow_blank=False, id="compare")
+        with Horizontal(classes="numbers"):
+            yield from _number("steps", sample.steps)
+            yield from _number("eta", sample.eta)
+        with Horizontal(classes="numbers"):
+            yield from _number("seed", sample.seed)
+            yield from _number("images", sample.trajectory_images)
+        yield Button("Sample", id="sample", variant="primary", tooltip="ctrl+r")
+
+    def compose_output(self) -> ComposeResult:
+        yield ProgressBar(id="progress", show_eta=False)
+        with StepView(id="step-through"):
+            yield Static("Pick a source and press ctrl+r: each step's model input x_t appears beside "
+                         "the model's prediction of the clean image x0.", id="step-label")
+            with Horizontal(id="headings"):
+                yield Label("model input x_t")
+                yield Label("predicted x0")
+            for row in ("first", "second"):
+                with Vertical(id=f"row-{row}", classes="sampler-row"):
+                    yield Label("", classes="sampler-name")
+                    with Horizontal(classes="pair"):
+                        yield TerminalImage(classes="image x-t")
+                        yield TerminalImage(classes="image x0")
+            yield Label("final images", id="final-title", classes="section-title")
+            with Horizontal(id="finals"):
+                yield TerminalImage(id="final-first", classes="image")
+                yield TerminalImage(id="final-second", classes="image")
+
+    def on_mount(self) -> None:
+        # LabScreen.on_mount also runs (Textual dispatches on_mount along the MRO)
+        self.result: dict | None = None
+        self._sampling_id: int | None = None
+        self.query("#probe-loading, #progress, #headings, .sampler-row, #final-title, #finals").set(display=False)
+
+    @property
+    def sampling(self) -> bool:
+        """True while a step-through or a save runs on the worker (tests wait on this)."""
+        return self._sampling_id is not None
+
+    # ------------------------------------------------------------ actions
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "sample":
+            self.action_sample()
+
+    def action_sample(self) -> None:
+        if self.sampling:
+            self.notify("still sampling; wait for it to finish", severity="warning")
+            return
+        try:
+            job = self._job()
+        except ValueError as error:
+            self.notify(str(error), title="sampling: cannot start", severity="error", timeout=10)
+            return
+        progress = self.query_one("#progress", ProgressBar)
+        progress.update(total=job.steps * len(job.samplers), progress=0)
+        progress.display = True
+        self._sampling_id = self.app.bridge.submit(job, self._on_sampled).job_id
+
+    def action_scrub(self, delta: int) -> None:
+        self.step = max(0, min(self.step + delta, self.step_count - 1))
+
+    def action_scrub_to(self, index: int) -> None:
+        self.step = index if index >= 0 else max(self.step_count - 1, 0)
+
+    def action_save(self) -> None:
+        if self.result is None:
+            self.notify("nothing to save yet: sample first (ctrl+r)", severity="warning")
+            return
+        if self.sampling:
+            self.notify("still sampling; wait for it to finish", severity="warning")
+            return
+        self._sampling_id = self.app.bridge.submit(SaveStepThroughJob(self.result), self._on_saved).job_id
+
+    # ------------------------------------------------------------ the job
+
+    def _job(self) -> StepThroughJob:
+        source = self.query_one("#source", Input).value.strip()
+        if not source:
+            raise ValueError("source: give a run directory or a diffusers pipeline folder")
+        samplers = [self.query_one("#sampler", Select).value]
+        if (other := self.query_one("#compare", Select).value) not in (NO_COMPARISON, samplers[0]):
+            samplers.append(other)
+        return StepThroughJob.from_path(
+            source, samplers=samplers, steps=self._read("steps", int, 1), seed=self._read("seed", int, 0),
+            num_images=self._read("images", int, 1), eta=self._read("eta", float, 0.0), device="auto")
+
+    def _read(self, name: str, kind: type, low: float):
+        text = self.query_one(f"#{name}", Input).value.strip()
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"{name} = {text!r}: expected a {kind.__name__}") from None
+        if value < low:
+            raise ValueError(f"{name} = {text}: must be at least {low}")
+        return value
+
+    def _on_sampled(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            self.query_one("#progress", ProgressBar).update(total=event.total_steps, progress=event.step)
+            return
+        if not isinstance(event, (JobFinished, JobError)):
+            return
+        self._sampling_id = None
+        self.query_one("#progress").display = False
+        if isinstance(event, JobError):
+            self.notify(event.message, title="sampling: cannot sample", severity="error", timeout=10)
+        elif event.status == "finished":
+            self.result = event.summary
+            self._show_finals()
+            self.query_one("#headings").display = True
+            self.query_one(StepView).focus()  # the arrow keys scrub from here on
+            self.set_reactive(SamplingScreen.step, 0)
+            self.watch_step(0)  # set_reactive does not call the watcher; a new result must show even at step 0
+
+    def _on_saved(self, event: Event) -> None:
+        if isinstance(event, JobError):
+            self._sampling_id = None
+            self.notify(event.message, title="sampling: cannot save", severity="error", timeout=10)
+        elif isinstance(event, JobFinished):
+            self._sampling_id = None
+            self.notify("\n".join(event.summary["paths"]), title="saved")
+
+    # ------------------------------------------------------------ showing it
+
+    @property
+    def step_count(self) -> int:
+        if self.result is None:
+            return 0
+        return max(len(steps.inputs) for steps in self.result["samplers"].values())
+
+    def watch_step(self, step: int) -> None:
+        if self.result is None:
+            return
+        self.query_one("#step-label", Static).update(
+            f"[b]step {step + 1} / {self.step_count}[/b] · ← → to step, home/end")
+        samplers = list(self.result["samplers"].items())
+        for row, found in zip(("first", "second"), samplers + [None]):
+            box = self.query_one(f"#row-{row}")
+            box.display = found is not None
+            if found is None:
+                continue
+            name, steps = found
+            shown = min(step, len(steps.inputs) - 1)  # Heun makes more model calls than DDIM
+            calls = f" (call {shown + 1} of {len(steps.inputs)})" if len(steps.inputs) != self.step_count else ""
+            box.query_one(".sampler-name", Label).update(f"{name}{calls}")
+            box.query_one(".x-t", TerminalImage).image = steps.inputs[shown]
+            box.query_one(".x0", TerminalImage).image = steps.predictions[shown]
+
+    def _show_finals(self) -> None:
+        finals = [steps.final for steps in self.result["samplers"].values()]
+        for name, image in zip(("first", "second"), finals + [None]):
+            widget = self.query_one(f"#final-{name}", TerminalImage)
+            widget.display = image is not None
+            widget.image = image
+        self.query("#final-title, #finals").set(display=True)
+        names = " | ".join(self.result["samplers"])
+        self.query_one("#final-title", Label).update(f"final images: {names}")
+
+
+def _number(name: str, value) -> ComposeResult:
+    with Vertical(classes="number"):
+        yield Label(name, classes="field-label")
+        yield Input(str(value), id=name, select_on_focus=False)
+
+
+def newest_run(root: Path = Path("runs")) -> Path | None:
+    """The most recently changed folder under ./runs/, the likely thing to sample."""
+    if not root.is_dir():
+        return None
+    folders = [p for p in root.iterdir() if p.is_dir()]
+    return max(folders, key=lambda p: p.stat().st_mtime, default=None)

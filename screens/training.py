@@ -1,0 +1,414 @@
+"""Training screen: start, pause, single-step and stop a training job; watch it learn.
+
+Everything shown comes from the job's events (StepLogged, LossByNoiseLevel, PreviewReady,
+CheckpointSaved, LogLine); the screen computes nothing torch-related. The job belongs to
+the app's worker, not to this screen: switching screens leaves it running.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Label, RichLog, Sparkline, Static
+from textual_plot import HiResMode, PlotWidget
+
+from difflab import events
+from difflab.screens.widgets import RecipeField, ScreenBar, StatusLine, TerminalImage
+
+SMOOTHING = 0.1  # EMA weight of each new logged loss: ~10 log intervals of memory, as TensorBoard's 0.9
+REDRAW_S = 0.25  # the plot redraws at most 4 times a second, however fast losses arrive
+RAW_STYLE, SMOOTH_STYLE = "#5a6a7a", "#4fc3f7"  # raw points faint, the smoothed curve bright
+# What fixes the usual failures; the message itself says what went wrong.
+SUGGESTIONS = {"diverged": "lower train.lr or set train.max_grad_norm = 1.0",
+               "dataset": "check dataset.source and dataset.path on the dataset screen (1)"}
+LIVE_KEYS = ("lr", "sample_every")  # what a running job accepts through JobControl.adjust
+
+
+@dataclass
+class LossCurve:
+    """Logged losses and their exponential moving average, decimated for a plot of a given width."""
+
+    steps: list[int] = field(default_factory=list)
+    raw: list[float] = field(default_factory=list)
+    smooth: list[float] = field(default_factory=list)
+
+    _ema: float = 0.0
+
+    def add(self, step: int, loss: float) -> None:
+        self._ema += SMOOTHING * (loss - self._ema)
+        self.steps.append(step)
+        self.raw.append(loss)
+        # debiased as Adam and TensorBoard do: an EMA started at 0 would lag the first losses
+        self.smooth.append(self._ema / (1 - (1 - SMOOTHING) ** len(self.raw)))
+
+    def points(self, width: int, log: bool) -> tuple[list[int], list[float], list[float]]:
+        """At most ~2 points per column (braille draws 2 per cell): long runs cost the same to draw."""
+        count = len(self.steps)
+        keep = max(2 * width, 2)
+        picks = range(count) if count <= keep else sorted({round(i * (count - 1) / (keep - 1)) for i in range(keep)})
+        scale = (lambda v: math.log10(max(v, 1e-12))) if log else (lambda v: v)
+        return ([self.steps[i] for i in picks], [scale(self.raw[i]) for i in picks],
+                [scale(self.smooth[i]) for i in picks])
+
+
+@dataclass
+class TrainingStats:
+    """The numbers on the stats line, updated from Progress and StepLogged."""
+
+    step: int = 0
+    total: int = 0
+    start_step: int = 0
+    epoch: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    images_per_sec: float | None = None
+    elapsed: float = 0.0
+    memory_bytes: int = 0
+
+    def eta(self) -> float | None:
+        """Seconds left at the average step rate of this session so far."""
+        done = self.step - self.start_step
+        if done <= 0 or self.elapsed <= 0:
+            return None
+        return (self.total - self.step) * self.elapsed / done
+
+    def line(self) -> str:
+        if not self.total:
+            return "idle: ctrl+r (or Start) trains this recipe into a new folder under runs/"
+        loss = f"{self.loss:.4g}" if self.loss is not None else "–"
+        lr = f"{self.lr:.3g}" if self.lr is not None else "–"
+        rate = f"{self.images_per_sec:,.0f}" if self.images_per_sec is not None else "–"
+        eta = self.eta()
+        return (f"step [b]{self.step:,}[/b]/{self.total:,}  epoch {self.epoch + 1}  loss [b]{loss}[/b]  lr {lr}\n"
+                f"{rate} img/s  elapsed {_clock(self.elapsed)}  ETA {_clock(eta) if eta is not None else '–'}  "
+                f"memory {self.memory_bytes / 1e6:,.0f} MB")
+
+
+class TrainingScreen(Screen):
+    """[train]: run the recipe's training job and watch its loss, samples and checkpoints."""
+
+    SCREEN_NAME = "training"
+    CSS_PATH = "training.tcss"
+    AUTO_FOCUS = None  # a focused input would swallow the single-letter keys below (and 1–5)
+    BINDINGS = [
+        Binding("ctrl+r", "start", "Start", id="training.start", tooltip="train the recipe into a new run folder"),
+        Binding("p", "pause_resume", "Pause/resume", id="training.pause", tooltip="pause or resume between steps"),
+        Binding("n", "step_once", "Step", id="training.step", tooltip="while paused: run exactly one more step"),
+        Binding("x", "stop", "Stop", id="training.stop", tooltip="stop after writing a checkpoint"),
+        Binding("l", "toggle_log", "Log/linear", id="training.log_scale", tooltip="loss axis: linear or log"),
+    ]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._handle = None
+        self._paused = False
+        self._log_scale = False
+        self._sent: dict = {}  # live settings last sent to the running job
+        self._reset_run_state()
+
+    def _reset_run_state(self) -> None:
+        self.curve, self.stats = LossCurve(), TrainingStats()
+        self.run_path: Path | None = None
+        self.checkpoints: list[tuple[int, Path]] = []
+        self.outcome = "idle"  # then "finished", "stopped" or "failed" once a job ended
+        self._plot_dirty = True
+
+    # ------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield ScreenBar(self.SCREEN_NAME)
+        with Horizontal(classes="work"):
+            with VerticalScroll(classes="form"):
+                yield from self.fields()
+                yield Static("lr and preview cadence also change a running job; "
+                             "the rest applies to the next run.", id="hint")
+            with VerticalScroll(classes="output"):
+                yield from self.compose_output()
+        yield StatusLine()
+        yield Footer()
+
+    def fields(self) -> list[RecipeField]:
+        """The recipe's training knobs."""
+        return [
+            RecipeField("train.lr", "learning rate (live)"),
+            RecipeField("train.sample_every", "preview every N steps (live)"),
+            RecipeField("train.epochs", "epochs"),
+            RecipeField("train.max_steps", "max steps (0 = all epochs)"),
+            RecipeField("train.batch_size", "batch size"),
+            RecipeField("train.checkpoint_every", "checkpoint every N steps"),
+        ]
+
+    def compose_output(self) -> ComposeResult:
+        with Horizontal(id="controls"):
+            for button_id, label in (("start", "Start ^r"), ("pause", "Pause p"), ("step", "Step n"),
+                                     ("stop", "Stop x")):
+                yield Button(label, id=button_id, compact=True)
+            yield Label("idle", id="state")
+        yield Static(self.stats.line(), id="stats")
+        with Horizontal(id="curves"):
+            with Vertical(id="loss-box"):
+                yield Label("loss: logged · smoothed", id="loss-title", classes="plot-title")
+                yield _loss_plot()
+            with Vertical(id="preview-box"):
+                yield Label("preview", id="preview-title", classes="plot-title")
+                yield TerminalImage(id="preview")
+        with Horizontal(id="lower"):
+            with Vertical(id="levels-box"):
+                yield Label("loss by noise level", classes="plot-title")
+                yield Sparkline([], id="levels")
+                yield Label("← low noise   high noise →", id="levels-caption")
+            with Vertical(id="checkpoints-box"):
+                yield Label("checkpoints", classes="plot-title")
+                yield DataTable(id="checkpoints", show_cursor=False)
+        yield RichLog(id="log", max_lines=200, wrap=True, markup=False)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#checkpoints", DataTable)
+        table.add_columns("step", "file")
+        self.watch(self.app, "recipe", self._recipe_changed, init=False)
+        self.set_interval(REDRAW_S, self._redraw_loss)
+        register = getattr(self.app, "register_training_screen", None)
+        if register is not None:  # the app asks before quitting while this screen's job runs
+            register(self)
+        self._show_state()
+
+    # ------------------------------------------------------------ controls
+
+    @property
+    def running(self) -> bool:
+        """True from start until the job finished, stopped or failed."""
+        return self._handle is not None
+
+    def action_start(self) -> None:
+        """Train the recipe as it is now, into a new folder under runs/."""
+        if self.running:
+            self.notify("a training job is already running; stop it first (x)", severity="warning")
+            return
+        from difflab.errors import DifflabError
+        from difflab.headless import default_run_dir
+        from difflab.runs import RunDir
+        from difflab.probes import TrainingLaunch  # imports torch on the worker, not here
+
+        app = self.app
+        try:
+            run = RunDir.create(_fresh(default_run_dir(app.recipe_path or Path("lab.toml"))), app.recipe)
+        except (DifflabError, OSError) as error:
+            self.notify(str(error), title="cannot start training", severity="error", timeout=10)
+            return
+        self._start_fresh(run.path)
+        self._handle = app.bridge.submit(TrainingLaunch(app.recipe, run, app.recipe_dir), self._on_event)
+        self._sent = {key: getattr(app.recipe.train, key) for key in LIVE_KEYS}
+        self._show_state()
+
+    def action_pause_resume(self) -> None:
+        if not self.running:
+            return
+        if self._paused:
+            self._handle.control.resume()
+        else:
+            self._handle.control.pause()
+        self._paused = not self._paused
+        self._show_state()
+
+    def action_step_once(self) -> None:
+        """While paused, let the job take exactly one step."""
+        if self.running and self._paused:
+            self._handle.control.step_once()
+
+    def action_stop(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Ask the running job to stop; it writes a checkpoint, then finishes as "stopped"."""
+        if self.running:
+            self._handle.control.stop()
+            self.query_one("#state", Label).update("stopping: writing a checkpoint…")
+
+    def action_toggle_log(self) -> None:
+        self._log_scale = not self._log_scale
+        self._plot_dirty = True
+        self._redraw_loss()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        actions = {"start": self.action_start, "pause": self.action_pause_resume,
+                   "step": self.action_step_once, "stop": self.action_stop}
+        actions[event.button.id]()
+
+    def _show_state(self) -> None:
+        """Enable the buttons that make sense now and say what the job is doing."""
+        running, paused = self.running, self._paused
+        self.query_one("#start", Button).disabled = running
+        pause = self.query_one("#pause", Button)
+        pause.disabled = not running
+        pause.label = "Resume p" if paused else "Pause p"
+        self.query_one("#step", Button).disabled = not (running and paused)
+        self.query_one("#stop", Button).disabled = not running
+        state = "paused" if paused else "training" if running else self.outcome
+        self.query_one("#state", Label).update(state)
+
+    # ------------------------------------------------------------ the recipe
+
+    def _recipe_changed(self, recipe) -> None:
+        """Show the new values; send lr and preview cadence on to a running job."""
+        for recipe_field in self.query(RecipeField):
+            if not recipe_field.has_focus_within:
+                recipe_field.refresh_value()
+        if not self.running:
+            return
+        changes = {key: value for key in LIVE_KEYS
+                   if (value := getattr(recipe.train, key)) != self._sent.get(key)}
+        if changes:
+            self._handle.control.adjust(**changes)
+            self._sent.update(changes)
+
+    # ------------------------------------------------------------ events
+
+    def _on_event(self, event: events.Event) -> None:
+        """One event of the training job, on the UI thread (the bridge drains ~15 times a second)."""
+        handler = {
+            events.JobStarted: self._on_started, events.Progress: self._on_progress,
+            events.StepLogged: self._on_step_logged, events.LossByNoiseLevel: self._on_levels,
+            events.PreviewReady: self._on_preview, events.CheckpointSaved: self._on_checkpoint,
+            events.LogLine: self._on_log_line, events.JobFinished: self._on_finished,
+            events.JobError: self._on_error,
+        }.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def _on_started(self, event: events.JobStarted) -> None:
+        self.stats.total, self.stats.start_step, self.stats.step = event.total_steps, event.start_step, event.start_step
+        self.query_one("#log", RichLog).write(f"training on {event.device}: {event.total_steps:,} steps "
+                                              f"into {self.run_path}")
+        self._show_stats()
+
+    def _on_progress(self, event: events.Progress) -> None:
+        self.stats.step, self.stats.total = event.step, event.total_steps
+        self._show_stats()
+
+    def _on_step_logged(self, event: events.StepLogged) -> None:
+        s = self.stats
+        s.step, s.epoch, s.loss, s.lr = max(s.step, event.step), event.epoch, event.loss, event.lr
+        s.images_per_sec, s.elapsed, s.memory_bytes = event.images_per_sec, event.elapsed, event.memory_bytes
+        self.curve.add(event.step, event.loss)
+        self._plot_dirty = True  # drawn by the timer: a burst of log lines costs one redraw
+        self._show_stats()
+
+    def _on_levels(self, event: events.LossByNoiseLevel) -> None:
+        known = [loss for loss in event.losses if loss is not None]
+        if known:  # an empty bucket draws as the lowest bar rather than a gap
+            self.query_one("#levels", Sparkline).data = [loss if loss is not None else min(known)
+                                                         for loss in event.losses]
+
+    def _on_preview(self, event: events.PreviewReady) -> None:
+        self.query_one("#preview", TerminalImage).image = event.image
+        self.query_one("#preview-title", Label).update(f"preview · step {event.step:,}")
+
+    def _on_checkpoint(self, event: events.CheckpointSaved) -> None:
+        """List the checkpoints still on disk: the run keeps only the newest train.keep_checkpoints."""
+        self.checkpoints = [c for c in self.checkpoints if c[1].exists()] + [(event.step, event.path)]
+        table = self.query_one("#checkpoints", DataTable)
+        table.clear()
+        for step, path in self.checkpoints:
+            table.add_row(f"{step:,}", path.name)
+
+    def _on_log_line(self, event: events.LogLine) -> None:
+        self.query_one("#log", RichLog).write(event.text)
+
+    def _on_finished(self, event: events.JobFinished) -> None:
+        self._job_ended(event.status)
+        self.notify(f"{event.status}: {self.run_path}", title="training")
+
+    def _on_error(self, event: events.JobError) -> None:
+        self._job_ended("failed")
+        hint = _suggestion(event.message)
+        self.notify(event.message + (f"\n{hint}" if hint else ""), title="training failed",
+                    severity="error", timeout=15)
+
+    def _job_ended(self, outcome: str) -> None:
+        self._handle, self._paused, self.outcome = None, False, outcome
+        self._show_state()
+
+    # ------------------------------------------------------------ drawing
+
+    def _start_fresh(self, run_path: Path) -> None:
+        """Clear the last run's curves, preview, checkpoints and log."""
+        self._reset_run_state()
+        self.run_path = run_path
+        self.query_one("#checkpoints", DataTable).clear()
+        self.query_one("#log", RichLog).clear()
+        self.query_one("#levels", Sparkline).data = []
+        self.query_one("#preview", TerminalImage).image = None
+        self.query_one("#preview-title", Label).update("preview")
+        self._show_stats()
+
+    def _show_stats(self) -> None:
+        self.query_one("#stats", Static).update(self.stats.line())
+
+    def _redraw_loss(self) -> None:
+        """Replot the loss curve if new losses came in (only while this screen is shown)."""
+        if not (self._plot_dirty and self.is_current):
+            return
+        self._plot_dirty = False
+        plot = self.query_one("#loss", PlotWidget)
+        plot.clear()
+        # the plot's own y label has no room in a narrow margin: the title says the scale
+        scale = "log₁₀ loss" if self._log_scale else "loss"
+        self.query_one("#loss-title", Label).update(f"{scale}: logged · smoothed")
+        if not self.curve.steps:
+            return
+        steps, raw, smooth = self.curve.points(plot.size.width, self._log_scale)
+        plot.plot(steps, raw, line_style=RAW_STYLE, hires_mode=HiResMode.BRAILLE)
+        plot.plot(steps, smooth, line_style=SMOOTH_STYLE, hires_mode=HiResMode.BRAILLE)
+        plot.set_xlimits(steps[0], max(steps[-1], steps[0] + 1))
+        plot.set_ylimits(*_y_range(raw + smooth))
+
+    def on_screen_resume(self) -> None:
+        self._plot_dirty = True  # losses that came in while another screen was shown
+        self._redraw_loss()
+
+
+def _loss_plot() -> PlotWidget:
+    plot = PlotWidget(id="loss", allow_pan_and_zoom=False)
+    # set_reactive: the margin watchers need the plot's children, which exist only once mounted
+    plot.set_reactive(PlotWidget.margin_top, 0)
+    plot.set_reactive(PlotWidget.margin_bottom, 2)
+    plot.set_reactive(PlotWidget.margin_left, 7)
+    return plot
+
+
+def _y_range(values: list[float]) -> tuple[float, float]:
+    """Limits around the values, never empty: textual-plot's tick labels fail on a zero-height range."""
+    low, high = min(values), max(values)
+    pad = max((high - low) * 0.05, abs(high) * 0.05, 1e-3)
+    return low - pad, high + pad
+
+
+def _fresh(path: Path) -> Path:
+    """`path`, or path-2, path-3… when it exists (two starts in one second share a timestamp)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _suggestion(message: str) -> str:
+    lowered = message.lower()
+    if "diverged" in lowered or "nan" in lowered:
+        return "Try: " + SUGGESTIONS["diverged"]
+    if "dataset" in lowered or "folder" in lowered or "not found" in lowered:
+        return "Try: " + SUGGESTIONS["dataset"]
+    return ""
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

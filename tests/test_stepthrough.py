@@ -1,0 +1,98 @@
+"""Stepping through sampling: one seed, two samplers, every step's x_t and predicted x0."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from difflab.errors import InputError
+from difflab.events import JobError, JobFinished, Progress
+from difflab.stepthrough import SaveStepThroughJob, StepThroughJob, source_kind
+from difflab.worker import Worker
+from tests.conftest import TINY_DDPM, run_cli, tiny_args
+
+
+@pytest.fixture(scope="module")
+def trained_ddpm_run(tmp_path_factory):
+    """A tiny DDPM run, trained once for the module (one epoch, no GIF)."""
+    run = tmp_path_factory.mktemp("stepthrough") / "run"
+    assert run_cli("run", "ddpm-rgb-32", "--out", run,
+                   *tiny_args("train.epochs=1", "sample.gif=false", base=TINY_DDPM)) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def worker():
+    worker = Worker("cpu")
+    yield worker
+    worker.shutdown(timeout=30)
+
+
+def run_job(worker, job) -> tuple[list, object]:
+    handle = worker.submit(job)
+    seen = list(worker.iter_events(handle.job_id))
+    return seen[:-1], seen[-1]
+
+
+def test_two_samplers_start_from_the_same_noise_and_part_ways(worker, trained_ddpm_run, tmp_path):
+    job = StepThroughJob(trained_ddpm_run, None, ["ddim", "dpm-solver++"], steps=4, seed=3, num_images=2)
+    seen, end = run_job(worker, job)
+    assert isinstance(end, JobFinished), getattr(end, "message", end)
+    assert [e.step for e in seen if isinstance(e, Progress)][-1] == 8  # 4 steps for each sampler
+    ddim, dpm = end.summary["samplers"]["ddim"], end.summary["samplers"]["dpm-solver++"]
+    # one entry per model call: both of these call the model once a step
+    assert len(ddim.inputs) == len(ddim.predictions) == len(dpm.inputs) == 4
+    assert ddim.inputs[0].size == (2 * 10 + 2, 12)  # two 8 px images in one row, 2 px padding
+    assert ddim.inputs[0].tobytes() == dpm.inputs[0].tobytes()  # same seed, same starting noise
+    assert ddim.final.tobytes() != dpm.final.tobytes()
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(ddim.inputs[1:], dpm.inputs[1:]))
+
+    seen, end = run_job(worker, SaveStepThroughJob(end.summary, tmp_path / "out"))
+    assert isinstance(end, JobFinished), getattr(end, "message", end)
+    names = sorted(p.split("/")[-1] for p in end.summary["paths"])
+    assert names == ["ddim-4steps-seed3.gif", "ddim-4steps-seed3.png",
+                     "dpm-solver++-4steps-seed3.gif", "dpm-solver++-4steps-seed3.png"]
+    with Image.open(tmp_path / "out" / "ddim-4steps-seed3.gif") as gif:
+        assert gif.n_frames >= 2
+
+
+def test_heun_counts_each_model_call_as_a_step(worker, trained_ddpm_run):
+    seen, end = run_job(worker, StepThroughJob(trained_ddpm_run, None, ["heun"], steps=3, seed=0, num_images=1))
+    assert isinstance(end, JobFinished), getattr(end, "message", end)
+    assert len(end.summary["samplers"]["heun"].inputs) == 2 * 3 - 1
+    assert [e.step for e in seen if isinstance(e, Progress)][-1] == 3
+
+
+def test_a_saved_pipeline_is_a_source_too(worker, trained_ddpm_run):
+    pipeline = trained_ddpm_run / "pipeline"
+    assert source_kind(pipeline) == "pipeline" and source_kind(trained_ddpm_run) == "run"
+    job = StepThroughJob.from_path(pipeline, samplers=["ddim"], steps=2, seed=0, num_images=1)
+    assert job.samples_dir.name == "samples" and job.pipeline == str(pipeline)
+    _, end = run_job(worker, job)
+    assert isinstance(end, JobFinished), getattr(end, "message", end)
+    assert len(end.summary["samplers"]["ddim"].inputs) == 2
+
+
+def test_bad_sources_are_input_errors(worker, trained_ddpm_run, tmp_path):
+    _, end = run_job(worker, StepThroughJob.from_path(tmp_path / "nowhere", samplers=["ddim"], steps=2, seed=0,
+                                                      num_images=1))
+    assert isinstance(end, JobError) and end.exit_code == 2 and "not a run folder" in end.message
+    _, end = run_job(worker, StepThroughJob.from_path(tmp_path, samplers=["ddim"], steps=2, seed=0, num_images=1))
+    assert isinstance(end, JobError) and "no model_index.json" in end.message
+    _, end = run_job(worker, StepThroughJob(trained_ddpm_run, None, ["ddim", "toy"], steps=2, seed=0,
+                                            num_images=1))
+    assert isinstance(end, JobError) and end.exit_code == 2 and "toy" in end.message
+    with pytest.raises(InputError, match="one or two"):
+        StepThroughJob(trained_ddpm_run, None, [], steps=2, seed=0, num_images=1)
+
+
+def test_a_checkpoint_folder_samples_like_its_run(worker, trained_ddpm_run):
+    checkpoint = sorted((trained_ddpm_run / "checkpoints").iterdir())[-1]
+    job = StepThroughJob.from_path(checkpoint, samplers=["ddim"], steps=2, seed=5, num_images=2)
+    assert source_kind(checkpoint) == "checkpoint" and job.samples_dir == trained_ddpm_run / "samples"
+    _, from_checkpoint = run_job(worker, job)
+    _, from_run = run_job(worker, StepThroughJob(trained_ddpm_run, None, ["ddim"], steps=2, seed=5, num_images=2))
+    assert isinstance(from_checkpoint, JobFinished), getattr(from_checkpoint, "message", from_checkpoint)
+    # the last checkpoint is the end of training, so the same weights: the same images
+    finals = [e.summary["samplers"]["ddim"].final.tobytes() for e in (from_checkpoint, from_run)]
+    assert finals[0] == finals[1]

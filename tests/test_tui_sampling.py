@@ -1,0 +1,105 @@
+"""The sampling screen, driven with Textual's Pilot: sample a run, step through it, compare, save."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from textual.widgets import Input, Select, Static
+
+from difflab.screens.app import DifflabApp
+from difflab.screens.sampling import SamplingScreen
+from tests.conftest import wait_for_probe
+from tests.test_stepthrough import trained_ddpm_run  # noqa: F401  (a module-scoped fixture, trained once here)
+
+pytestmark = pytest.mark.anyio
+
+
+def step_label(app) -> str:
+    return str(app.screen.query_one("#step-label", Static).render())
+
+
+def errors(app) -> list[str]:
+    return [n.message for n in app._notifications if n.severity == "error"]
+
+
+async def fill_in(pilot, source, sampler="ddim", compare="dpm-solver++", steps="4", images="2") -> None:
+    screen = pilot.app.screen
+    screen.query_one("#source", Input).value = str(source)
+    screen.query_one("#sampler", Select).value = sampler
+    screen.query_one("#compare", Select).value = compare
+    screen.query_one("#steps", Input).value = steps
+    screen.query_one("#images", Input).value = images
+    await pilot.pause(0.05)
+
+
+async def wait_for_worker(pilot, timeout: float = 60.0) -> None:
+    """Let the screen's step-through or save job finish (polls; never a blind sleep)."""
+    deadline = time.monotonic() + timeout
+    await pilot.pause(0.1)
+    while pilot.app.screen.sampling:
+        assert time.monotonic() < deadline, "the sampling job did not finish"
+        await pilot.pause(0.1)
+    await pilot.pause(0.1)
+
+
+async def test_step_through_two_samplers_then_save_png_and_gif(trained_ddpm_run):  # noqa: F811
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("5")
+        assert isinstance(app.screen, SamplingScreen)
+        await wait_for_probe(pilot)
+        await fill_in(pilot, trained_ddpm_run)
+        await pilot.press("ctrl+r")
+        await wait_for_worker(pilot)
+        assert errors(app) == []
+        assert step_label(app).startswith("step 1 / 4")
+        assert app.screen.query_one("#row-second").display  # two samplers, two rows
+
+        await pilot.press("right")
+        assert step_label(app).startswith("step 2 / 4")
+        await pilot.press("left", "left")  # no step before the first
+        assert step_label(app).startswith("step 1 / 4")
+        await pilot.press("end")
+        assert step_label(app).startswith("step 4 / 4")
+
+        await pilot.press("ctrl+g")
+        await wait_for_worker(pilot)
+        samples = trained_ddpm_run / "samples"
+        for sampler in ("ddim", "dpm-solver++"):
+            assert (samples / f"{sampler}-4steps-seed0.png").is_file()
+            assert (samples / f"{sampler}-4steps-seed0.gif").is_file()
+        assert errors(app) == []
+
+
+async def test_a_bad_source_is_an_error_and_the_screen_stays_usable(tmp_path, trained_ddpm_run):  # noqa: F811
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("5")
+        await wait_for_probe(pilot)
+        await fill_in(pilot, tmp_path / "no-such-run", compare="none")
+        await pilot.press("ctrl+r")
+        await wait_for_worker(pilot)
+        assert any("not a run folder" in message for message in errors(app))
+
+        app.screen.query_one("#steps", Input).value = "two"
+        await pilot.press("ctrl+r")
+        assert any("steps = 'two'" in message for message in errors(app))
+
+        await fill_in(pilot, trained_ddpm_run, compare="none", steps="2")
+        await pilot.press("ctrl+r")
+        await wait_for_worker(pilot)
+        assert step_label(app).startswith("step 1 / 2")
+        assert not app.screen.query_one("#row-second").display
+
+
+def test_the_sampling_screen_snapshot(snap_compare):
+    async def settle(pilot):
+        await pilot.press("5")
+        await wait_for_probe(pilot)
+        pilot.app.screen.query_one("#source", Input).value = "runs/my-run"  # not whatever ./runs holds
+        for box in pilot.app.query(Input):
+            box.cursor_blink = False
+        await pilot.pause(0.1)
+
+    assert snap_compare(DifflabApp(), terminal_size=(100, 32), run_before=settle)

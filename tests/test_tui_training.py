@@ -1,0 +1,143 @@
+"""The training screen, driven with Textual's Pilot: train a tiny model, pause it, step it,
+change its learning rate, leave and come back, stop it, and recover from a failed start."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input, Static
+
+from difflab.recipe import load_recipe, save_recipe
+from difflab.screens.app import DifflabApp
+from difflab.screens.training import LossCurve, TrainingScreen
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.anyio
+
+# Far more steps than the story needs (it stops the job), so a fast machine cannot finish first.
+LONG = ["train.epochs=500", "train.checkpoint_every=10"]
+
+
+def tiny_recipe(tmp_path: Path) -> Path:
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    path = tmp_path / "tiny.toml"
+    save_recipe(load_recipe(empty, TINY + LONG), path)
+    return path
+
+
+async def until(pilot, condition, what: str, timeout: float = 60.0) -> None:
+    """Let the app run until `condition()` holds (polls the UI; never a blind sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await pilot.pause(0.1)
+
+
+async def steady_step(pilot, screen: TrainingScreen) -> int:
+    """The step shown once it stopped changing over several drains (the job is paused)."""
+    seen = [-1]
+    while len(seen) < 6 or len(set(seen[-5:])) > 1:
+        await pilot.pause(0.1)
+        seen.append(screen.stats.step)
+        assert len(seen) < 300, "the step count kept changing while paused"
+    return seen[-1]
+
+
+def state(screen: TrainingScreen) -> str:
+    return str(screen.query_one("#state").render())
+
+
+def notifications(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+async def test_train_pause_step_adjust_leave_and_stop(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/ lands here
+    app = DifflabApp(tiny_recipe(tmp_path))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("4")
+        screen = app.screen
+        assert isinstance(screen, TrainingScreen) and not screen.running
+        await pilot.press("ctrl+r")
+        assert screen.running and state(screen) == "training"
+        await until(pilot, lambda: len(screen.curve.steps) >= 3 and screen.query_one("#preview").image is not None
+                    and screen.checkpoints, "losses, a preview and a checkpoint")
+        assert screen.query_one("#loss").size.width > 0
+        assert "img/s" in str(screen.query_one("#stats", Static).render())
+
+        await pilot.press("p")
+        assert state(screen) == "paused"
+        paused_at = await steady_step(pilot, screen)
+        await pilot.press("n")  # the first single step also reports the step the pause caught
+        await until(pilot, lambda: screen.stats.step > paused_at, "a single step")
+        before = screen.stats.step
+        await pilot.press("n")
+        await until(pilot, lambda: screen.stats.step > before, "a second single step")
+        assert await steady_step(pilot, screen) == before + 1
+
+        screen.query_one("#field-train-lr").query_one(Input).value = "0.005"
+        await pilot.pause(0.1)
+        assert app.recipe.train.lr == 0.005
+        await pilot.press("p")
+        await until(pilot, lambda: screen.stats.lr == pytest.approx(0.005), "a logged step at the new lr")
+
+        await pilot.press("1")
+        assert app.current_mode == "dataset"
+        step_when_left = screen.stats.step
+        await until(pilot, lambda: screen.stats.step > step_when_left, "training while another screen shows")
+        await pilot.press("4")
+        assert app.screen is screen and screen.running
+
+        await pilot.press("x")
+        await until(pilot, lambda: not screen.running, "the stop")
+        assert state(screen) == "stopped"
+        assert any(message.startswith("stopped") for message in notifications(app))
+        step, last = screen.checkpoints[-1]
+        assert (last / "model.safetensors").is_file() and last.parent.parent == screen.run_path
+        assert step == screen.stats.step  # the stop wrote a checkpoint at the step it stopped on
+        assert "lr = 0.005" in "\n".join(str(line.text) for line in screen.query_one("#log").lines)
+
+
+async def test_a_failed_start_is_reported_and_the_next_start_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = DifflabApp(tiny_recipe(tmp_path))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("4")
+        screen = app.screen
+        assert app.set_recipe_value("dataset.source", "folder") == ""
+        assert app.set_recipe_value("dataset.path", "no-such-folder") == ""
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: not screen.running, "the failure")
+        assert state(screen) == "failed"
+        assert any("no-such-folder" in message for message in notifications(app))
+
+        assert app.set_recipe_value("dataset.source", "digits") == ""
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: screen.curve.steps, "a logged loss from the second start")
+        screen.stop()
+        await until(pilot, lambda: not screen.running, "the stop")
+        assert state(screen) == "stopped"
+
+
+def test_the_loss_curve_is_smoothed_and_thinned_for_the_plot():
+    curve = LossCurve()
+    for step in range(1, 1001):
+        curve.add(step, 1.0 if step % 2 else 0.0)  # a loss jumping between 0 and 1
+    steps, raw, smooth = curve.points(width=50, log=False)
+    assert len(steps) <= 100 and steps[0] == 1 and steps[-1] == 1000
+    assert max(raw) == 1.0 and 0.4 < smooth[-1] < 0.6  # the moving average sits in the middle
+    assert curve.points(width=50, log=True)[1][0] == 0.0  # log10(1)
+
+
+def test_the_training_screen_snapshot(snap_compare):
+    async def settle(pilot):
+        await pilot.press("4")
+        await until(pilot, lambda: pilot.app.device_label != "…", "the device probe")
+        for box in pilot.app.screen.query(Input):
+            box.cursor_blink = False
+        await pilot.pause(0.1)
+
+    assert snap_compare(DifflabApp(), terminal_size=(100, 32), run_before=settle)
