@@ -115,7 +115,15 @@ class TrainingJob:
         session = _Session.start(self, ctx, data)
         emit(events.JobStarted(ctx.job_id, self.name, session.device, session.total_steps,
                                session.state.step, self.run_dir.path))
-        stopped = session.loop()
+        try:
+            stopped = session.loop()
+        except torch.OutOfMemoryError as error:
+            cfg = self.recipe.train
+            raise JobFailed(
+                f"out of memory on {session.device} at step {session.state.step} "
+                f"({str(error).splitlines()[0]}). Try a smaller train.batch_size (now {cfg.batch_size}) with "
+                f"train.gradient_accumulation = {cfg.gradient_accumulation * 2} to keep the effective batch, "
+                f"or train.mixed_precision = 'bf16'") from None
         if stopped:
             session.checkpoint()
             summary = session.summary("stopped")

@@ -208,3 +208,16 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
     assert {p.name: p.read_bytes() for p in latest[-1].iterdir()} == before
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_000004"]  # no temp folder left
     assert recipe.train.epochs == 1
+
+
+def test_out_of_memory_fails_with_a_suggestion(tmp_path, capsys, monkeypatch):
+    import difflab.objectives as objectives
+
+    def exhausted(self, model, x, generator):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(objectives.ToyObjective, "loss", exhausted)
+    assert run_cli("run", "from-scratch", "--out", tmp_path / "run", *tiny_args()) == 1
+    err = capsys.readouterr().err
+    assert "out of memory on cpu at step 0" in err and "smaller train.batch_size (now 16)" in err
+    assert "train.gradient_accumulation = 2" in err and "Traceback" not in err
