@@ -58,6 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
+from machine import device_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 from difflab.recipe import ScheduleConfig  # noqa: E402
 from difflab.sample import Trajectory  # noqa: E402
@@ -192,18 +193,6 @@ def compare_pipelines(unet, steps: int, batch: int, rounds: int, device: str) ->
 
 
 # ---------------------------------------------------------------- main
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -77,6 +77,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
+from machine import device_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 import torch.nn.functional as F  # noqa: E402
 
 from difflab import events  # noqa: E402
@@ -229,18 +230,6 @@ def minor_faults() -> int:
 
 
 # ---------------------------------------------------------------- main
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
