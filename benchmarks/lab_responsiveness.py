@@ -1,0 +1,129 @@
+r"""The lab while it trains: throughput inside the app against the headless runner, and how
+fast the screen answers a key meanwhile. Both sides of each ratio run in one process.
+
+(a) throughput: the from-scratch recipe (BasicUNet, batch 128, 28 px digits) trained for
+    W + N steps (a) headless, on a Worker whose events the main thread consumes, and (b) from
+    the training screen of a running DifflabApp (Textual's headless driver, the screen's
+    loss plot, stats and log all updating), interleaved over rounds. Each side's img/s comes
+    from the job's own StepLogged events between step W and W + N. Target: in-app at least
+    0.95x headless.
+(b) latency while training: on the training screen, press `l` (log/linear loss plot, a
+    full plot redraw) repeatedly and time from the key press until the app is idle again
+    with the screen refreshed (Pilot.press + Pilot.pause): event-loop and render time, not
+    terminal I/O. Target: p95 under 50 ms.
+
+Run: python benchmarks/lab_responsiveness.py [--steps 40] [--warmup 5] [--rounds 2] [--presses 40]
+Figures to quote, not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from difflab import events  # noqa: E402
+from difflab.recipe import load_recipe, save_recipe  # noqa: E402
+
+
+def recipe_file(folder: Path, steps: int) -> Path:
+    """from-scratch, cut to `steps` steps, no previews or checkpoints in the timed window."""
+    from difflab.catalog import find_recipe
+
+    recipe = load_recipe(find_recipe("from-scratch"), [
+        f"train.max_steps={steps}", "train.sample_every=0", "train.checkpoint_every=0", "train.log_every=1",
+        "sample.num_images=1", "sample.steps=1", "sample.trajectory_images=1", "sample.trajectory_steps=1",
+        "sample.gif=false", "device='cpu'"])
+    path = folder / "bench.toml"
+    save_recipe(recipe, path)
+    return path
+
+
+def rate(logged: list[events.StepLogged], warmup: int, batch: int) -> float:
+    """Images per second between the StepLogged at `warmup` and the last one."""
+    by_step = {e.step: e for e in logged}
+    first, last = by_step[warmup], by_step[max(by_step)]
+    return (last.step - first.step) * batch / (last.elapsed - first.elapsed)
+
+
+def headless_rate(path: Path, warmup: int) -> float:
+    from difflab.runs import RunDir
+    from difflab.train import TrainingJob
+    from difflab.worker import Worker
+
+    recipe = load_recipe(path)
+    worker = Worker("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        handle = worker.submit(TrainingJob(recipe, RunDir.create(Path(tmp) / "run", recipe), path.parent))
+        logged = [e for e in worker.iter_events(handle.job_id) if isinstance(e, events.StepLogged)]
+    worker.shutdown()
+    return rate(logged, warmup, recipe.train.batch_size)
+
+
+async def in_app(path: Path, warmup: int, presses: int) -> tuple[float, list[float]]:
+    """Train from the training screen; press `l` while it runs; return (img/s, latencies in ms)."""
+    from difflab.screens.app import DifflabApp
+
+    app = DifflabApp(path, device="cpu")
+    logged: list[events.StepLogged] = []
+    submit = app.bridge.submit
+
+    def tee(job, on_event):
+        return submit(job, lambda e: (logged.append(e) if isinstance(e, events.StepLogged) else None,
+                                      on_event(e)))
+
+    app.bridge.submit = tee
+    latencies: list[float] = []
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("4")
+        await pilot.pause(0.5)
+        await pilot.press("ctrl+r")
+        while not logged or logged[-1].step < warmup:
+            await pilot.pause(0.05)
+        for _ in range(presses):  # key presses while the job trains
+            started = time.perf_counter()
+            await pilot.press("l")
+            await pilot.pause()
+            latencies.append((time.perf_counter() - started) * 1000)
+            await pilot.pause(0.1)
+        while app.training_screen.running:
+            await pilot.pause(0.1)
+    return rate(logged, warmup, load_recipe(path).train.batch_size), latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--presses", type=int, default=40)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        import os
+
+        os.chdir(tmp)  # the app writes its runs/ here
+        path = recipe_file(Path(tmp), args.warmup + args.steps)
+        ratios, all_latencies = [], []
+        for round_ in range(1, args.rounds + 1):
+            headless = headless_rate(path, args.warmup)
+            app_rate, latencies = asyncio.run(in_app(path, args.warmup, args.presses))
+            ratios.append(app_rate / headless)
+            all_latencies += latencies
+            print(f"round {round_}: headless {headless:6.1f} img/s, in the app {app_rate:6.1f} img/s "
+                  f"({app_rate / headless:.3f}x)")
+    q = statistics.quantiles(all_latencies, n=20, method="inclusive")
+    print(f"(a) in-app / headless training throughput: {statistics.median(ratios):.3f}x "
+          f"(median of {args.rounds} rounds; target >= 0.95x)")
+    print(f"(b) key press to repaint while training: p50 {statistics.median(all_latencies):.1f} ms, "
+          f"p95 {q[18]:.1f} ms, max {max(all_latencies):.1f} ms over {len(all_latencies)} presses "
+          f"(target p95 < 50 ms)")
+
+
+if __name__ == "__main__":
+    main()
