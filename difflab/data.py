@@ -24,10 +24,9 @@ from sklearn.datasets import load_digits
 from torchvision.datasets import MNIST, FashionMNIST
 
 from difflab.errors import InputError
-from difflab.recipe import DatasetConfig
+from difflab.recipe import VALUE_RANGES, DatasetConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-VALUE_RANGES: dict[str, tuple[float, float]] = {"0..1": (0.0, 1.0), "-1..1": (-1.0, 1.0)}
 SHAPE_NAMES = ["circle", "square", "triangle"]
 # ITU-R BT.601 luma, the same weights PIL's convert("L") uses.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)

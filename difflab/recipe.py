@@ -27,6 +27,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
+VALUE_RANGES: dict[str, tuple[float, float]] = {"0..1": (0.0, 1.0), "-1..1": (-1.0, 1.0)}
+
+
 class DatasetConfig(Section):
     """Where the training images come from and how they are shaped."""
 

@@ -74,23 +74,30 @@ class _ProgressHook:
 
 
 def run_setup(run_dir: Path, overrides: list[str], device: str):
-    """Sampling setup for a finished (or checkpointed) run directory."""
-    from difflab.generate import SamplingSetup
+    """Sampling setup for a finished run directory (its model/ folder)."""
+    run, recipe = run_recipe(run_dir, overrides)
+    return setup_for(_load_run_model(run, recipe), recipe, device)
+
+
+def run_recipe(run_dir: Path, overrides: list[str]) -> tuple[RunDir, Recipe]:
+    """A run's recipe with `key=value` overrides applied and validated."""
     from difflab.recipe import apply_overrides
 
     run, recipe = RunDir.open(run_dir)
     data = recipe.model_dump(mode="json")
     apply_overrides(data, overrides, str(run.recipe_path))
-    recipe = parse_recipe(data, str(run.recipe_path))
-    model = _load_run_model(run, recipe).to(device)
-    scheduler = None
-    if recipe.schedule.kind == "ddpm":
-        from difflab.schedules import noise_scheduler, prediction_type_for
+    return run, parse_recipe(data, str(run.recipe_path))
 
-        scheduler = noise_scheduler(recipe.schedule, prediction_type_for(recipe.train.objective))
+
+def setup_for(model: torch.nn.Module, recipe: Recipe, device: str):
+    """Everything sampling needs, for a model trained with `recipe`."""
+    from difflab.generate import SamplingSetup
+    from difflab.recipe import VALUE_RANGES
+    from difflab.schedules import training_noise_scheduler
+
     shape = (recipe.dataset.channels, recipe.dataset.image_size, recipe.dataset.image_size)
-    value_range = (0.0, 1.0) if recipe.dataset.value_range == "0..1" else (-1.0, 1.0)
-    return SamplingSetup(model, recipe, shape, value_range, device, scheduler)
+    return SamplingSetup(model.to(device), recipe, shape, VALUE_RANGES[recipe.dataset.value_range], device,
+                         training_noise_scheduler(recipe))
 
 
 def _load_run_model(run: RunDir, recipe: Recipe):

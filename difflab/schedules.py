@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from difflab.errors import InputError
-from difflab.recipe import ScheduleConfig
+from difflab.recipe import Recipe, ScheduleConfig
 
 if TYPE_CHECKING:  # diffusers takes seconds to import and the toy chapter never needs it
     from diffusers import DDPMScheduler
@@ -50,6 +50,13 @@ def noise_scheduler(cfg: ScheduleConfig, prediction_type: str = "epsilon") -> DD
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                          beta_start=cfg.beta_start, beta_end=cfg.beta_end,
                          prediction_type=prediction_type_for(prediction_type))
+
+
+def training_noise_scheduler(recipe: Recipe) -> DDPMScheduler | None:
+    """The scheduler a recipe's model trains (and samples) with; None for the toy process."""
+    if recipe.schedule.kind != "ddpm":
+        return None
+    return noise_scheduler(recipe.schedule, recipe.train.objective)
 
 
 @dataclass

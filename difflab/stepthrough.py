@@ -112,31 +112,19 @@ def checkpoint_setup(folder: Path, overrides: list[str], device: str):
     """Sampling setup for RUN/checkpoints/step_N: the run's recipe, the checkpoint's weights.
 
     A run that kept an EMA samples with the EMA weights, as its exported model does.
-    Mirrors sampling_job.run_setup, which only loads the finished run's model/.
     """
-    from difflab.generate import SamplingSetup
     from difflab.models import build_model
-    from difflab.recipe import apply_overrides, parse_recipe
-    from difflab.runs import RunDir, load_checkpoint
+    from difflab.runs import load_checkpoint
+    from difflab.sampling_job import run_recipe, setup_for
 
-    run, recipe = RunDir.open(folder.parent.parent)
-    data = recipe.model_dump(mode="json")
-    apply_overrides(data, overrides, str(run.recipe_path))
-    recipe = parse_recipe(data, str(run.recipe_path))
+    _, recipe = run_recipe(folder.parent.parent, overrides)
     checkpoint = load_checkpoint(folder)
     model = build_model(recipe)
     model.load_state_dict(checkpoint.model)
     for i, parameter in enumerate(model.parameters()):
         if (ema := checkpoint.tensors.get(f"ema.{i}")) is not None:
             parameter.data.copy_(ema)
-    scheduler = None
-    if recipe.schedule.kind == "ddpm":
-        from difflab.schedules import noise_scheduler, prediction_type_for
-
-        scheduler = noise_scheduler(recipe.schedule, prediction_type_for(recipe.train.objective))
-    shape = (recipe.dataset.channels, recipe.dataset.image_size, recipe.dataset.image_size)
-    value_range = (0.0, 1.0) if recipe.dataset.value_range == "0..1" else (-1.0, 1.0)
-    return SamplingSetup(model.to(device), recipe, shape, value_range, device, scheduler)
+    return setup_for(model, recipe, device)
 
 
 def _with_sampler(recipe, sampler: str):

@@ -182,6 +182,7 @@ class _Session:
 
         from difflab.models import build_model
         from difflab.objectives import make_objective
+        from difflab.schedules import training_noise_scheduler
 
         accelerator = _accelerator(job.recipe, ctx.device)
         session = cls(job, ctx, data, accelerator)
@@ -192,7 +193,7 @@ class _Session:
         session.lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
                                              num_training_steps=session.total_steps)
         session.model, session.optimizer = accelerator.prepare(model, optimizer)
-        session.noise_scheduler = _noise_scheduler(recipe)
+        session.noise_scheduler = training_noise_scheduler(recipe)
         session.objective = make_objective(recipe, data.value_range, session.noise_scheduler)
         session.ema = _ema(recipe, session.unwrapped)
         # One generator for every random draw of the loop (noise, timesteps, flips): its
@@ -493,14 +494,6 @@ def _optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     cfg = recipe.train
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
     return kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _noise_scheduler(recipe: Recipe):
-    if recipe.schedule.kind != "ddpm":
-        return None
-    from difflab.schedules import noise_scheduler, prediction_type_for
-
-    return noise_scheduler(recipe.schedule, prediction_type_for(recipe.train.objective))
 
 
 def _ema(recipe: Recipe, model):
