@@ -114,3 +114,5 @@ class JobError(Event):
 
 
 TERMINAL_EVENTS = (JobFinished, JobError)
+
+PROGRESS_INTERVAL_S = 0.1  # jobs emit Progress at most ~10 times a second, whatever their step rate

@@ -20,8 +20,6 @@ from difflab.recipe import Recipe, parse_recipe
 from difflab.runs import RunDir
 from difflab.worker import JobContext
 
-PROGRESS_INTERVAL_S = 0.1
-
 
 @dataclass
 class SampleSource:
@@ -47,7 +45,7 @@ class SampleJob:
         ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, s.steps, 0, self.out))
         started = time.perf_counter()
         stem = f"{s.sampler}-{s.steps}steps-seed{s.seed}-"
-        setup.progress = _ProgressHook(ctx, s.steps)
+        setup.progress = SamplingProgress(ctx, s.steps)
         grid = write_samples(setup, self.out, stem)
         path = self.out / f"{stem}final.png"
         ctx.emit(events.PreviewReady(ctx.job_id, s.steps, grid, path))
@@ -60,17 +58,23 @@ class SampleJob:
         return run_setup(Path(self.source.run_dir), self.overrides, device)
 
 
-class _ProgressHook:
-    """A sampler callback that emits at most ~10 progress events a second."""
+class SamplingProgress:
+    """A sampler callback emitting throttled Progress; model calls are mapped onto `steps`.
 
-    def __init__(self, ctx: JobContext, total: int) -> None:
-        self.ctx, self.total, self.last = ctx, total, 0.0
+    `offset` places this sampler's steps within a job that runs several (Heun, for one,
+    calls the model 2*steps-1 times for `steps` steps).
+    """
+
+    def __init__(self, ctx: JobContext, steps: int, total: int | None = None, offset: int = 0) -> None:
+        self.ctx, self.steps, self.total, self.offset = ctx, steps, total or steps, offset
+        self.last = 0.0
 
     def __call__(self, step) -> None:
         now = time.perf_counter()
-        if now - self.last >= PROGRESS_INTERVAL_S or step.index + 1 == step.total:
+        if now - self.last >= events.PROGRESS_INTERVAL_S or step.index + 1 == step.total:
             self.last = now
-            self.ctx.emit(events.Progress(self.ctx.job_id, min(step.index + 1, self.total), self.total, None))
+            done = self.offset + round((step.index + 1) * self.steps / step.total)
+            self.ctx.emit(events.Progress(self.ctx.job_id, done, self.total, None))
 
 
 def run_setup(run_dir: Path, overrides: list[str], device: str):

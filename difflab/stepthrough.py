@@ -13,7 +13,6 @@ loaded torch.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from difflab import events
 from difflab.errors import InputError
 from difflab.worker import JobContext
 
-PROGRESS_INTERVAL_S = 0.1
 
 
 @dataclass
@@ -92,6 +90,8 @@ class StepThroughJob:
         return run_setup(folder, self.overrides(sampler), device)
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
+        from difflab.sampling_job import SamplingProgress
+
         total = self.steps * len(self.samplers)
         ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, total))
         paths, setup = {}, None
@@ -100,7 +100,7 @@ class StepThroughJob:
                 setup = self.setup(sampler, ctx.device)
             else:  # the model is loaded once; only the recipe's sampler changes
                 setup.recipe = _with_sampler(setup.recipe, sampler)
-            progress = _ProgressHook(ctx, offset=i * self.steps, steps=self.steps, total=total)
+            progress = SamplingProgress(ctx, self.steps, total, offset=i * self.steps)
             paths[sampler] = _sample_steps(setup, self.num_images, self.steps, progress)
             if ctx.control.stop_requested:
                 return "stopped", {}
@@ -153,20 +153,6 @@ def _sample_steps(setup, count: int, steps: int, progress) -> SamplerSteps:
     return SamplerSteps(inputs=[image_grid(x, value_range, nrow=count) for x in path.inputs],
                         predictions=[image_grid(p, value_range, nrow=count) for p in path.predictions],
                         final=image_grid(path.final, value_range, nrow=count), trajectory=path)
-
-
-class _ProgressHook:
-    """Throttled progress (~10 a second); a sampler's model calls are mapped onto its `steps`."""
-
-    def __init__(self, ctx: JobContext, offset: int, steps: int, total: int) -> None:
-        self.ctx, self.offset, self.steps, self.total, self.last = ctx, offset, steps, total, 0.0
-
-    def __call__(self, step) -> None:
-        now = time.perf_counter()
-        if now - self.last >= PROGRESS_INTERVAL_S or step.index + 1 == step.total:
-            self.last = now
-            done = self.offset + round((step.index + 1) * self.steps / step.total)
-            self.ctx.emit(events.Progress(self.ctx.job_id, done, self.total, None))
 
 
 def save_outputs(result: dict, folder: Path) -> list[Path]:

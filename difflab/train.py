@@ -26,7 +26,6 @@ from difflab.recipe import Recipe
 from difflab.runs import Checkpoint, RunDir
 from difflab.worker import JobContext
 
-PROGRESS_INTERVAL_S = 0.1  # at most ~10 progress events a second, whatever the step rate
 
 
 @dataclass
@@ -330,7 +329,7 @@ class _Session:
         now = time.perf_counter()
         # While paused each step is a person's single-step request, so each one is reported.
         single_step = self.ctx.control.paused
-        if single_step or now - self._last_progress >= PROGRESS_INTERVAL_S or self.state.step == self.total_steps:
+        if single_step or now - self._last_progress >= events.PROGRESS_INTERVAL_S or self.state.step == self.total_steps:
             self._last_progress = now
             self.ctx.emit(events.Progress(self.ctx.job_id, self.state.step, self.total_steps, self.last_loss))
 
