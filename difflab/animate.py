@@ -22,11 +22,9 @@ FINAL_HOLD = 15
 
 def frame_indices(steps: int, max_frames: int) -> list[int]:
     """At most `max_frames` step indices spread evenly over 0..steps-1, the last one always included."""
-    if steps <= max_frames:
-        return list(range(steps))
-    if max_frames == 1:
-        return [steps - 1]
-    return sorted({round(i * (steps - 1) / (max_frames - 1)) for i in range(max_frames)})
+    from difflab.probes import evenly_spaced
+
+    return evenly_spaced(steps, max_frames)
 
 
 def denoising_frame(x: torch.Tensor, prediction: torch.Tensor, value_range: tuple[float, float]) -> Image.Image:

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
 from difflab import __version__
 from difflab.errors import DifflabError, InputError
+from difflab.headless import print_error
 
 EXIT_BAD_INPUT = 2
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except DifflabError as error:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/] {escape(str(error))}")
+        print_error(str(error))
         return error.exit_code
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
@@ -103,7 +103,7 @@ def open_lab(recipe: str | None) -> int:
 
             load_recipe(path)  # a bad recipe is reported here, before the screen takes over
     except DifflabError as error:
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error:[/] {escape(str(error))}")
+        print_error(str(error))
         return error.exit_code
     from difflab.screens.app import DifflabApp
 

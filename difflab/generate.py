@@ -78,8 +78,9 @@ def trajectory(setup: SamplingSetup, count: int, steps: int) -> Trajectory:
 
 def figure_rows(path: Trajectory, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """`rows` evenly spaced steps of a trajectory (first and last included) for the figure."""
-    n = len(path.inputs)
-    picks = sorted({round(i * (n - 1) / max(rows - 1, 1)) for i in range(min(rows, n))})
+    from difflab.probes import evenly_spaced
+
+    picks = evenly_spaced(len(path.inputs), rows)
     return [path.inputs[i] for i in picks], [path.predictions[i] for i in picks]
 
 

@@ -106,16 +106,21 @@ def run_job(job, device: str, console: Console) -> RunOutcome:
             reporter.handle(event)
     worker.shutdown()
     if isinstance(event, events.JobError):
-        errors = Console(stderr=True, highlight=False, soft_wrap=True)
-        errors.print(f"[red]error:[/] {escape(event.message)}")
-        if event.traceback and event.exit_code == 1:
-            errors.print(f"[dim]{escape(event.traceback)}[/]")
+        print_error(event.message, event.traceback if event.exit_code == 1 else "")
         return RunOutcome(event.exit_code, "error", {})
     reporter.show_final(event.summary)
     if event.status == "stopped":
         console.print(f"stopped; continue with: difflab run --resume {event.summary.get('run_dir')}")
         return RunOutcome(EXIT_INTERRUPTED, "stopped", event.summary)
     return RunOutcome(0, event.status, event.summary)
+
+
+def print_error(message: str, details: str = "") -> None:
+    """One red `error:` line on stderr, never wrapped (it names file, key and value), then any details."""
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    errors.print(f"[red]error:[/] {escape(message)}")
+    if details:
+        errors.print(f"[dim]{escape(details)}[/]")
 
 
 @contextlib.contextmanager

@@ -14,12 +14,18 @@ from difflab.recipe import Recipe, ScheduleConfig
 from difflab.worker import JobContext
 
 
+def evenly_spaced(count: int, keep: int) -> list[int]:
+    """At most `keep` indices spread evenly over 0..count-1, the first and last included."""
+    if count <= keep:
+        return list(range(count))
+    if keep <= 1:
+        return [count - 1]
+    return [round(i * (count - 1) / (keep - 1)) for i in range(keep)]  # distinct: the step exceeds 1
+
+
 def decimate(xs: list[float], ys: list[float], points: int) -> tuple[list[float], list[float]]:
     """At most `points` evenly spaced samples of a series (plots need ~2 per column, not 1000)."""
-    if len(xs) <= points:
-        return list(xs), list(ys)
-    step = (len(xs) - 1) / (points - 1)
-    picks = [round(i * step) for i in range(points)]
+    picks = evenly_spaced(len(xs), points)
     return [xs[i] for i in picks], [ys[i] for i in picks]
 
 

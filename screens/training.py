@@ -49,9 +49,9 @@ class LossCurve:
 
     def points(self, width: int, log: bool) -> tuple[list[int], list[float], list[float]]:
         """At most ~2 points per column (braille draws 2 per cell): long runs cost the same to draw."""
-        count = len(self.steps)
-        keep = max(2 * width, 2)
-        picks = range(count) if count <= keep else sorted({round(i * (count - 1) / (keep - 1)) for i in range(keep)})
+        from difflab.probes import evenly_spaced
+
+        picks = evenly_spaced(len(self.steps), max(2 * width, 2))
         scale = (lambda v: math.log10(max(v, 1e-12))) if log else (lambda v: v)
         return ([self.steps[i] for i in picks], [scale(self.raw[i]) for i in picks],
                 [scale(self.smooth[i]) for i in picks])

@@ -81,3 +81,13 @@ def test_starting_noise_is_seeded_and_spans_the_value_range():
     assert torch.equal(a, starting_noise(64, (1, 8, 8), seed=3, value_range=(-1.0, 1.0)))
     assert a.min() < -0.9 and a.max() > 0.9
     assert not torch.equal(a, starting_noise(64, (1, 8, 8), seed=4, value_range=(-1.0, 1.0)))
+
+
+def test_the_step_by_step_figure_keeps_first_and_last_steps():
+    from difflab.generate import figure_rows
+    from difflab.sample import Trajectory
+
+    short = Trajectory(inputs=list(range(4)), predictions=list(range(4)))
+    assert figure_rows(short, 5)[0] == [0, 1, 2, 3]  # fewer steps than rows: every step
+    long = Trajectory(inputs=list(range(40)), predictions=list(range(40)))
+    assert figure_rows(long, 5)[0] == [0, 10, 20, 29, 39]
