@@ -163,7 +163,12 @@ def _fmt(value) -> str:
 
 
 def default_run_dir(recipe_path: Path) -> Path:
-    """runs/<recipe name>-<date>-<time> under the current folder."""
+    """runs/<recipe name>-<date>-<time> under the current folder; -2, -3… when two starts share a second."""
     import time
 
-    return Path("runs") / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path("runs") / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate

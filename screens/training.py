@@ -197,7 +197,7 @@ class TrainingScreen(Screen):
 
         app = self.app
         try:
-            run = RunDir.create(_fresh(default_run_dir(app.recipe_path or Path("lab.toml"))), app.recipe)
+            run = RunDir.create(default_run_dir(app.recipe_path or Path("lab.toml")), app.recipe)
         except (DifflabError, OSError) as error:
             self.notify(str(error), title="cannot start training", severity="error", timeout=10)
             return
@@ -388,15 +388,6 @@ def _y_range(values: list[float]) -> tuple[float, float]:
     low, high = min(values), max(values)
     pad = max((high - low) * 0.05, abs(high) * 0.05, 1e-3)
     return low - pad, high + pad
-
-
-def _fresh(path: Path) -> Path:
-    """`path`, or path-2, path-3… when it exists (two starts in one second share a timestamp)."""
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate
 
 
 def _suggestion(message: str) -> str:

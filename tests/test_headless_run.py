@@ -221,3 +221,13 @@ def test_out_of_memory_fails_with_a_suggestion(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "out of memory on cpu at step 0" in err and "smaller train.batch_size (now 16)" in err
     assert "train.gradient_accumulation = 2" in err and "Traceback" not in err
+
+
+def test_two_runs_started_in_the_same_second_get_different_folders(tmp_path, monkeypatch):
+    from difflab.headless import default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    first = default_run_dir(Path("from-scratch.toml"))
+    first.mkdir(parents=True)
+    second = default_run_dir(Path("from-scratch.toml"))
+    assert second != first and not second.exists() and second.name.startswith(first.name)
