@@ -60,17 +60,3 @@ def starting_noise(count: int, shape: tuple[int, int, int], seed: int,
     low, high = value_range
     noise = torch.rand((count, *shape), generator=generator) * (high - low) + low
     return noise.to(device)
-
-
-def sample_with_trajectory(model: torch.nn.Module, noise: torch.Tensor, steps: int,
-                           callback: StepCallback | None = None) -> Trajectory:
-    """Sample and keep every step's input and prediction."""
-    trajectory = Trajectory()
-
-    def on_step(step: SampleStep) -> None:
-        trajectory.record(step)
-        if callback is not None:
-            callback(step)
-
-    trajectory.final = toy_sample(model, noise, steps, on_step).cpu()
-    return trajectory

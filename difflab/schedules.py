@@ -30,14 +30,6 @@ def corrupt(x: torch.Tensor, amount: torch.Tensor, noise: torch.Tensor | None = 
     return x * (1 - amount) + noise * amount
 
 
-def random_amounts(batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """One corruption amount per image, uniform in 0..1."""
-    return torch.rand(batch, generator=generator, device=device)
-
-
-# ---------------------------------------------------------------- DDPM
-
-
 def prediction_type_for(objective: str) -> str:
     """diffusers' name for a recipe objective: x0 is "sample", the others are spelled the same."""
     return "sample" if objective == "x0" else objective

@@ -7,7 +7,7 @@ import torch
 
 from difflab.models import BasicUNet, build_model, count_parameters
 from difflab.recipe import parse_recipe
-from difflab.sample import sample_with_trajectory, starting_noise, toy_sample
+from difflab.sample import Trajectory, starting_noise, toy_sample
 from difflab.schedules import corrupt
 
 
@@ -63,7 +63,8 @@ def test_the_toy_sampler_ends_exactly_on_the_last_prediction():
 
 def test_the_toy_sampler_moves_one_over_n_minus_i_of_the_way():
     target, x = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
-    trajectory = sample_with_trajectory(Constant(target), x, steps=4)
+    trajectory = Trajectory()
+    trajectory.final = toy_sample(Constant(target), x, 4, callback=trajectory.record)
     # from 1 toward 0: 1 → 3/4 → 3/4·2/3 = 1/2 → 1/2·1/2 = 1/4 → 0
     assert [round(t.mean().item(), 6) for t in trajectory.inputs] == [1.0, 0.75, 0.5, 0.25]
     assert len(trajectory.predictions) == 4 and trajectory.final.abs().max() == 0
