@@ -110,6 +110,7 @@ class TrainingScreen(Screen):
         self._paused = False
         self._log_scale = False
         self._sent: dict = {}  # live settings last sent to the running job
+        self._stats_length = 0
         self._reset_run_state()
 
     def _reset_run_state(self) -> None:
@@ -349,7 +350,11 @@ class TrainingScreen(Screen):
         self._show_stats()
 
     def _show_stats(self) -> None:
-        self.query_one("#stats", Static).update(self.stats.line())
+        # A layout pass reflows the whole screen; only a longer or shorter line can change the
+        # stats' height (by wrapping), so a same-length update (the usual tick) only repaints.
+        line = self.stats.line()
+        self.query_one("#stats", Static).update(line, layout=len(line) != self._stats_length)
+        self._stats_length = len(line)
 
     def _redraw_loss(self) -> None:
         """Replot the loss curve if new losses came in (only while this screen is shown)."""
@@ -360,7 +365,9 @@ class TrainingScreen(Screen):
         plot.clear()
         # the plot's own y label has no room in a narrow margin: the title says the scale
         scale = "log₁₀ loss" if self._log_scale else "loss"
-        self.query_one("#loss-title", Label).update(f"{scale}: logged · smoothed")
+        title = self.query_one("#loss-title", Label)
+        if str(title.content) != (text := f"{scale}: logged · smoothed"):  # unchanged text: no layout pass
+            title.update(text)
         if not self.curve.steps:
             return
         steps, raw, smooth = self.curve.points(plot.size.width, self._log_scale)

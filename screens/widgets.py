@@ -2,19 +2,74 @@
 
 from __future__ import annotations
 
+import io
 import os
+from functools import partial
 from typing import Any
+
+from rich.console import Console
+from rich.segment import Segments
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.widgets import Input, Label, Select, Static, Switch, Tab, Tabs
+from textual_image.renderable.halfcell import Image as HalfcellRenderable
 from textual_image.widget import HalfcellImage, SixelImage, TGPImage
 
 from difflab.recipe import parse_toml_value
 
 SCREENS = [("dataset", "1 Dataset"), ("schedule", "2 Schedule"), ("model", "3 Model"),
            ("training", "4 Training"), ("sampling", "5 Sampling")]
+
+
+class HalfcellPreview(HalfcellImage, Renderable=HalfcellRenderable):
+    """textual-image's half-cell widget, its cells computed on a thread, not in render().
+
+    Turning a picture into coloured half cells is ~5-10 ms of Python per preview; in
+    render() that would hold up key handling and frames while a job streams previews.
+    Sizing is the parent's; render() only hands out cells made for this image at this
+    size, and shows the previous cells while new ones are being made.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._cells: tuple | None = None  # (image, width, height, segments)
+        self._wanted: tuple | None = None  # (image, width, height) a thread is making cells for
+        super().__init__(*args, **kwargs)
+
+    @property
+    def rendering(self) -> bool:
+        """True while a thread is making cells that have not arrived yet (tests wait on it)."""
+        return self._wanted is not None
+
+    def _matches(self, made: tuple | None) -> bool:
+        size = self.content_size
+        return made is not None and made[0] is self.image and made[1:3] == (size.width, size.height)
+
+    def render(self):
+        if self.image is None or not self.content_size.area:
+            return ""
+        if not (self._matches(self._cells) or self._matches(self._wanted)):
+            self._wanted = (self.image, *self.content_size)
+            self.run_worker(partial(self._make_cells, *self._wanted, self._get_styled_size()),
+                            thread=True, exclusive=True, group="cells", exit_on_error=False)
+        return Segments(self._cells[3]) if self._cells is not None else ""
+
+    def _make_cells(self, image, width: int, height: int, styled_size: tuple) -> None:
+        """On a thread: the half cells of `image` at the widget's size, then a repaint."""
+        try:
+            console = Console(width=width, height=height, color_system="truecolor", file=io.StringIO())
+            segments = list(console.render(self._Renderable(image, *styled_size),
+                                           console.options.update(width=width, height=height)))
+        except Exception:  # a picture that cannot be drawn shows nothing rather than "rendering" forever
+            segments = []
+        self.app.call_from_thread(self._cells_ready, (image, width, height, segments))
+
+    def _cells_ready(self, cells: tuple) -> None:
+        self._cells = cells
+        if self._wanted is not None and self._wanted[0] is cells[0] and self._wanted[1:] == cells[1:3]:
+            self._wanted = None
+        self.refresh()
 
 
 def _image_widget_class() -> type:
@@ -33,7 +88,7 @@ def _image_widget_class() -> type:
         return SixelImage
     if forced == "kitty" or (forced == "auto" and detected is TGPRenderable):
         return TGPImage
-    return HalfcellImage
+    return HalfcellPreview
 
 
 TerminalImage = _image_widget_class()

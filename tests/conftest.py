@@ -91,7 +91,8 @@ def anyio_backend():
 
 
 async def wait_for_probe(pilot, timeout: float = 90.0) -> None:
-    """Let the current screen's probe job finish on the worker (polls; never a blind sleep)."""
+    """Let the current screen's probe job finish on the worker and its images be turned into
+    terminal cells on their threads (polls; never a blind sleep)."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -99,4 +100,17 @@ async def wait_for_probe(pilot, timeout: float = 90.0) -> None:
     while getattr(pilot.app.screen, "probing", False):
         assert time.monotonic() < deadline, "the screen's probe did not finish"
         await pilot.pause(0.1)
+    await wait_for_images(pilot, deadline)
+
+
+async def wait_for_images(pilot, deadline: float) -> None:
+    """Until every terminal image on the screen shows the cells of its current picture."""
+    import time
+
+    from difflab.screens.widgets import HalfcellPreview
+
+    await pilot.pause(0.05)
+    while any(image.rendering for image in pilot.app.screen.query(HalfcellPreview)):
+        assert time.monotonic() < deadline, "a terminal image was not rendered"
+        await pilot.pause(0.05)
     await pilot.pause(0.05)
