@@ -174,6 +174,7 @@ class TrainingLaunch:
     recipe: Recipe
     run_dir: Any  # difflab.runs.RunDir
     recipe_dir: Path | None = None
+    resume: bool = False  # continue the run from its newest checkpoint
     name: str = "train"
 
     @property
@@ -183,4 +184,4 @@ class TrainingLaunch:
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
         from difflab.train import TrainingJob
 
-        return TrainingJob(self.recipe, self.run_dir, self.recipe_dir).run(ctx)
+        return TrainingJob(self.recipe, self.run_dir, self.recipe_dir, resume=self.resume).run(ctx)

@@ -127,12 +127,13 @@ def resolve_device(requested: str = "auto") -> str:
 class Worker:
     """The background thread. Submit jobs; read events from `events` (a thread-safe queue)."""
 
-    def __init__(self, device: str = "auto") -> None:
+    _ids = itertools.count(1)  # shared by every worker: a job id names one job in the process
+
+    def __init__(self, device: str = "auto", name: str = "difflab-worker") -> None:
         self.requested_device = device
         self.events: queue.Queue[Event] = queue.Queue()
         self._jobs: queue.Queue[tuple[Job, JobHandle] | None] = queue.Queue()
-        self._ids = itertools.count(1)
-        self._thread = threading.Thread(target=self._loop, name="difflab-worker", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, job: Job) -> JobHandle:

@@ -81,7 +81,7 @@ class LabScreen(Screen):
         if self._job_id is not None:
             self.app.bridge.forget(self._job_id)
         self.query_one("#probe-loading").display = True
-        self._job_id = self.app.bridge.submit(probe, self._on_event).job_id
+        self._job_id = self.app.bridge.submit_probe(probe, self._on_event).job_id
 
     @property
     def probing(self) -> bool:

@@ -1,9 +1,11 @@
 """The bridge between the Textual app and the engine's worker thread.
 
-Jobs go to one difflab Worker. Its events are never pushed into the UI one by one:
-a timer drains the queue a few times a second, keeps only the newest Progress per
-job (older ones are stale by then), and hands the rest to the job's handler on the
-UI thread. A busy job therefore costs the UI at most one repaint per tick.
+Jobs go to two difflab Workers: the device worker runs training and sampling, one job
+at a time; the probe worker runs the screens' small CPU jobs (dataset grid, schedule
+curves, model summary), so a screen answers while a model trains. Events are never
+pushed into the UI one by one: a timer drains both queues a few times a second, keeps
+only the newest Progress per job (older ones are stale by then), and hands the rest to
+the job's handler on the UI thread. A busy job costs the UI at most one repaint per tick.
 """
 
 from __future__ import annotations
@@ -24,28 +26,44 @@ class EngineBridge:
     def __init__(self, device: str = "auto") -> None:
         self.device = device
         self._worker: Worker | None = None
+        self._probe_worker: Worker | None = None
         self._handlers: dict[int, EventHandler] = {}
         self._handles: dict[int, JobHandle] = {}
 
     @property
     def worker(self) -> Worker:
-        if self._worker is None:  # started on first use: the first frame needs no thread, no torch
+        """The device worker (started on first use: the first frame needs no thread, no torch)."""
+        if self._worker is None:
             self._worker = Worker(self.device)
         return self._worker
 
+    @property
+    def probe_worker(self) -> Worker:
+        """The CPU worker for probes: they never queue behind a training job."""
+        if self._probe_worker is None:
+            self._probe_worker = Worker("cpu", name="difflab-probes")
+        return self._probe_worker
+
     def submit(self, job: Job, on_event: EventHandler) -> JobHandle:
-        handle = self.worker.submit(job)
+        """Run `job` on the device worker."""
+        return self._track(self.worker.submit(job), on_event)
+
+    def submit_probe(self, job: Job, on_event: EventHandler) -> JobHandle:
+        """Run a screen's probe on the probe worker."""
+        return self._track(self.probe_worker.submit(job), on_event)
+
+    def _track(self, handle: JobHandle, on_event: EventHandler) -> JobHandle:
         self._handlers[handle.job_id] = on_event
         self._handles[handle.job_id] = handle
         return handle
 
     def close(self, timeout: float = 60.0) -> None:
-        """Stop every job still running (training writes its checkpoint) and end the worker."""
-        if self._worker is None:
-            return
+        """Stop every job still running (training writes its checkpoint) and end the workers."""
         for handle in self._handles.values():
             handle.control.stop()
-        self._worker.shutdown(timeout)
+        for worker in (self._probe_worker, self._worker):
+            if worker is not None:
+                worker.shutdown(timeout)
 
     def forget(self, job_id: int) -> None:
         """Stop delivering a job's events (its screen no longer wants them)."""
@@ -53,14 +71,13 @@ class EngineBridge:
 
     def drain(self) -> int:
         """Deliver every waiting event (newest Progress per job only); returns how many were delivered."""
-        if self._worker is None:
-            return 0
         waiting: list[Event] = []
-        while True:
-            try:
-                waiting.append(self._worker.events.get_nowait())
-            except queue.Empty:
-                break
+        for worker in (self._worker, self._probe_worker):
+            while worker is not None:
+                try:
+                    waiting.append(worker.events.get_nowait())
+                except queue.Empty:
+                    break
         delivered = 0
         for event in _coalesce(waiting):
             handler = self._handlers.get(event.job_id)

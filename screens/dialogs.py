@@ -22,7 +22,7 @@ section of the **recipe** (a TOML file); `difflab run RECIPE` replays it headles
 | `1` | Dataset | what the model learns from: source, size, channels, value range, classes | `[dataset]` |
 | `2` | Schedule | how images are corrupted: the toy linear mix vs DDPM's √ᾱ / √(1−ᾱ) schedule, SNR | `[schedule]` |
 | `3` | Model | BasicUNet vs UNet2DModel: parameters, block shapes, FLOPs, step time | `[model]` |
-| `4` | Training | start / pause (`p`) / single step (`n`) / stop (`x`) a run; live loss (log: `l`), lr, img/s, ETA, memory, previews, loss by noise level, checkpoints | `[train]` |
+| `4` | Training | start / pause (`p`) / single step (`n`) / stop (`x`) / continue (`c`) a run; live loss (log: `l`), lr, img/s, ETA, memory, previews, loss by noise level, checkpoints | `[train]` |
 | `5` | Sampling | any run, checkpoint or pipeline with any sampler; step through x_t and the predicted x0 (`←` `→`), two samplers side by side, save PNG + GIF (`ctrl+g`) | `[sample]` |
 
 `ctrl+r` starts the training or sampling job of the screen you are on. Inversion and
@@ -158,3 +158,33 @@ class ConfirmQuitScreen(ModalScreen[bool]):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "yes")
+
+
+class RunFolderScreen(ModalScreen[Path | None]):
+    """Pick a run folder (one with recipe.toml and checkpoints/) from a tree, or type its path."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="run-folder.cancel")]
+    DEFAULT_CSS = """
+    RunFolderScreen { align: center middle; }
+    RunFolderScreen > Vertical { width: 80; height: 24; border: thick $primary; background: $surface; }
+    RunFolderScreen DirectoryTree { height: 1fr; }
+    """
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder if folder.is_dir() else Path.cwd()
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Continue which run? Pick its folder, or type its path and press enter.")
+            yield Input(placeholder="runs/from-scratch-20261122-101500", id="run-path")
+            yield DirectoryTree(self.folder)
+
+    def on_directory_tree_directory_selected(self, event: DirectoryTree.DirectorySelected) -> None:
+        if (event.path / "recipe.toml").is_file():  # a run folder, not a folder of runs
+            self.dismiss(event.path)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            self.dismiss(Path(event.value.strip()).expanduser())
+

@@ -101,6 +101,8 @@ class TrainingScreen(Screen):
         Binding("p", "pause_resume", "Pause/resume", id="training.pause", tooltip="pause or resume between steps"),
         Binding("n", "step_once", "Step", id="training.step", tooltip="while paused: run exactly one more step"),
         Binding("x", "stop", "Stop", id="training.stop", tooltip="stop after writing a checkpoint"),
+        Binding("c", "continue_run", "Continue", id="training.continue",
+                tooltip="continue the stopped run from its newest checkpoint (or pick a run folder)"),
         Binding("l", "toggle_log", "Log/linear", id="training.log_scale", tooltip="loss axis: linear or log"),
     ]
 
@@ -148,7 +150,7 @@ class TrainingScreen(Screen):
     def compose_output(self) -> ComposeResult:
         with Horizontal(id="controls"):
             for button_id, label in (("start", "Start ^r"), ("pause", "Pause p"), ("step", "Step n"),
-                                     ("stop", "Stop x")):
+                                     ("stop", "Stop x"), ("continue", "Continue c")):
                 yield Button(label, id=button_id, compact=True)
             yield Label("idle", id="state")
         yield Static(self.stats.line(), id="stats")
@@ -203,8 +205,46 @@ class TrainingScreen(Screen):
             self.notify(str(error), title="cannot start training", severity="error", timeout=10)
             return
         self._start_fresh(run.path)
-        self._handle = app.bridge.submit(TrainingLaunch(app.recipe, run, app.recipe_dir), self._on_event)
-        self._sent = {key: getattr(app.recipe.train, key) for key in LIVE_KEYS}
+        self._launch(TrainingLaunch(app.recipe, run, app.recipe_dir))
+
+    def action_continue_run(self) -> None:
+        """Continue the run this screen stopped; with none, ask which run folder to continue."""
+        if self.running:
+            self.notify("a training job is already running; stop it first (x)", severity="warning")
+        elif self.run_path is not None and self.checkpoints:
+            self.continue_run(self.run_path)
+        else:
+            from difflab.screens.dialogs import RunFolderScreen
+
+            self.app.push_screen(RunFolderScreen(Path.cwd() / "runs"),
+                                 lambda path: path and self.continue_run(path))
+
+    def continue_run(self, path: Path) -> None:
+        """Resume a run folder from its newest checkpoint, with the recipe saved in it."""
+        from difflab.errors import DifflabError
+        from difflab.probes import TrainingLaunch
+        from difflab.runs import RunDir
+
+        try:
+            run, recipe = RunDir.open(path)
+            newest = run.list_checkpoints()
+            if not newest:
+                run.load_latest_checkpoint()  # raises the "no checkpoint to resume from" message
+            history = run.read_metrics()
+        except (DifflabError, OSError, ValueError) as error:
+            self.notify(str(error), title="cannot continue training", severity="error", timeout=10)
+            return
+        self._start_fresh(run.path)
+        resumed_at = int(newest[-1].name.removeprefix("step_"))
+        for row in history:  # the curve so far; steps after the checkpoint are trained again
+            if row.get("step", resumed_at + 1) <= resumed_at and "loss" in row:
+                self.curve.add(row["step"], row["loss"])
+        self._launch(TrainingLaunch(recipe, run, run.path, resume=True))
+
+    def _launch(self, launch) -> None:
+        self._handle = self.app.bridge.submit(launch, self._on_event)
+        # live settings go to the job only when they are edited from now on
+        self._sent = {key: getattr(self.app.recipe.train, key) for key in LIVE_KEYS}
         self._show_state()
 
     def action_pause_resume(self) -> None:
@@ -239,7 +279,7 @@ class TrainingScreen(Screen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         actions = {"start": self.action_start, "pause": self.action_pause_resume,
-                   "step": self.action_step_once, "stop": self.action_stop}
+                   "step": self.action_step_once, "stop": self.action_stop, "continue": self.action_continue_run}
         actions[event.button.id]()
 
     def _show_state(self) -> None:
@@ -251,6 +291,7 @@ class TrainingScreen(Screen):
         pause.label = "Resume p" if paused else "Pause p"
         self.query_one("#step", Button).disabled = not (running and paused)
         self.query_one("#stop", Button).disabled = not running
+        self.query_one("#continue", Button).disabled = running
         state = "paused" if paused else "training" if running else self.outcome
         self.query_one("#state", Label).update(state)
 

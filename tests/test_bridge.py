@@ -33,3 +33,47 @@ def test_a_job_emitting_500_progress_events_reaches_the_ui_as_a_handful():
     assert bridge.drain() == 2
     assert seen[0].step == 500 and seen[-1].summary == {"steps": 500}
     assert not bridge.busy and handle.job_id == seen[0].job_id
+
+
+class Holding:
+    """A device job that runs until it is released (a training job, for the bridge)."""
+
+    name, device = "holding", "cpu"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+
+    def run(self, ctx):
+        assert self.release.wait(30)
+        return "finished", {}
+
+
+class Quick:
+    name, device = "quick", "cpu"
+
+    def run(self, ctx):
+        import threading
+
+        return "finished", {"thread": threading.current_thread().name}
+
+
+def test_a_probe_finishes_while_the_device_worker_is_busy_training():
+    import time
+
+    bridge = EngineBridge("cpu")
+    long_job, seen = Holding(), []
+    training = bridge.submit(long_job, seen.append)
+    probe = bridge.submit_probe(Quick(), seen.append)
+    assert probe.job_id != training.job_id
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        bridge.drain()
+        time.sleep(0.01)
+    assert [e.job_id for e in seen] == [probe.job_id]  # the probe is done, the training job still runs
+    assert seen[0].summary == {"thread": "difflab-probes"}
+    long_job.release.set()
+    bridge.close()
+    bridge.drain()
+    assert seen[-1].job_id == training.job_id and seen[-1].status == "finished"

@@ -12,7 +12,7 @@ from textual.widgets import Input, Static
 from difflab.recipe import load_recipe, save_recipe
 from difflab.screens.app import DifflabApp
 from difflab.screens.training import LossCurve, TrainingScreen
-from tests.conftest import TINY
+from tests.conftest import TINY, wait_for_probe
 
 pytestmark = pytest.mark.anyio
 
@@ -88,6 +88,9 @@ async def test_train_pause_step_adjust_leave_and_stop(tmp_path, monkeypatch):
         assert app.current_mode == "dataset"
         step_when_left = screen.stats.step
         await until(pilot, lambda: screen.stats.step > step_when_left, "training while another screen shows")
+        assert app.set_recipe_value("dataset.limit", 300) == ""
+        await wait_for_probe(pilot)  # the dataset probe runs beside the job, not after it
+        assert screen.running and "300 images" in str(app.screen.query_one("#facts").render())
         await pilot.press("4")
         assert app.screen is screen and screen.running
 
@@ -99,6 +102,17 @@ async def test_train_pause_step_adjust_leave_and_stop(tmp_path, monkeypatch):
         assert (last / "model.safetensors").is_file() and last.parent.parent == screen.run_path
         assert step == screen.stats.step  # the stop wrote a checkpoint at the step it stopped on
         assert "lr = 0.005" in "\n".join(str(line.text) for line in screen.query_one("#log").lines)
+
+        logged_before = list(screen.curve.steps)
+        await pilot.press("c")  # continue the stopped run from the checkpoint it wrote
+        assert screen.running and screen.run_path == last.parent.parent
+        # the curve so far, read back from metrics.jsonl, then the new steps
+        assert screen.curve.steps[:len(logged_before)] == logged_before
+        await until(pilot, lambda: screen.stats.step > step, "a step after the resume")
+        assert "resumed from step" in "\n".join(str(line.text) for line in screen.query_one("#log").lines)
+        screen.stop()
+        await until(pilot, lambda: not screen.running, "the second stop")
+        assert screen.curve.steps == sorted(set(screen.curve.steps))  # no step logged twice
 
 
 async def test_a_failed_start_is_reported_and_the_next_start_works(tmp_path, monkeypatch):
