@@ -22,7 +22,7 @@ from difflab import events
 from difflab.screens.widgets import RecipeField, ScreenBar, StatusLine, TerminalImage
 
 SMOOTHING = 0.1  # EMA weight of each new logged loss: ~10 log intervals of memory, as TensorBoard's 0.9
-REDRAW_S = 0.25  # the plot redraws at most 4 times a second, however fast losses arrive
+REDRAW_S = 0.25  # stats and plot redraw at most 4 times a second, however fast steps arrive
 RAW_STYLE, SMOOTH_STYLE = "#5a6a7a", "#4fc3f7"  # raw points faint, the smoothed curve bright
 # What fixes the usual failures; the message itself says what went wrong.
 SUGGESTIONS = {"diverged": "lower train.lr or set train.max_grad_norm = 1.0",
@@ -113,6 +113,7 @@ class TrainingScreen(Screen):
         self._log_scale = False
         self._sent: dict = {}  # live settings last sent to the running job
         self._stats_length = 0
+        self._stats_dirty = False
         self._reset_run_state()
 
     def _reset_run_state(self) -> None:
@@ -175,7 +176,7 @@ class TrainingScreen(Screen):
         table = self.query_one("#checkpoints", DataTable)
         table.add_columns("step", "file")
         self.watch(self.app, "recipe", self._recipe_changed, init=False)
-        self.set_interval(REDRAW_S, self._redraw_loss)
+        self.set_interval(REDRAW_S, self._redraw)
         register = getattr(self.app, "register_training_screen", None)
         if register is not None:  # the app asks before quitting while this screen's job runs
             register(self)
@@ -332,15 +333,15 @@ class TrainingScreen(Screen):
 
     def _on_progress(self, event: events.Progress) -> None:
         self.stats.step, self.stats.total = event.step, event.total_steps
-        self._show_stats()
+        self._stats_dirty = True
 
     def _on_step_logged(self, event: events.StepLogged) -> None:
         s = self.stats
         s.step, s.epoch, s.loss, s.lr = max(s.step, event.step), event.epoch, event.loss, event.lr
         s.images_per_sec, s.elapsed, s.memory_bytes = event.images_per_sec, event.elapsed, event.memory_bytes
         self.curve.add(event.step, event.loss)
-        self._plot_dirty = True  # drawn by the timer: a burst of log lines costs one redraw
-        self._show_stats()
+        # drawn by the timer: a burst of steps costs one frame, not one per drain
+        self._plot_dirty = self._stats_dirty = True
 
     def _on_levels(self, event: events.LossByNoiseLevel) -> None:
         known = [loss for loss in event.losses if loss is not None]
@@ -397,6 +398,13 @@ class TrainingScreen(Screen):
         self.query_one("#stats", Static).update(line, layout=len(line) != self._stats_length)
         self._stats_length = len(line)
 
+    def _redraw(self) -> None:
+        """The timer's tick: new numbers and new losses reach the screen together, in one frame."""
+        if self._stats_dirty and self.is_current:
+            self._stats_dirty = False
+            self._show_stats()
+        self._redraw_loss()
+
     def _redraw_loss(self) -> None:
         """Replot the loss curve if new losses came in (only while this screen is shown)."""
         if not (self._plot_dirty and self.is_current):
@@ -418,8 +426,8 @@ class TrainingScreen(Screen):
         plot.set_ylimits(*_y_range(raw + smooth))
 
     def on_screen_resume(self) -> None:
-        self._plot_dirty = True  # losses that came in while another screen was shown
-        self._redraw_loss()
+        self._plot_dirty = self._stats_dirty = True  # what came in while another screen was shown
+        self._redraw()
 
 
 def _loss_plot() -> PlotWidget:
