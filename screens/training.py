@@ -122,6 +122,7 @@ class TrainingScreen(Screen):
         self.checkpoints: list[tuple[int, Path]] = []
         self.outcome = "idle"  # then "finished", "stopped" or "failed" once a job ended
         self._plot_dirty = True
+        self._levels: list[float] | None = None  # loss by noise level not drawn yet
 
     # ------------------------------------------------------------ layout
 
@@ -345,9 +346,8 @@ class TrainingScreen(Screen):
 
     def _on_levels(self, event: events.LossByNoiseLevel) -> None:
         known = [loss for loss in event.losses if loss is not None]
-        if known:  # an empty bucket draws as the lowest bar rather than a gap
-            self.query_one("#levels", Sparkline).data = [loss if loss is not None else min(known)
-                                                         for loss in event.losses]
+        if known:  # an empty bucket draws as the lowest bar rather than a gap; drawn on the next tick
+            self._levels = [loss if loss is not None else min(known) for loss in event.losses]
 
     def _on_preview(self, event: events.PreviewReady) -> None:
         self.query_one("#preview", TerminalImage).image = event.image
@@ -403,6 +403,8 @@ class TrainingScreen(Screen):
         if self._stats_dirty and self.is_current:
             self._stats_dirty = False
             self._show_stats()
+        if self._levels is not None and self.is_current:
+            self.query_one("#levels", Sparkline).data, self._levels = self._levels, None
         self._redraw_loss()
 
     def _redraw_loss(self) -> None:
