@@ -64,7 +64,8 @@ async def test_train_pause_step_adjust_leave_and_stop(tmp_path, monkeypatch):
         await pilot.press("ctrl+r")
         assert screen.running and state(screen) == "training"
         await until(pilot, lambda: len(screen.curve.steps) >= 3 and screen.query_one("#preview").image is not None
-                    and screen.checkpoints, "losses, a preview and a checkpoint")
+                    and screen.checkpoints and screen.query_one("#levels").data,
+                    "losses, a preview, a checkpoint and the loss by noise level")
         assert screen.query_one("#loss").size.width > 0
         assert "img/s" in str(screen.query_one("#stats", Static).render())
 
