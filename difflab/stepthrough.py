@@ -113,18 +113,10 @@ def checkpoint_setup(folder: Path, overrides: list[str], device: str):
 
     A run that kept an EMA samples with the EMA weights, as its exported model does.
     """
-    from difflab.models import build_model
-    from difflab.runs import load_checkpoint
-    from difflab.sampling_job import run_recipe, setup_for
+    from difflab.sampling_job import checkpoint_model, run_recipe, setup_for
 
     _, recipe = run_recipe(folder.parent.parent, overrides)
-    checkpoint = load_checkpoint(folder)
-    model = build_model(recipe)
-    model.load_state_dict(checkpoint.model)
-    for i, parameter in enumerate(model.parameters()):
-        if (ema := checkpoint.tensors.get(f"ema.{i}")) is not None:
-            parameter.data.copy_(ema)
-    return setup_for(model, recipe, device)
+    return setup_for(checkpoint_model(folder, recipe), recipe, device)
 
 
 def _with_sampler(recipe, sampler: str):
