@@ -251,10 +251,27 @@ def _prepare_training(args: argparse.Namespace):
     if recipe.dataset.path and not Path(recipe.dataset.path).expanduser().is_absolute():
         # The run's recipe.toml must replay from anywhere, so paths are written out absolute.
         recipe.dataset.path = str((path.parent / recipe.dataset.path).resolve())
+    if recipe.train.init_from:
+        recipe.train.init_from = _init_source(recipe.train.init_from, path)
     out = args.out or default_run_dir(path)
     # Under `accelerate launch` only the main process creates and writes the run directory.
     run = RunDir.create(out, recipe) if int(os.environ.get("RANK", "0")) == 0 else RunDir(out)
     return TrainingJob(recipe, run, path.parent), run, True
+
+
+def _init_source(source: str, recipe_path: Path) -> str:
+    """train.init_from made absolute when it names a local folder, so the run replays from anywhere.
+
+    Relative to the recipe's folder, or to the current folder for a built-in recipe (whose
+    folder is inside the installed package, where no run lives). A hub id stays as it is.
+    """
+    from difflab.catalog import is_builtin
+
+    if Path(source).expanduser().is_absolute():
+        return source
+    base = Path.cwd() if is_builtin(recipe_path) else recipe_path.parent
+    local = (base / Path(source).expanduser()).resolve()
+    return str(local) if local.exists() else source
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def source_weights(source: str, recipe: Recipe, base_dir: Path | None = None) ->
     if path.exists() or not _HUB_ID.match(source):
         raise InputError(f"train.init_from = '{source}': no such folder ({path}); give a run folder, a "
                          f"checkpoint folder, a diffusers pipeline or model folder, or a hub id (owner/name)")
-    return _hub_weights(source)
+    return _hub_weights(source, path)
 
 
 def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.Tensor]:
@@ -117,7 +117,7 @@ def _pretrained(folder: Path, source: str) -> nn.Module:
                          f"({str(error).splitlines()[0]})") from None
 
 
-def _hub_weights(hub_id: str) -> dict[str, torch.Tensor]:
+def _hub_weights(hub_id: str, checked: Path) -> dict[str, torch.Tensor]:
     """A hub pipeline's UNet (or a bare UNet repo): the local cache first, then the network."""
     from diffusers import UNet2DModel
 
@@ -129,7 +129,7 @@ def _hub_weights(hub_id: str) -> dict[str, torch.Tensor]:
             return UNet2DModel.from_pretrained(hub_id, **options).state_dict()
         except (OSError, ValueError) as error:
             reason = str(error).splitlines()[0]
-    raise InputError(f"train.init_from = '{hub_id}': not a local folder, not in the Hugging Face cache, and the "
+    raise InputError(f"train.init_from = '{hub_id}': not a local folder ({checked}), not in the Hugging Face cache, and the "
                      f"hub could not be reached or has no such UNet ({reason}). Offline, download it elsewhere "
                      f"(a pipeline folder) and give its path") from None
 
