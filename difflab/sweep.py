@@ -76,8 +76,8 @@ class SweepJob:
         ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, s.steps * len(rows), 0, self.out))
         images, stats = [], []
         for i, (label, setup) in enumerate(rows):
-            progress = SamplingProgress(ctx, setup.recipe.sample.steps, s.steps * len(rows), offset=i * s.steps)
             row = setup.recipe.sample
+            progress = SamplingProgress(ctx, row.steps, s.steps * len(rows), offset=i * s.steps)
             images.append(generate(setup, row.num_images, row.steps, progress).cpu())
             stats.append({"label": label, **_row_numbers(images[-1], setup)})
             if ctx.control.stop_requested:
