@@ -82,7 +82,7 @@ def source_weights(source: str, recipe: Recipe, base_dir: Path | None = None) ->
     if path.exists() or not _HUB_ID.match(source):
         raise InputError(f"train.init_from = '{source}': no such folder ({path}); give a run folder, a "
                          f"checkpoint folder, a diffusers pipeline or model folder, or a hub id (owner/name)")
-    return _hub_weights(source, path)
+    return _pipeline_unet(source, source).state_dict()
 
 
 def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.Tensor]:
@@ -92,7 +92,7 @@ def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.
 
     kind = source_kind(path)
     if kind == "pipeline":
-        return _pretrained(path / "unet", source).state_dict()
+        return _pipeline_unet(str(path), source).state_dict()
     if kind == "checkpoint":
         return checkpoint_model(path).state_dict()
     if (path / "config.json").is_file():  # a model folder written by save_pretrained (RUN/model)
@@ -107,31 +107,11 @@ def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.
     return checkpoint_model(checkpoints[-1]).state_dict()
 
 
-def _pretrained(folder: Path, source: str) -> nn.Module:
-    from diffusers import UNet2DModel
+def _pipeline_unet(location: str, source: str) -> nn.Module:
+    """The UNet of a pipeline folder or hub id (cache first, then the network), as `difflab sample` loads it."""
+    from difflab.sampling_job import load_pipeline
 
-    try:
-        return UNet2DModel.from_pretrained(folder)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise InputError(f"train.init_from = '{source}': cannot load {folder} "
-                         f"({str(error).splitlines()[0]})") from None
-
-
-def _hub_weights(hub_id: str, checked: Path) -> dict[str, torch.Tensor]:
-    """A hub pipeline's UNet (or a bare UNet repo): the local cache first, then the network."""
-    from diffusers import UNet2DModel
-
-    # one network attempt only: offline each one costs ~25 s of retries
-    attempts = [dict(subfolder="unet", local_files_only=True), dict(local_files_only=True), dict(subfolder="unet")]
-    reason = ""
-    for options in attempts:
-        try:
-            return UNet2DModel.from_pretrained(hub_id, **options).state_dict()
-        except (OSError, ValueError) as error:
-            reason = str(error).splitlines()[0]
-    raise InputError(f"train.init_from = '{hub_id}': not a local folder ({checked}), not in the Hugging Face cache, and the "
-                     f"hub could not be reached or has no such UNet ({reason}). Offline, download it elsewhere "
-                     f"(a pipeline folder) and give its path") from None
+    return load_pipeline(location, f"train.init_from = '{source}'")[0]
 
 
 # ---------------------------------------------------------------- LoRA

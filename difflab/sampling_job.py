@@ -190,24 +190,28 @@ def _size(sample_size) -> int:
     return sample_size if isinstance(sample_size, int) else int(sample_size[0])
 
 
-def load_pipeline(source: str):
-    """(unet, scheduler) of a DDPM-style pipeline: a local folder, else a hub id (cache first)."""
+def load_pipeline(source: str, what: str | None = None):
+    """(unet, scheduler) of a DDPM-style pipeline: a local folder, else a hub id (cache first).
+
+    `what` names the setting in errors (default: the --pipeline flag).
+    """
     from diffusers import DDPMPipeline
 
+    what = what or f"--pipeline {source}"
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
-            raise InputError(f"--pipeline {source}: not a diffusers pipeline folder (no model_index.json)")
+            raise InputError(f"{what}: not a diffusers pipeline folder (no model_index.json)")
         try:
             pipe = DDPMPipeline.from_pretrained(path)
         except (OSError, ValueError, TypeError) as error:
-            raise InputError(f"--pipeline {source}: cannot load it as an unconditional pipeline "
+            raise InputError(f"{what}: cannot load it as an unconditional pipeline "
                              f"({str(error).splitlines()[0]})") from None
         return pipe.unet, pipe.scheduler
-    return _from_hub(source)
+    return _from_hub(source, what)
 
 
-def _from_hub(hub_id: str):
+def _from_hub(hub_id: str, what: str):
     from diffusers import DDPMPipeline
 
     try:
@@ -218,7 +222,7 @@ def _from_hub(hub_id: str):
     try:
         pipe = DDPMPipeline.from_pretrained(hub_id)
     except (OSError, ValueError) as error:
-        raise InputError(f"--pipeline {hub_id}: not a local folder, not in the Hugging Face cache, and the hub "
+        raise InputError(f"{what}: not a local folder, not in the Hugging Face cache, and the hub "
                          f"could not be reached or has no such pipeline ({str(error).splitlines()[0]}). "
                          f"Offline, download it elsewhere and copy the folder here.") from None
     return pipe.unet, pipe.scheduler
