@@ -46,3 +46,8 @@ def find_recipe(name_or_path: str) -> Path:
     names = ", ".join(r.name for r in builtin_recipes())
     raise InputError(f"{name_or_path}: no such recipe file, and no built-in recipe of that name "
                      f"(built-ins: {names})")
+
+
+def is_builtin(path: Path) -> bool:
+    """Whether `path` is one of the built-in recipe files."""
+    return any(r.path.resolve() == Path(path).resolve() for r in builtin_recipes())

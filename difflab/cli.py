@@ -55,7 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=int, help="sampling steps")
     sample.add_argument("--eta", type=float, help="ddim: 0 deterministic … 1 as noisy as DDPM")
     sample.add_argument("--seed", type=int, help="seed of the starting noise")
-    sample.add_argument("--num-images", type=int, help="images in the grid")
+    sample.add_argument("--num-images", type=int, help="images in the grid (in each row of a sweep)")
+    sample.add_argument("--class-label", dest="class_labels", type=int, action="append", metavar="CLASS",
+                        help="class-conditional: sample this class (repeatable: the classes in turn)")
+    sample.add_argument("--guidance-scale", type=float,
+                        help="classifier-free guidance: 0 unconditional, 1 the class alone, >1 stronger")
+    sample.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                        help="one labelled row per value in one grid: guidance_scale=0,1,3,7, "
+                             "guidance.scale=0,20,40, sampler=ddim,euler, class=all, checkpoint=all")
+    sample.add_argument("--grid", choices=["classes"],
+                        help="classes: every class (rows) x --num-images seeds' noise (columns, default 8)")
     sample.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sample.add_argument("--out", type=Path, help="output folder (default: RUN/samples, or samples/ for a pipeline)")
     sample.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
@@ -161,8 +170,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if bool(args.run_dir) == bool(args.pipeline):
         raise InputError("difflab sample: give either a run directory or --pipeline PATH_OR_HUB_ID")
+    if args.sweep and args.grid:
+        raise InputError("difflab sample: give --sweep or --grid, not both")
+    num_images = args.num_images or (8 if args.grid else None)
     flags = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "seed": args.seed,
-             "num_images": args.num_images}
+             "num_images": num_images, "class_labels": args.class_labels, "guidance_scale": args.guidance_scale}
     overrides = [*args.overrides, *(f"sample.{k}={v!r}" if isinstance(v, str) else f"sample.{k}={v}"
                                     for k, v in flags.items() if v is not None)]
     if args.pipeline:
@@ -171,7 +183,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         out = args.out or args.run_dir / "samples"
         source = SampleSource(run_dir=args.run_dir)
-    job = SampleJob(source, out, overrides, args.device)
+    if args.sweep or args.grid:
+        from difflab.sweep import Sweep, SweepJob, parse_sweep
+
+        sweep = parse_sweep(args.sweep) if args.sweep else Sweep("class", ("all",))
+        job = SweepJob(source, out, sweep, overrides, args.device)
+    else:
+        job = SampleJob(source, out, overrides, args.device)
     return run_job(job, args.device, Console(highlight=False)).exit_code
 
 
@@ -233,10 +251,27 @@ def _prepare_training(args: argparse.Namespace):
     if recipe.dataset.path and not Path(recipe.dataset.path).expanduser().is_absolute():
         # The run's recipe.toml must replay from anywhere, so paths are written out absolute.
         recipe.dataset.path = str((path.parent / recipe.dataset.path).resolve())
+    if recipe.train.init_from:
+        recipe.train.init_from = _init_source(recipe.train.init_from, path)
     out = args.out or default_run_dir(path)
     # Under `accelerate launch` only the main process creates and writes the run directory.
     run = RunDir.create(out, recipe) if int(os.environ.get("RANK", "0")) == 0 else RunDir(out)
     return TrainingJob(recipe, run, path.parent), run, True
+
+
+def _init_source(source: str, recipe_path: Path) -> str:
+    """train.init_from made absolute when it names a local folder, so the run replays from anywhere.
+
+    Relative to the recipe's folder, or to the current folder for a built-in recipe (whose
+    folder is inside the installed package, where no run lives). A hub id stays as it is.
+    """
+    from difflab.catalog import is_builtin
+
+    if Path(source).expanduser().is_absolute():
+        return source
+    base = Path.cwd() if is_builtin(recipe_path) else recipe_path.parent
+    local = (base / Path(source).expanduser()).resolve()
+    return str(local) if local.exists() else source
 
 
 if __name__ == "__main__":

@@ -21,13 +21,19 @@ class Event:
 
 @dataclass(frozen=True)
 class JobStarted(Event):
-    """A job began on the worker: what it is, where it runs and how many steps it plans."""
+    """A job began on the worker: what it is, where it runs and how many steps it plans.
+
+    Training jobs also say how many parameters the model has and how many of them train
+    (fewer with LoRA); 0 when the job has no model to train.
+    """
 
     name: str
     device: str
     total_steps: int
     start_step: int = 0
     run_dir: Path | None = None
+    parameters: int = 0
+    trainable_parameters: int = 0
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 The toy schedule samples with the course's toy sampler from uniform noise; a
 DDPM schedule samples with any diffusers scheduler from Gaussian noise. Both go
 through one per-step callback, so the final grid, the step-by-step figure and
-the denoising GIF come from the same code.
+the denoising GIF come from the same code. A class-conditional model samples each
+image's class with classifier-free guidance (conditioning.py), and the recipe's
+[guidance] nudges every step (guidance.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from difflab.models import denoise
 from difflab.recipe import Recipe
 from difflab.sample import StepCallback, Trajectory, starting_noise, toy_sample
 
@@ -31,42 +32,56 @@ class SamplingSetup:
     train_scheduler: object | None = None  # the DDPMScheduler the model was trained with
     progress: StepCallback | None = None  # told of each step of the final grid's sampling
 
-    def noise(self, count: int) -> torch.Tensor:
-        seed = self.recipe.sample.seed
+    def noise(self, count: int, seed: int | None = None) -> torch.Tensor:
+        seed = self.recipe.sample.seed if seed is None else seed
         if self.recipe.schedule.kind == "toy":
             return starting_noise(count, self.shape, seed, self.value_range, self.device)
         generator = torch.Generator().manual_seed(seed)  # CPU generator: same noise on every device
         return torch.randn((count, *self.shape), generator=generator).to(self.device)
 
-    def model_fn(self):
-        return lambda x, t=None: denoise(self.model, x, _timestep_batch(t, x))
+    def labels(self, count: int) -> torch.Tensor | None:
+        """Each image's class for a class-conditional model (recipe's sample.class_labels), else None."""
+        from difflab.conditioning import sampling_labels
+
+        classes = self.recipe.model.num_classes
+        return sampling_labels(count, self.recipe.sample.class_labels, classes, self.device) if classes else None
+
+    def model_fn(self, labels: torch.Tensor | None = None):
+        """model_fn(x, t) for images of these classes, with the recipe's classifier-free guidance scale."""
+        from difflab.conditioning import guided_model_fn
+
+        return guided_model_fn(self.model, labels, self.recipe.sample.guidance_scale)
 
     def scheduler(self):
         from difflab.samplers import sampler_scheduler
 
         return sampler_scheduler(self.recipe.sample.sampler, self.train_scheduler)
 
+    def guidance(self):
+        from difflab.guidance import make_guidance
 
-def _timestep_batch(t, x: torch.Tensor):
-    if t is None:
-        return None
-    t = torch.as_tensor(t, device=x.device)
-    return t.expand(len(x)) if t.dim() == 0 else t
+        return make_guidance(self.recipe, self.value_range, self.device)
 
 
 @torch.no_grad()
-def generate(setup: SamplingSetup, count: int, steps: int, callback: StepCallback | None = None) -> torch.Tensor:
-    """`count` images in `steps` steps, in the data's value range."""
+def generate(setup: SamplingSetup, count: int, steps: int, callback: StepCallback | None = None,
+             noise: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """`count` images in `steps` steps, in the data's value range.
+
+    `noise` and `labels` replace the recipe's seeded noise and class list (the class grid
+    gives each column its own seed and each row its class).
+    """
     setup.model.eval()
-    noise = setup.noise(count)
+    noise = setup.noise(count) if noise is None else noise
+    model_fn = setup.model_fn(setup.labels(count) if labels is None else labels)
     if setup.recipe.schedule.kind == "toy":
-        return toy_sample(setup.model_fn(), noise, steps, callback)
+        return toy_sample(model_fn, noise, steps, callback)
     from difflab.samplers import diffusers_sample
 
     s = setup.recipe.sample
     generator = torch.Generator(device=setup.device).manual_seed(s.seed + 1)
-    return diffusers_sample(setup.model_fn(), setup.scheduler(), noise, steps, eta=s.eta,
-                            generator=generator, callback=callback)
+    return diffusers_sample(model_fn, setup.scheduler(), noise, steps, eta=s.eta,
+                            generator=generator, callback=callback, guidance=setup.guidance())
 
 
 def trajectory(setup: SamplingSetup, count: int, steps: int) -> Trajectory:

@@ -60,6 +60,9 @@ class Reporter:
         match event:
             case events.JobStarted():
                 self.console.print(f"[bold]{event.name}[/] on [cyan]{event.device}[/] → {event.run_dir}")
+                if event.parameters:
+                    self.console.print(f"[dim]{event.trainable_parameters:,} trainable of {event.parameters:,} "
+                                       f"parameters[/]")
                 self.task = self.progress.add_task(event.name, total=event.total_steps,
                                                    completed=event.start_step, loss="–", rate="")
                 self.plain_every = max(1, event.total_steps // 10)

@@ -3,8 +3,11 @@
 BasicUNet is the course's from-scratch model, kept short enough to read whole. It
 is a diffusers ModelMixin so it saves and loads with save_pretrained /
 from_pretrained (config.json + safetensors) like every other diffusers model.
-UNet2DModel is diffusers' own, built from the recipe's knobs. `denoise` hides the
-one difference that matters to a loop: UNet2DModel also takes the timestep.
+UNet2DModel is diffusers' own, built from the recipe's knobs; a class-conditional
+one uses diffusers' class embedding (`num_class_embeds`: a learned vector per class
+added to the timestep embedding) with one extra "no class" index for label dropout
+and classifier-free guidance. `denoise` hides the differences that matter to a
+loop: UNet2DModel also takes the timestep, and maybe the class.
 """
 
 from __future__ import annotations
@@ -63,16 +66,33 @@ def build_model(recipe: Recipe) -> nn.Module:
         sample_size=recipe.dataset.image_size, in_channels=channels, out_channels=channels,
         layers_per_block=cfg.layers_per_block, block_out_channels=tuple(cfg.block_out_channels),
         down_block_types=tuple(cfg.down_block_types), up_block_types=tuple(cfg.up_block_types),
-        norm_num_groups=cfg.norm_num_groups, attention_head_dim=cfg.attention_head_dim, dropout=cfg.dropout)
+        norm_num_groups=cfg.norm_num_groups, attention_head_dim=cfg.attention_head_dim, dropout=cfg.dropout,
+        num_class_embeds=cfg.num_classes + 1 if cfg.num_classes else None)
 
 
-def denoise(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
-    """The model's prediction for x; BasicUNet ignores the timestep (as in the course)."""
+def null_class(model: nn.Module) -> int | None:
+    """The "no class" label of a class-conditional UNet2DModel (its last embedding), else None."""
+    inner = getattr(model, "module", model)
+    embeds = inner.config.get("num_class_embeds") if isinstance(inner, UNet2DModel) else None
+    return embeds - 1 if embeds else None
+
+
+def denoise(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor | None = None,
+            class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's prediction for x; BasicUNet ignores the timestep (as in the course).
+
+    A class-conditional model given no labels predicts unconditionally (the "no class" label).
+    """
     inner = getattr(model, "module", model)  # DistributedDataParallel wraps the real model
     if isinstance(inner, UNet2DModel):
         if timesteps is None:
             timesteps = torch.zeros(len(x), dtype=torch.long, device=x.device)  # the course's "timestep 0"
-        return model(x, timesteps).sample
+        null = null_class(inner)
+        if null is None:
+            class_labels = None
+        elif class_labels is None:
+            class_labels = torch.full((len(x),), null, dtype=torch.long, device=x.device)
+        return model(x, timesteps, class_labels=class_labels).sample
     return model(x)
 
 

@@ -3,7 +3,8 @@
 The toy objective is the from-scratch chapter's: corrupt by a random amount,
 predict the clean image. The DDPM objective draws a timestep per image, noises
 with the scheduler, and predicts noise, the clean sample or v, optionally with
-Min-SNR weighting. Every random draw comes from the job's generator, whose state
+Min-SNR weighting. A class-conditional model also gets each image's label (some
+already replaced by "no class", see conditioning.drop_labels). Every random draw comes from the job's generator, whose state
 checkpoints save: that is what makes a resumed run exact.
 """
 
@@ -34,10 +35,12 @@ class ToyObjective:
     def __init__(self, value_range: tuple[float, float]) -> None:
         self.low, self.high = value_range
 
-    def loss(self, model, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model, x: torch.Tensor, generator: torch.Generator,
+             labels: torch.Tensor | None = None) -> BatchLoss:
         noise = torch.rand(x.shape, generator=generator, device=x.device) * (self.high - self.low) + self.low
         amount = torch.rand(len(x), generator=generator, device=x.device)
-        per_image = F.mse_loss(denoise(model, corrupt(x, amount, noise)), x, reduction="none").mean(dim=(1, 2, 3))
+        prediction = denoise(model, corrupt(x, amount, noise), class_labels=labels)
+        per_image = F.mse_loss(prediction, x, reduction="none").mean(dim=(1, 2, 3))
         return BatchLoss(per_image.mean(), per_image.detach(), amount)
 
 
@@ -49,13 +52,14 @@ class DDPMObjective:
         self.objective = recipe.train.objective
         self.min_snr_gamma = recipe.train.snr_gamma if recipe.train.loss_weighting == "min-snr" else None
 
-    def loss(self, model, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model, x: torch.Tensor, generator: torch.Generator,
+             labels: torch.Tensor | None = None) -> BatchLoss:
         from difflab.schedules import add_noise, min_snr_weights, training_target
 
         noise = torch.randn(x.shape, generator=generator, device=x.device)
         steps = self.scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (len(x),), generator=generator, device=x.device)
-        prediction = denoise(model, add_noise(self.scheduler, x, noise, t), t)
+        prediction = denoise(model, add_noise(self.scheduler, x, noise, t), t, labels)
         target = training_target(self.scheduler, x, noise, t, self.objective)
         # float32 for the loss even under autocast: bf16 MSE of small residuals is too coarse
         per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))

@@ -95,6 +95,9 @@ class ModelConfig(Section):
     norm_num_groups: int = Field(32, gt=0, description="unet2d: groups of GroupNorm")
     attention_head_dim: int = Field(8, gt=0, description="unet2d: channels per attention head")
     dropout: float = Field(0.0, ge=0, lt=1, description="unet2d: dropout in the ResNet blocks")
+    num_classes: int = Field(
+        0, ge=0, le=10_000, description="unet2d: 0 = unconditional; N = class-conditional through diffusers' "
+        "class embedding (num_class_embeds = N + 1: index N is the 'no class' of label dropout and CFG)")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -104,6 +107,9 @@ class ModelConfig(Section):
             raise ValueError(f"model.kernel_size = {self.kernel_size}: must be odd so padding keeps the size")
         if self.kind == "unet2d":
             _check_unet2d(self)
+        elif self.num_classes:
+            raise ValueError(f"model.num_classes = {self.num_classes}: the basic-unet has no class input; "
+                             f"use model.kind = 'unet2d' for a class-conditional model")
         return self
 
     def levels(self) -> int:
@@ -158,6 +164,18 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(200, ge=0, description="steps between checkpoints (0 = only at the end)")
     keep_checkpoints: int = Field(2, gt=0, description="how many recent checkpoints to keep")
     preview_images: int = Field(16, gt=0, le=256, description="images in each preview grid")
+    init_from: str = Field(
+        "", description="start from trained weights: a run folder (its final model, else its latest "
+        "checkpoint), a checkpoint folder, a diffusers pipeline or model folder, or a hub id (empty = from scratch)")
+    label_dropout: float = Field(
+        0.1, ge=0, lt=1, description="class-conditional: share of labels replaced by 'no class' so the "
+        "same model also learns the unconditional prediction that classifier-free guidance needs")
+    lora_rank: int = Field(0, ge=0, le=1024, description="LoRA: rank of the adapters (0 = train every weight)")
+    lora_alpha: float = Field(8.0, gt=0, description="LoRA: adapter scale numerator (scale = alpha / rank)")
+    lora_targets: list[str] = Field(
+        ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"], min_length=1,
+        description="LoRA: names (or name endings) of the layers that get adapters: attention projections "
+        "to_q/to_k/to_v/to_out.0, ResNet convolutions conv1/conv2, ...")
 
 
 SAMPLERS = ("toy", "ddpm", "ddim", "pndm", "dpm-solver++", "euler", "euler-ancestral", "heun", "lms", "unipc")
@@ -177,6 +195,34 @@ class SampleConfig(Section):
     trajectory_steps: int = Field(5, gt=0, le=1000, description="steps in the step-by-step figure")
     trajectory_images: int = Field(8, gt=0, le=64, description="images in the step-by-step figure and GIF")
     gif: bool = Field(True, description="save the denoising of the trajectory images as samples/denoising.gif")
+    class_labels: list[int] = Field(
+        [], max_length=1024, description="class-conditional: the class of each image, repeated over the grid "
+        "(empty = every class in turn)")
+    guidance_scale: float = Field(
+        1.0, ge=0, le=100, description="classifier-free guidance, uncond + scale*(cond - uncond): "
+        "0 = unconditional, 1 = the class alone, above 1 = pushed further toward the class")
+
+
+GUIDANCE_FUNCTIONS = ("none", "color")  # the names difflab.guidance registers
+
+
+class GuidanceConfig(Section):
+    """Loss guidance while sampling: nudge x down the gradient of a loss on the predicted clean image."""
+
+    function: Literal["none", "color"] = Field(
+        "none", description="none; color: mean distance of the pixels to `color` (the course's colour guidance)")
+    scale: float = Field(40.0, ge=0, le=1e6, description="x <- x - scale * d loss / d x at every step")
+    color: list[float] = Field(
+        [0.1, 0.9, 0.5], min_length=3, max_length=3, description="color: the target RGB, each 0..1")
+    through_model: bool = Field(
+        False, description="false: differentiate x0 = f(x, fixed model output) (cheap); true: through the "
+        "model too (the course's second variant, better, ~2-3x slower)")
+
+    @model_validator(mode="after")
+    def _check(self) -> GuidanceConfig:
+        if any(not 0 <= c <= 1 for c in self.color):
+            raise ValueError(f"guidance.color = {self.color}: each of red, green, blue must be within 0..1")
+        return self
 
 
 class Recipe(Section):
@@ -190,6 +236,7 @@ class Recipe(Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    guidance: GuidanceConfig = GuidanceConfig()
 
     @model_validator(mode="after")
     def _check_image_fits_model(self) -> Recipe:
@@ -223,6 +270,35 @@ class Recipe(Section):
                              f"schedule.num_train_timesteps = {self.schedule.num_train_timesteps}")
         return self
 
+    @model_validator(mode="after")
+    def _check_conditioning(self) -> Recipe:
+        classes, s = self.model.num_classes, self.sample
+        if not classes and s.class_labels:
+            raise ValueError(f"sample.class_labels = {s.class_labels}: the model is unconditional; "
+                             f"set model.num_classes to train a class-conditional one")
+        if not classes and s.guidance_scale != 1:
+            raise ValueError(f"sample.guidance_scale = {s.guidance_scale}: classifier-free guidance needs a "
+                             f"class-conditional model (model.num_classes > 0); leave it at 1")
+        bad = [c for c in s.class_labels if not 0 <= c < classes]
+        if bad:
+            raise ValueError(f"sample.class_labels = {s.class_labels}: {bad} outside 0..{classes - 1} "
+                             f"(model.num_classes = {classes})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_guidance_and_lora(self) -> Recipe:
+        g = self.guidance
+        if g.function != "none" and self.schedule.kind != "ddpm":
+            raise ValueError(f"guidance.function = '{g.function}': loss guidance nudges a diffusers sampler's "
+                             f"steps; it needs schedule.kind = 'ddpm'")
+        if g.function == "color" and self.dataset.channels != 3:
+            raise ValueError("guidance.function = 'color': a colour target needs RGB images "
+                             "(dataset.channels = 3)")
+        if self.train.lora_rank and self.train.ema:
+            raise ValueError("train.ema = true: LoRA trains only its small adapters; EMA of the whole model is "
+                             "not supported with train.lora_rank > 0")
+        return self
+
 
 def _nearest_multiple(value: int, factor: int) -> int:
     return max(factor, round(value / factor) * factor)
@@ -230,7 +306,7 @@ def _nearest_multiple(value: int, factor: int) -> int:
 
 SECTIONS: dict[str, type[Section]] = {
     "dataset": DatasetConfig, "schedule": ScheduleConfig, "model": ModelConfig,
-    "train": TrainConfig, "sample": SampleConfig,
+    "train": TrainConfig, "sample": SampleConfig, "guidance": GuidanceConfig,
 }
 
 

@@ -48,6 +48,24 @@ def trajectory_figure(inputs: list[torch.Tensor], predictions: list[torch.Tensor
     return figure
 
 
+def labelled_rows(rows: list[torch.Tensor], labels: list[str], value_range: tuple[float, float],
+                  title: str = "", scale: int = 2) -> Image.Image:
+    """One row of images per entry, its label on the left and a title on top (an XYZ-plot grid)."""
+    grids = [image_grid(r, value_range, nrow=len(r), scale=scale) for r in rows]
+    cell_w, cell_h = max(g.width for g in grids), max(g.height for g in grids)
+    label_w = 8 + 6 * max(len(label) for label in labels)  # PIL's default bitmap font is ~6 px a character
+    header_h = 16 if title else 0
+    figure = Image.new("RGB", (max(label_w + cell_w, 6 * len(title) + 8), header_h + len(rows) * cell_h), "white")
+    draw = ImageDraw.Draw(figure)
+    if title:
+        draw.text((4, 2), title, fill="black")
+    for i, (label, grid) in enumerate(zip(labels, grids)):
+        top = header_h + i * cell_h
+        draw.text((4, top + cell_h // 2 - 5), label, fill="black")
+        figure.paste(grid.convert("RGB"), (label_w, top))
+    return figure
+
+
 def save_png(image: Image.Image, path: Path) -> Path:
     """Write a PNG atomically (a crash never leaves half an image)."""
     from difflab.files import atomic_write_bytes

@@ -5,6 +5,7 @@ RUN/metrics.jsonl    one JSON object per logged step
 RUN/samples/         PNG grids during training and at the end
 RUN/model/           save_pretrained output of the trained network
 RUN/pipeline/        for DDPM runs: a DDPMPipeline that plain diffusers loads
+RUN/lora/            for LoRA runs: only the adapter (safetensors + peft's adapter_config.json)
 RUN/checkpoints/     resumable state: weights as safetensors, the rest weights_only-loadable
 RUN/summary.json     what ran, where, how long, versions, final metrics
 
@@ -50,6 +51,7 @@ class RunDir:
         self.samples = self.path / "samples"
         self.model_dir = self.path / "model"
         self.pipeline_dir = self.path / "pipeline"
+        self.lora_dir = self.path / "lora"
         self.checkpoints = self.path / "checkpoints"
         self.summary_path = self.path / "summary.json"
 

@@ -16,12 +16,16 @@ import torch
 
 @dataclass
 class SampleStep:
-    """One sampling step: the model input x_t and the model's prediction of the clean image."""
+    """One sampling step: the model input x_t and the model's prediction of the clean image.
+
+    `guidance_norm` is the norm of the loss-guidance move applied at this step (None without guidance).
+    """
 
     index: int
     total: int
     x: torch.Tensor
     prediction: torch.Tensor
+    guidance_norm: float | None = None
 
 
 StepCallback = Callable[[SampleStep], None]
@@ -29,15 +33,17 @@ StepCallback = Callable[[SampleStep], None]
 
 @dataclass
 class Trajectory:
-    """Every step's input and prediction, kept on the CPU, plus the final images."""
+    """Every step's input, prediction and guidance norm, kept on the CPU, plus the final images."""
 
     inputs: list[torch.Tensor] = field(default_factory=list)
     predictions: list[torch.Tensor] = field(default_factory=list)
+    guidance_norms: list[float | None] = field(default_factory=list)
     final: torch.Tensor | None = None
 
     def record(self, step: SampleStep) -> None:
         self.inputs.append(step.x.detach().cpu())
         self.predictions.append(step.prediction.detach().cpu())
+        self.guidance_norms.append(step.guidance_norm)
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from difflab.errors import InputError
+from difflab.guidance import LossGuidance
 from difflab.sample import SampleStep, StepCallback, Trajectory
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -110,17 +111,18 @@ def _step_kwargs(scheduler: SchedulerMixin, eta: float, generator: torch.Generat
 @torch.no_grad()
 def diffusers_sample(model_fn: ModelFn, scheduler: SchedulerMixin, noise: torch.Tensor, steps: int,
                      eta: float = 0.0, generator: torch.Generator | None = None,
-                     callback: StepCallback | None = None) -> torch.Tensor:
+                     callback: StepCallback | None = None, guidance: LossGuidance | None = None) -> torch.Tensor:
     """Sample from Gaussian `noise` in `steps` steps; `callback` sees every model call.
 
     `steps` is what set_timesteps is given. Some samplers call the model more often than
     that (Heun twice a step but the first, 2*steps-1 in all; PNDM steps+1), and the
     callback's index and total count model calls: SampleStep(i, total, x_scaled, x0).
-    eta reaches only DDIM; the generator only samplers whose step takes one.
+    eta reaches only DDIM; the generator only samplers whose step takes one. `guidance` nudges x
+    after each model call and before the step, with the same model output (the course's loop).
     """
     scheduler.set_timesteps(steps, device=noise.device)
     timesteps = scheduler.timesteps
-    alpha_bars = timestep_alpha_bars(scheduler) if callback is not None else []
+    alpha_bars = timestep_alpha_bars(scheduler) if callback is not None or guidance is not None else []
     prediction_type = scheduler.config.prediction_type
     kwargs = _step_kwargs(scheduler, eta, generator)
     x = noise * scheduler.init_noise_sigma
@@ -129,9 +131,14 @@ def diffusers_sample(model_fn: ModelFn, scheduler: SchedulerMixin, noise: torch.
         # (Euler-type ones divide by sqrt(sigma^2 + 1)), so one x0 formula serves them all
         x_in = scheduler.scale_model_input(x, t)
         output = model_fn(x_in, t)
+        norm = None
+        if guidance is not None:
+            x, norm = guidance.nudge(
+                x, t, output, lambda x_: scheduler.scale_model_input(x_, t),
+                lambda x_in_, out: predict_x0(x_in_, out, alpha_bars[i], prediction_type), model_fn)
         if callback is not None:
             x0 = predict_x0(x_in, output, alpha_bars[i], prediction_type)
-            callback(SampleStep(i, len(timesteps), x_in, x0))
+            callback(SampleStep(i, len(timesteps), x_in, x0, norm))
         x = scheduler.step(output, t, x, **kwargs).prev_sample
     return x
 

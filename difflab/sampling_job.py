@@ -105,18 +105,56 @@ def setup_for(model: torch.nn.Module, recipe: Recipe, device: str):
 
 
 def _load_run_model(run: RunDir, recipe: Recipe):
+    if not (run.model_dir / "config.json").is_file():
+        raise InputError(f"{run.model_dir}: no trained model yet (the run has not finished; "
+                         f"resume it with `difflab run --resume {run.path}`)")
+    return load_model_folder(run.model_dir, recipe.model.kind, str(run.model_dir))
+
+
+def load_model_folder(folder: Path, kind: str, what: str):
+    """A model saved with save_pretrained: BasicUNet or UNet2DModel by the recipe's model.kind."""
     from diffusers import UNet2DModel
 
     from difflab.models import BasicUNet
 
-    if not (run.model_dir / "config.json").is_file():
-        raise InputError(f"{run.model_dir}: no trained model yet (the run has not finished; "
-                         f"resume it with `difflab run --resume {run.path}`)")
-    cls = BasicUNet if recipe.model.kind == "basic-unet" else UNet2DModel
+    cls = BasicUNet if kind == "basic-unet" else UNet2DModel
     try:
-        return cls.from_pretrained(run.model_dir)
+        return cls.from_pretrained(folder)
     except (OSError, ValueError, RuntimeError) as error:
-        raise InputError(f"{run.model_dir}: cannot load the model ({str(error).splitlines()[0]})") from None
+        raise InputError(f"{what}: cannot load the model in {folder} ({str(error).splitlines()[0]})") from None
+
+
+def checkpoint_model(folder: Path, recipe: Recipe | None = None):
+    """The network of RUN/checkpoints/step_N (with its EMA weights when the run kept an EMA).
+
+    `recipe` defaults to the run's own; a LoRA run's checkpoint holds its adapters too.
+    """
+    from difflab.models import build_model
+    from difflab.runs import load_checkpoint
+
+    if recipe is None:
+        _, recipe = RunDir.open(folder.parent.parent)
+    checkpoint = load_checkpoint(folder)
+    model = build_model(recipe)
+    if recipe.train.lora_rank:
+        from difflab.finetune import add_lora
+
+        add_lora(model, recipe.train)
+    try:
+        model.load_state_dict(checkpoint.model)
+    except RuntimeError as error:
+        raise InputError(f"{folder}: the checkpoint does not fit its run's recipe "
+                         f"({str(error).splitlines()[0]})") from None
+    for i, parameter in enumerate(model.parameters()):
+        if (ema := checkpoint.tensors.get(f"ema.{i}")) is not None:
+            parameter.data.copy_(ema)
+    if recipe.train.lora_rank:
+        from difflab.finetune import merged_state_dict
+
+        plain = build_model(recipe)
+        plain.load_state_dict(merged_state_dict(model))
+        return plain
+    return model
 
 
 def pipeline_setup(source: str, overrides: list[str], device: str):
@@ -152,24 +190,28 @@ def _size(sample_size) -> int:
     return sample_size if isinstance(sample_size, int) else int(sample_size[0])
 
 
-def load_pipeline(source: str):
-    """(unet, scheduler) of a DDPM-style pipeline: a local folder, else a hub id (cache first)."""
+def load_pipeline(source: str, what: str | None = None):
+    """(unet, scheduler) of a DDPM-style pipeline: a local folder, else a hub id (cache first).
+
+    `what` names the setting in errors (default: the --pipeline flag).
+    """
     from diffusers import DDPMPipeline
 
+    what = what or f"--pipeline {source}"
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
-            raise InputError(f"--pipeline {source}: not a diffusers pipeline folder (no model_index.json)")
+            raise InputError(f"{what}: not a diffusers pipeline folder (no model_index.json)")
         try:
             pipe = DDPMPipeline.from_pretrained(path)
         except (OSError, ValueError, TypeError) as error:
-            raise InputError(f"--pipeline {source}: cannot load it as an unconditional pipeline "
+            raise InputError(f"{what}: cannot load it as an unconditional pipeline "
                              f"({str(error).splitlines()[0]})") from None
         return pipe.unet, pipe.scheduler
-    return _from_hub(source)
+    return _from_hub(source, what)
 
 
-def _from_hub(hub_id: str):
+def _from_hub(hub_id: str, what: str):
     from diffusers import DDPMPipeline
 
     try:
@@ -180,7 +222,7 @@ def _from_hub(hub_id: str):
     try:
         pipe = DDPMPipeline.from_pretrained(hub_id)
     except (OSError, ValueError) as error:
-        raise InputError(f"--pipeline {hub_id}: not a local folder, not in the Hugging Face cache, and the hub "
+        raise InputError(f"{what}: not a local folder, not in the Hugging Face cache, and the hub "
                          f"could not be reached or has no such pipeline ({str(error).splitlines()[0]}). "
                          f"Offline, download it elsewhere and copy the folder here.") from None
     return pipe.unet, pipe.scheduler

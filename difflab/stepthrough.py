@@ -47,8 +47,13 @@ class StepThroughJob:
     name = "step-through"
 
     def __init__(self, source_run_dir: Path | None, pipeline: str | None, samplers: list[str], steps: int,
-                 seed: int, num_images: int, eta: float = 0.0, device: str = "auto") -> None:
-        """`source_run_dir` is a run folder or one of its checkpoint folders; `pipeline` a diffusers folder."""
+                 seed: int, num_images: int, eta: float = 0.0, device: str = "auto",
+                 extra_overrides: list[str] = ()) -> None:
+        """`source_run_dir` is a run folder or one of its checkpoint folders; `pipeline` a diffusers folder.
+
+        `extra_overrides` are further `key=value` recipe settings, e.g. sample.class_labels=[3],
+        sample.guidance_scale=3, guidance.function='color', guidance.scale=40.
+        """
         if (source_run_dir is None) == (pipeline is None):
             raise InputError("step-through: give either a run directory or a pipeline, not both or neither")
         if not 1 <= len(samplers) <= 2:
@@ -56,6 +61,7 @@ class StepThroughJob:
         self.source_run_dir, self.pipeline = source_run_dir, pipeline
         self.samplers, self.steps, self.seed = list(samplers), steps, seed
         self.num_images, self.eta, self.device = num_images, eta, device
+        self.extra_overrides = list(extra_overrides)
 
     @classmethod
     def from_path(cls, path: str | Path, **settings) -> StepThroughJob:
@@ -74,7 +80,7 @@ class StepThroughJob:
 
     def overrides(self, sampler: str) -> list[str]:
         return [f"sample.sampler='{sampler}'", f"sample.steps={self.steps}", f"sample.seed={self.seed}",
-                f"sample.num_images={self.num_images}", f"sample.eta={self.eta}"]
+                f"sample.num_images={self.num_images}", f"sample.eta={self.eta}", *self.extra_overrides]
 
     def setup(self, sampler: str, device: str):
         from difflab.sampling_job import pipeline_setup, run_setup
@@ -113,18 +119,10 @@ def checkpoint_setup(folder: Path, overrides: list[str], device: str):
 
     A run that kept an EMA samples with the EMA weights, as its exported model does.
     """
-    from difflab.models import build_model
-    from difflab.runs import load_checkpoint
-    from difflab.sampling_job import run_recipe, setup_for
+    from difflab.sampling_job import checkpoint_model, run_recipe, setup_for
 
     _, recipe = run_recipe(folder.parent.parent, overrides)
-    checkpoint = load_checkpoint(folder)
-    model = build_model(recipe)
-    model.load_state_dict(checkpoint.model)
-    for i, parameter in enumerate(model.parameters()):
-        if (ema := checkpoint.tensors.get(f"ema.{i}")) is not None:
-            parameter.data.copy_(ema)
-    return setup_for(model, recipe, device)
+    return setup_for(checkpoint_model(folder, recipe), recipe, device)
 
 
 def _with_sampler(recipe, sampler: str):

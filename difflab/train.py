@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from difflab import events
-from difflab.errors import JobFailed
+from difflab.errors import InputError, JobFailed
+from difflab.models import count_parameters
 from difflab.recipe import Recipe
 from difflab.runs import Checkpoint, RunDir
 from difflab.worker import JobContext
@@ -112,8 +113,10 @@ class TrainingJob:
         emit(events.LogLine(ctx.job_id, f"loading dataset '{self.recipe.dataset.source}'"))
         data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed)
         session = _Session.start(self, ctx, data)
+        model = session.unwrapped
         emit(events.JobStarted(ctx.job_id, self.name, session.device, session.total_steps,
-                               session.state.step, self.run_dir.path))
+                               session.state.step, self.run_dir.path, count_parameters(model),
+                               count_parameters(model, trainable_only=True)))
         try:
             stopped = session.loop()
         except torch.OutOfMemoryError as error:
@@ -188,6 +191,8 @@ class _Session:
         recipe, cfg = job.recipe, job.recipe.train
         torch.manual_seed(recipe.seed)  # weight initialisation
         model = build_model(recipe)
+        _check_labels(recipe, data)
+        session.prepare_model(model)
         optimizer = _optimizer(recipe, model)
         session.lr_scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
                                              num_training_steps=session.total_steps)
@@ -202,6 +207,16 @@ class _Session:
         if job.resume:
             session.restore(job.run_dir.load_latest_checkpoint())
         return session
+
+    def prepare_model(self, model) -> None:
+        """Start from train.init_from's weights (a fresh run only: a resume restores its own), add LoRA."""
+        from difflab.finetune import add_lora, load_initial_weights
+
+        log = lambda text: self.ctx.emit(events.LogLine(self.ctx.job_id, text))
+        if self.cfg.init_from and not self.job.resume:
+            log(load_initial_weights(model, self.recipe, self.job.recipe_dir))
+        if self.cfg.lora_rank:
+            log(add_lora(model, self.cfg).line(self.cfg.lora_rank))
 
     @property
     def unwrapped(self):
@@ -244,14 +259,16 @@ class _Session:
         acc, gen = self.accelerator, self.generator
         total = torch.zeros((), device=self.device)
         for i, indices in enumerate(micro_batches):
-            x = self.data.images[indices.to(self.data.images.device)].to(self.device, non_blocking=True)
+            indices = indices.to(self.data.images.device)
+            x = self.data.images[indices].to(self.device, non_blocking=True)
+            labels = self.labels(indices)
             if self.recipe.dataset.flip:
                 flip = torch.rand(len(x), generator=gen, device=self.device) < 0.5
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             last = i == len(micro_batches) - 1
             # no gradient all-reduce between processes until the last micro-batch
             with (contextlib.nullcontext() if last else acc.no_sync(self.model)), acc.autocast():
-                batch = self.objective.loss(self.model, x, gen)
+                batch = self.objective.loss(self.model, x, gen, labels)
             acc.backward(batch.loss / len(micro_batches))
             total += batch.loss.detach()
             self.levels.add(batch.per_image, batch.level)
@@ -264,6 +281,16 @@ class _Session:
         if self.ema is not None:
             self.ema.step(self.unwrapped.parameters())
         self.meter.add(total / len(micro_batches))
+
+    def labels(self, indices: torch.Tensor) -> torch.Tensor | None:
+        """A class-conditional model's labels for a micro-batch, some dropped to "no class"."""
+        classes = self.recipe.model.num_classes
+        if not classes:
+            return None
+        from difflab.conditioning import drop_labels
+
+        labels = self.data.labels[indices].to(self.device, non_blocking=True)
+        return drop_labels(labels, self.cfg.label_dropout, classes, self.generator)
 
     def after_step(self, epoch: int, position: int) -> None:
         step, cfg = self.state.step, self.cfg
@@ -446,16 +473,28 @@ class _Session:
         return summary
 
     def export(self) -> None:
-        """RUN/model (save_pretrained) always; RUN/pipeline, loadable by DDPMPipeline, for DDPM runs."""
+        """RUN/model (save_pretrained) always; RUN/pipeline, loadable by DDPMPipeline, for DDPM runs.
+
+        A LoRA run also writes RUN/lora (the adapter alone); its model and pipeline have the
+        adapter merged in, so plain diffusers loads them too.
+        """
         from difflab.files import atomic_dir
 
+        model = self.unwrapped
+        if self.cfg.lora_rank:
+            from difflab.finetune import merged_state_dict, save_lora
+            from difflab.models import build_model
+
+            save_lora(model, self.cfg, self.run.lora_dir)
+            model = build_model(self.recipe).to(self.device)
+            model.load_state_dict(merged_state_dict(self.unwrapped))
         with atomic_dir(self.run.model_dir) as tmp:
-            self.unwrapped.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True)
         if self.noise_scheduler is not None:
             from diffusers import DDPMPipeline
 
             with atomic_dir(self.run.pipeline_dir) as tmp:
-                DDPMPipeline(unet=self.unwrapped, scheduler=self.noise_scheduler).save_pretrained(
+                DDPMPipeline(unet=model, scheduler=self.noise_scheduler).save_pretrained(
                     tmp, safe_serialization=True)
 
     def write_samples(self):
@@ -464,7 +503,6 @@ class _Session:
         return write_samples(self.sampling_setup(), self.run.samples)
 
     def summary(self, status: str) -> dict:
-        from difflab.models import count_parameters
         from difflab.versions import versions
 
         return {
@@ -472,6 +510,9 @@ class _Session:
             "processes": self.accelerator.num_processes, "mixed_precision": self.cfg.mixed_precision,
             "dataset": self.data.name, "dataset_size": len(self.data),
             "model": self.recipe.model.kind, "parameters": count_parameters(self.unwrapped),
+            "trainable_parameters": count_parameters(self.unwrapped, trainable_only=True),
+            "init_from": self.cfg.init_from or None, "lora_rank": self.cfg.lora_rank or None,
+            "class_names": self.data.class_names if self.recipe.model.num_classes else None,
             "steps": self.state.step, "total_steps": self.total_steps,
             "epochs_completed": len(self.state.epoch_losses), "epoch_losses": self.state.epoch_losses,
             "final_loss": self.last_loss, "elapsed_s": round(self.elapsed(), 3),
@@ -492,7 +533,23 @@ def _peak_memory(device: str) -> int:
 def _optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     cfg = recipe.train
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapters only
+    return kind(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _check_labels(recipe: Recipe, data) -> None:
+    """A class-conditional recipe needs a labelled dataset whose classes fit model.num_classes."""
+    classes = recipe.model.num_classes
+    if not classes:
+        return
+    labelled = data.labels[data.labels >= 0]
+    if not len(labelled):
+        raise InputError(f"model.num_classes = {classes}: dataset '{data.name}' has no labels (an image folder "
+                         f"needs one subfolder per class)")
+    if int(labelled.max()) >= classes:
+        raise InputError(f"model.num_classes = {classes}: dataset '{data.name}' has {len(data.class_names)} "
+                         f"classes ({', '.join(data.class_names[:12])}); set model.num_classes = "
+                         f"{len(data.class_names)}")
 
 
 def _ema(recipe: Recipe, model):

@@ -213,7 +213,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 def test_out_of_memory_fails_with_a_suggestion(tmp_path, capsys, monkeypatch):
     import difflab.objectives as objectives
 
-    def exhausted(self, model, x, generator):
+    def exhausted(self, model, x, generator, labels=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(objectives.ToyObjective, "loss", exhausted)
