@@ -16,7 +16,7 @@ from textual.reactive import reactive
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
 from difflab.events import Event, JobError, JobFinished, Progress
-from difflab.recipe import SAMPLERS
+from difflab.recipe import GUIDANCE_FUNCTIONS, SAMPLERS
 from difflab.screens.base import LabScreen
 from difflab.screens.widgets import TerminalImage
 from difflab.stepthrough import SaveStepThroughJob, StepThroughJob
@@ -62,6 +62,14 @@ class SamplingScreen(LabScreen):
         with Horizontal(classes="numbers"):
             yield from _number("seed", sample.seed)
             yield from _number("images", sample.trajectory_images)
+        with Horizontal(classes="numbers"):  # class-conditional models: which class, how hard (CFG)
+            yield from _number("class", "", placeholder="none")
+            yield from _number("cfg", sample.guidance_scale, label="CFG scale")
+        yield Label("loss guidance", classes="field-label")
+        guidance = self.app.recipe.guidance
+        yield Select([(name, name) for name in GUIDANCE_FUNCTIONS], value=guidance.function,
+                     allow_blank=False, id="guidance")
+        yield from _number("strength", guidance.scale, label="guidance scale")
         yield Button("Sample", id="sample", variant="primary", tooltip="ctrl+r")
 
     def compose_output(self) -> ComposeResult:
@@ -140,7 +148,24 @@ class SamplingScreen(LabScreen):
             samplers.append(other)
         return StepThroughJob.from_path(
             source, samplers=samplers, steps=self._read("steps", int, 1), seed=self._read("seed", int, 0),
-            num_images=self._read("images", int, 1), eta=self._read("eta", float, 0.0), device="auto")
+            num_images=self._read("images", int, 1), eta=self._read("eta", float, 0.0), device="auto",
+            extra_overrides=self._guidance_overrides())
+
+    def _guidance_overrides(self) -> list[str]:
+        """Class, classifier-free and loss guidance as recipe settings; the engine validates them
+        against the source's recipe (a class for an unconditional model is refused there)."""
+        overrides = []
+        labelled = bool(self.query_one("#class", Input).value.strip())
+        if labelled:
+            overrides.append(f"sample.class_labels=[{self._read('class', int, 0)}]")
+        cfg = self._read("cfg", float, 0.0)
+        if labelled or cfg != 1:
+            overrides.append(f"sample.guidance_scale={cfg}")
+        function = self.query_one("#guidance", Select).value
+        overrides.append(f"guidance.function='{function}'")
+        if function != "none":
+            overrides.append(f"guidance.scale={self._read('strength', float, 0.0)}")
+        return overrides
 
     def _read(self, name: str, kind: type, low: float):
         text = self.query_one(f"#{name}", Input).value.strip()
@@ -200,7 +225,9 @@ class SamplingScreen(LabScreen):
             name, steps = found
             shown = min(step, len(steps.inputs) - 1)  # Heun makes more model calls than DDIM
             calls = f" (call {shown + 1} of {len(steps.inputs)})" if len(steps.inputs) != self.step_count else ""
-            box.query_one(".sampler-name", Label).update(f"{name}{calls}")
+            norms = steps.trajectory.guidance_norms
+            nudge = f" · guidance moved x by {norms[shown]:.3g}" if shown < len(norms) and norms[shown] else ""
+            box.query_one(".sampler-name", Label).update(f"{name}{calls}{nudge}")
             box.query_one(".x-t", TerminalImage).image = steps.inputs[shown]
             box.query_one(".x0", TerminalImage).image = steps.predictions[shown]
 
@@ -215,10 +242,10 @@ class SamplingScreen(LabScreen):
         self.query_one("#final-title", Label).update(f"final images: {names}")
 
 
-def _number(name: str, value) -> ComposeResult:
+def _number(name: str, value, label: str = "", placeholder: str = "") -> ComposeResult:
     with Vertical(classes="number"):
-        yield Label(name, classes="field-label")
-        yield Input(str(value), id=name, select_on_focus=False)
+        yield Label(label or name, classes="field-label")
+        yield Input(str(value), id=name, select_on_focus=False, placeholder=placeholder)
 
 
 def newest_run(root: Path = Path("runs")) -> Path | None:

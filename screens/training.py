@@ -328,8 +328,12 @@ class TrainingScreen(Screen):
 
     def _on_started(self, event: events.JobStarted) -> None:
         self.stats.total, self.stats.start_step, self.stats.step = event.total_steps, event.start_step, event.start_step
+        trained = ""
+        if event.parameters:  # with LoRA only the adapters train: say how few
+            trained = (f"; {event.trainable_parameters:,} of {event.parameters:,} parameters train"
+                       if event.trainable_parameters != event.parameters else f"; {event.parameters:,} parameters")
         self.query_one("#log", RichLog).write(f"training on {event.device}: {event.total_steps:,} steps "
-                                              f"into {self.run_path}")
+                                              f"into {self.run_path}{trained}")
         self._show_stats()
 
     def _on_progress(self, event: events.Progress) -> None:

@@ -93,6 +93,26 @@ async def test_a_bad_source_is_an_error_and_the_screen_stays_usable(tmp_path, tr
         assert not app.screen.query_one("#row-second").display
 
 
+async def test_a_class_and_loss_guidance_from_the_screen(trained_ddpm_run):  # noqa: F811
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("5")
+        await wait_for_probe(pilot)
+        await fill_in(pilot, trained_ddpm_run, compare="none", steps="3")
+        screen = app.screen
+        screen.query_one("#class", Input).value = "1"
+        await pilot.press("ctrl+r")
+        await wait_for_worker(pilot)
+        assert any("sample.class_labels = [1]" in message for message in errors(app))  # unconditional model
+
+        screen.query_one("#class", Input).value = ""
+        screen.query_one("#guidance", Select).value = "color"
+        screen.query_one("#strength", Input).value = "40"
+        await pilot.press("ctrl+r")
+        await wait_for_worker(pilot)
+        assert "guidance moved x by" in str(screen.query_one("#row-first .sampler-name").render())
+
+
 def test_the_sampling_screen_snapshot(snap_compare):
     async def settle(pilot):
         await pilot.press("5")

@@ -68,6 +68,7 @@ async def test_train_pause_step_adjust_leave_and_stop(tmp_path, monkeypatch):
                     "losses, a preview, a checkpoint and the loss by noise level")
         assert screen.query_one("#loss").size.width > 0
         assert "img/s" in str(screen.query_one("#stats", Static).render())
+        assert " parameters" in "\n".join(str(line.text) for line in screen.query_one("#log").lines)
 
         await pilot.press("p")
         assert state(screen) == "paused"
