@@ -306,7 +306,11 @@ def _problems(data: dict[str, Any]) -> list[str]:
 
 
 def with_profile(data: dict[str, Any], name: str, source: str) -> dict[str, Any]:
-    """The recipe dict with profile `name` laid over it (its tables merge key by key)."""
+    """The recipe dict with profile `name` laid over it.
+
+    Its tables merge key by key, but its [expect] replaces the recipe's whole: a profile
+    (a short smoke run, say) states everything it must reach.
+    """
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict) or name not in profiles:
         known = ", ".join(profiles) if isinstance(profiles, dict) and profiles else "none"
@@ -318,13 +322,14 @@ def with_profile(data: dict[str, Any], name: str, source: str) -> dict[str, Any]
                                    f"sections, e.g. [profiles.{name}.train]"])
     if "profiles" in changes:
         raise RecipeError(source, [f"profiles.{name}.profiles: a profile cannot hold profiles"])
-    return _merged(data, changes)
+    return _merged(data, changes, replace=("expect",))
 
 
-def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def _merged(base: dict[str, Any], changes: dict[str, Any], replace: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`changes` laid over `base`, tables merged key by key, except the tables named in `replace`."""
     merged = dict(base)
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in replace:
             merged[key] = _merged(merged[key], value)
         else:
             merged[key] = value
