@@ -42,7 +42,9 @@ _MEASURES: dict[str, tuple[str, bool]] = {
 def check_expectations(expect: ExpectConfig, summary: dict) -> list[ExpectationResult]:
     """Every set expectation checked against a run's summary (its losses and its `eval` numbers)."""
     results = []
-    for name, limit in expect.model_dump(exclude_none=True).items():
+    if not expect.enabled:
+        return results
+    for name, limit in expect.model_dump(exclude_none=True, exclude={"enabled"}).items():
         where, above = _MEASURES[name]
         value = _lookup(summary, where)
         if value is None:

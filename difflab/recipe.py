@@ -191,6 +191,7 @@ class EvalConfig(Section):
 class ExpectConfig(Section):
     """What a run must reach; `difflab run` checks each one set here and exits 1 on a failure."""
 
+    enabled: bool = Field(True, description="check these at the end of `difflab run` (false: report nothing)")
     final_loss_below: float | None = Field(None, gt=0, description="the last logged loss must be below this")
     loss_drop_factor_above: float | None = Field(
         None, gt=0, description="the first logged loss divided by the last must be above this")
@@ -206,8 +207,8 @@ class ExpectConfig(Section):
 
     def needs_evaluation(self) -> list[str]:
         """The expectations set here that only an evaluation can measure."""
-        return [name for name in ("frechet_normalised_below", "confidence_above", "class_entropy_above",
-                                  "class_accuracy_above") if getattr(self, name) is not None]
+        names = ("frechet_normalised_below", "confidence_above", "class_entropy_above", "class_accuracy_above")
+        return [name for name in names if self.enabled and getattr(self, name) is not None]
 
 
 class Recipe(Section):
@@ -282,19 +283,23 @@ SECTIONS: dict[str, type[Section]] = {
 
 
 def parse_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
-    """Validate a plain dict (as read from TOML) into a Recipe, or raise RecipeError.
-
-    Each profile is checked too, laid over the recipe, so a typo in a profile that is
-    not used today is still reported today.
-    """
+    """Validate a plain dict (as read from TOML) into a Recipe, or raise RecipeError."""
     problems = _problems(data)
-    profiles = data.get("profiles", {})
-    if not problems and isinstance(profiles, dict):
-        for name in profiles:
-            problems += [f"profiles.{name}: {line}" for line in _problems(with_profile(data, name, source))]
     if problems:
         raise RecipeError(source, problems)
     return Recipe.model_validate(data)
+
+
+def check_profiles(data: dict[str, Any], source: str) -> None:
+    """Each profile laid over the recipe as written must validate: a typo in a profile not
+    used today is still reported today."""
+    if _problems(data):
+        return  # the recipe's own problems are reported by parse_recipe
+    problems = []
+    for name in data.get("profiles", {}):
+        problems += [f"profiles.{name}: {line}" for line in _problems(with_profile(data, name, source))]
+    if problems:
+        raise RecipeError(source, problems)
 
 
 def _problems(data: dict[str, Any]) -> list[str]:
@@ -349,6 +354,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RecipeError(str(path), [f"not valid TOML: {error}"]) from None
+    check_profiles(data, str(path))
     if profile:
         data = with_profile(data, profile, str(path))
     apply_overrides(data, overrides, str(path))

@@ -55,10 +55,14 @@ class ReferenceClassifier(nn.Module):
             nn.Linear(32 * 16, features), nn.ReLU())
         self.head = nn.Linear(features, classes)
 
+    def resized(self, x: torch.Tensor) -> torch.Tensor:
+        """Images at the classifier's own size."""
+        if x.shape[-1] == self.size:
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        return self.body(x * 2 - 1)
+        return self.body(self.resized(x) * 2 - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -159,10 +163,11 @@ def _train(split: RealSplit, classes: int, settings: ClassifierSettings, device:
     model = ReferenceClassifier(split.train.shape[1], classes, settings.features, size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
+    images = model.resized(split.train)  # once, not every step
     model.train()
     for _ in range(settings.steps):
-        pick = torch.randint(len(split.train), (settings.batch_size,), generator=generator)
-        x = _shifted(split.train[pick], generator).to(device)
+        pick = torch.randint(len(images), (settings.batch_size,), generator=generator)
+        x = _shifted(images[pick], generator).to(device)
         loss = F.cross_entropy(model(x), split.train_labels[pick].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

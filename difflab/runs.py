@@ -63,7 +63,8 @@ class RunDir:
             raise InputError(f"--out {run.path}: already exists and is not empty; "
                              f"choose another folder or continue it with `difflab run --resume {run.path}`")
         run.path.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, run.recipe_path)
+        # the resolved recipe: a chosen profile is already laid over it, the others don't apply
+        save_recipe(recipe.model_copy(update={"profiles": {}}), run.recipe_path)
         return run
 
     @classmethod
