@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a recipe value, e.g. --set train.lr=2e-4 (repeatable)")
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="override the recipe's device")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    run.add_argument("--profile", metavar="NAME",
+                     help="lay the recipe's [profiles.NAME] over it first, e.g. --profile smoke (CI's quick check)")
 
     recipe = commands.add_parser("recipe", help="check or show recipe files")
     recipe_commands = recipe.add_subparsers(dest="recipe_command", metavar="ACTION", required=True)
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = recipe_commands.add_parser("show", help="print a recipe fully resolved, every default written out")
     show.add_argument("file", help="recipe file or built-in name")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    show.add_argument("--profile", metavar="NAME", help="show the recipe with its [profiles.NAME] laid over it")
 
     sample = commands.add_parser("sample", help="sample from a run directory or a saved diffusers pipeline")
     sample.add_argument("run_dir", nargs="?", type=Path, help="a run directory (its recipe says how to sample)")
@@ -69,6 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", type=Path, help="output folder (default: RUN/samples, or samples/ for a pipeline)")
     sample.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
 
+    evaluate = commands.add_parser(
+        "eval", help="measure a run's sample quality against the dataset's reference classifier",
+        description="Sample a finished run and measure the samples: normalised Fréchet distance (0 = held-out "
+                    "real images, 1 = noise), classifier confidence, class entropy. Writes them into the run's "
+                    "summary.json. With --sweep-steps, one row per step count.")
+    evaluate.add_argument("run_dir", type=Path, help="a finished run directory")
+    evaluate.add_argument("--samples", type=int, help="images to generate (default: the recipe's eval.num_samples)")
+    evaluate.add_argument("--sampler", help="ddpm, ddim, pndm, dpm-solver++, euler, euler-ancestral, heun, lms, unipc")
+    evaluate.add_argument("--steps", type=int, help="sampling steps")
+    evaluate.add_argument("--sweep-steps", metavar="N,N,...", help="measure each step count, e.g. 10,20,50,100")
+    evaluate.add_argument("--inception", action=argparse.BooleanOptionalAction, default=None,
+                          help="standard Inception FID (default: when torch-fidelity and its weights are here)")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+
     model = commands.add_parser("model", help="dry-run a recipe's model: parameters, block shapes, FLOPs")
     model.add_argument("recipe", help="recipe file or built-in name")
     model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -87,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return open_lab(argv[0] if argv else None)
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "recipe": cmd_recipe, "recipes": cmd_recipes, "sample": cmd_sample,
-                "model": cmd_model, "preview": cmd_preview}
+                "eval": cmd_eval, "model": cmd_model, "preview": cmd_preview}
     try:
         return handlers[args.command](args)
     except DifflabError as error:
@@ -98,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-COMMANDS = ("run", "recipe", "recipes", "sample", "model", "preview")
+COMMANDS = ("run", "recipe", "recipes", "sample", "eval", "model", "preview")
 
 
 def open_lab(recipe: str | None) -> int:
@@ -138,7 +156,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     from difflab.recipe import load_recipe, recipe_to_toml
 
     if args.recipe_command == "show":
-        print(recipe_to_toml(load_recipe(find_recipe(args.file), args.overrides)), end="")
+        print(recipe_to_toml(load_recipe(find_recipe(args.file), args.overrides, args.profile)), end="")
         return 0
     failed = False
     for name in args.files:
@@ -193,6 +211,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return run_job(job, args.device, Console(highlight=False)).exit_code
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from difflab.eval_job import EvalJob
+    from difflab.headless import run_job
+
+    flags = {"sampler": args.sampler, "steps": args.steps}
+    overrides = [*args.overrides, *(f"sample.{k}={v!r}" if isinstance(v, str) else f"sample.{k}={v}"
+                                    for k, v in flags.items() if v is not None)]
+    if args.samples is not None and args.samples < 2:
+        raise InputError(f"--samples {args.samples}: must be at least 2 (a Fréchet distance needs a covariance)")
+    sweep = _step_counts(args.sweep_steps) if args.sweep_steps else []
+    if sweep and args.steps:
+        raise InputError("--steps and --sweep-steps: give one of them")
+    job = EvalJob(args.run_dir, overrides, args.samples, sweep, args.inception, args.device)
+    return run_job(job, args.device, Console(highlight=False)).exit_code
+
+
+def _step_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(c <= 0 for c in counts):
+        raise InputError(f"--sweep-steps {text}: expected positive step counts separated by commas, e.g. 10,20,50")
+    return counts
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
@@ -237,9 +281,9 @@ def _prepare_training(args: argparse.Namespace):
     from difflab.train import TrainingJob
 
     if args.resume:
-        if args.recipe or args.overrides or args.out:
+        if args.recipe or args.overrides or args.out or args.profile:
             raise InputError("--resume RUN_DIR continues a run with the recipe saved in it; "
-                             "give no recipe, --set or --out with it")
+                             "give no recipe, --set, --profile or --out with it")
         run, recipe = RunDir.open(args.resume)
         return TrainingJob(recipe, run, run.path, resume=True), run, False
     if not args.recipe:
@@ -247,7 +291,7 @@ def _prepare_training(args: argparse.Namespace):
                          "or --resume RUN_DIR")
     path = find_recipe(args.recipe)
     device = [f"device={args.device!r}"] if args.device else []
-    recipe = load_recipe(path, [*args.overrides, *device])
+    recipe = load_recipe(path, [*args.overrides, *device], args.profile)
     if recipe.dataset.path and not Path(recipe.dataset.path).expanduser().is_absolute():
         # The run's recipe.toml must replay from anywhere, so paths are written out absolute.
         recipe.dataset.path = str((path.parent / recipe.dataset.path).resolve())

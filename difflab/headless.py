@@ -115,7 +115,46 @@ def run_job(job, device: str, console: Console) -> RunOutcome:
     if event.status == "stopped":
         console.print(f"stopped; continue with: difflab run --resume {event.summary.get('run_dir')}")
         return RunOutcome(EXIT_INTERRUPTED, "stopped", event.summary)
+    show_quality(console, event.summary)
+    if not show_expectations(console, event.summary.get("expectations", [])):
+        return RunOutcome(1, "expectations failed", event.summary)
     return RunOutcome(0, event.status, event.summary)
+
+
+def show_quality(console: Console, summary: dict) -> None:
+    """The quality numbers of a run (`eval`) or of a step sweep (`eval_sweep`), one row per setting."""
+    tables = [("sample quality", [summary["eval"]])] if summary.get("eval") else []
+    tables += [(f"{sampler}: quality per step count", rows) for sampler, rows in summary.get("eval_sweep", {}).items()]
+    for title, rows in tables:
+        table = Table("sampler", "steps", "FD norm.", "FD", "FD real", "FD noise", "confidence", "classes (bits)",
+                      title=title)
+        for row in rows:
+            table.add_row(row["sampler"], str(row["steps"]), f"{row['frechet_normalised']:.3f}",
+                          f"{row['frechet']:.1f}", f"{row['frechet_real']:.1f}", f"{row['frechet_noise']:.1f}",
+                          f"{row['confidence']:.3f}", f"{row['class_entropy_bits']:.2f} of {row['class_entropy_max_bits']:.2f}")
+        console.print(table)
+        last = rows[-1]
+        console.print(f"{last['samples']} samples per row against {last['held_out_samples']} held-out real images "
+                      f"(classifier {last['classifier_accuracy']:.1%} right on them). FD norm. = (FD - FD real) / "
+                      f"(FD noise - FD real): 0 = as close as unseen real images, 1 = as far as noise")
+        for warning in last.get("warnings", []):
+            console.print(f"[yellow]warning: {warning}[/]")
+    if summary.get("eval_skipped"):
+        console.print(f"[yellow]sample quality not measured: {summary['eval_skipped']}[/]")
+    fid = summary.get("inception_fid")
+    if fid:
+        console.print(f"Inception FID: {fid['value']:.2f} ({fid['note']})" if fid["value"] is not None
+                      else f"Inception FID {fid['note']}")
+
+
+def show_expectations(console: Console, records: list[dict]) -> bool:
+    """One pass/fail line per `[expect]` line; True when all hold."""
+    from difflab.expect import ExpectationResult
+
+    results = [ExpectationResult(**record) for record in records]
+    for result in results:
+        console.print(f"[{'green' if result.passed else 'red'}]{escape(result.line())}[/]")
+    return all(r.passed for r in results)
 
 
 def print_error(message: str, details: str = "") -> None:

@@ -225,6 +225,38 @@ class GuidanceConfig(Section):
         return self
 
 
+class EvalConfig(Section):
+    """Sample quality measured at the end of a run (evaluate.py), against a reference classifier."""
+
+    enabled: bool = Field(True, description="evaluate at the end of `difflab run` (datasets with class "
+                          "labels, which train a reference classifier)")
+    num_samples: int = Field(256, gt=1, le=100_000, description="images generated for the metrics; "
+                             "fewer than 128 gives an unstable Fréchet distance")
+
+
+class ExpectConfig(Section):
+    """What a run must reach; `difflab run` checks each one set here and exits 1 on a failure."""
+
+    enabled: bool = Field(True, description="check these at the end of `difflab run` (false: report nothing)")
+    final_loss_below: float | None = Field(None, gt=0, description="the last logged loss must be below this")
+    loss_drop_factor_above: float | None = Field(
+        None, gt=0, description="the first logged loss divided by the last must be above this")
+    frechet_normalised_below: float | None = Field(
+        None, description="normalised Fréchet distance (0 = held-out real data, 1 = noise) below this")
+    confidence_above: float | None = Field(
+        None, ge=0, lt=1, description="mean reference-classifier confidence of samples above this")
+    class_entropy_above: float | None = Field(
+        None, ge=0, description="entropy (bits) of the samples' predicted-class histogram above this")
+    class_accuracy_above: float | None = Field(
+        None, ge=0, lt=1, description="class-conditional models: share of samples classified as the "
+        "class asked for, above this")
+
+    def needs_evaluation(self) -> list[str]:
+        """The expectations set here that only an evaluation can measure."""
+        names = ("frechet_normalised_below", "confidence_above", "class_entropy_above", "class_accuracy_above")
+        return [name for name in names if self.enabled and getattr(self, name) is not None]
+
+
 class Recipe(Section):
     """A whole experiment: data, corruption, model, training and sampling."""
 
@@ -237,6 +269,19 @@ class Recipe(Section):
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     guidance: GuidanceConfig = GuidanceConfig()
+    eval: EvalConfig = EvalConfig()
+    expect: ExpectConfig = ExpectConfig()
+    # Named partial recipes (`[profiles.smoke.train]` ...) that `--profile NAME` lays over this one.
+    profiles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named sets of changes, e.g. [profiles.smoke.train]; "
+        "chosen with `difflab run RECIPE --profile NAME`")
+
+    @model_validator(mode="after")
+    def _check_expectations_are_measured(self) -> Recipe:
+        needs = self.expect.needs_evaluation()
+        if needs and not self.eval.enabled:
+            raise ValueError(f"expect.{needs[0]}: needs the end-of-run evaluation, but eval.enabled = false")
+        return self
 
     @model_validator(mode="after")
     def _check_image_fits_model(self) -> Recipe:
@@ -306,7 +351,8 @@ def _nearest_multiple(value: int, factor: int) -> int:
 
 SECTIONS: dict[str, type[Section]] = {
     "dataset": DatasetConfig, "schedule": ScheduleConfig, "model": ModelConfig,
-    "train": TrainConfig, "sample": SampleConfig, "guidance": GuidanceConfig,
+    "train": TrainConfig, "sample": SampleConfig, "guidance": GuidanceConfig, "eval": EvalConfig,
+    "expect": ExpectConfig,
 }
 
 
@@ -315,14 +361,65 @@ SECTIONS: dict[str, type[Section]] = {
 
 def parse_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
     """Validate a plain dict (as read from TOML) into a Recipe, or raise RecipeError."""
+    problems = _problems(data)
+    if problems:
+        raise RecipeError(source, problems)
+    return Recipe.model_validate(data)
+
+
+def check_profiles(data: dict[str, Any], source: str) -> None:
+    """Each profile laid over the recipe as written must validate: a typo in a profile not
+    used today is still reported today."""
+    if _problems(data):
+        return  # the recipe's own problems are reported by parse_recipe
+    problems = []
+    for name in data.get("profiles", {}):
+        problems += [f"profiles.{name}: {line}" for line in _problems(with_profile(data, name, source))]
+    if problems:
+        raise RecipeError(source, problems)
+
+
+def _problems(data: dict[str, Any]) -> list[str]:
     try:
-        return Recipe.model_validate(data)
+        Recipe.model_validate(data)
     except ValidationError as error:
-        raise RecipeError(source, [_describe(e, data) for e in error.errors()]) from None
+        return [_describe(e, data) for e in error.errors()]
+    return []
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read and validate a recipe file, applying `key.path=value` overrides."""
+def with_profile(data: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    """The recipe dict with profile `name` laid over it.
+
+    Its tables merge key by key, but its [expect] replaces the recipe's whole: a profile
+    (a short smoke run, say) states everything it must reach.
+    """
+    profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict) or name not in profiles:
+        known = ", ".join(profiles) if isinstance(profiles, dict) and profiles else "none"
+        raise RecipeError(source, [f"--profile {name!r}: no [profiles.{name}] in this recipe (its profiles: "
+                                   f"{known})"])
+    changes = profiles[name]
+    if not isinstance(changes, dict):
+        raise RecipeError(source, [f"profiles.{name} = {_show(changes)}: must be a table of recipe "
+                                   f"sections, e.g. [profiles.{name}.train]"])
+    if "profiles" in changes:
+        raise RecipeError(source, [f"profiles.{name}.profiles: a profile cannot hold profiles"])
+    return _merged(data, changes, replace=("expect",))
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any], replace: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`changes` laid over `base`, tables merged key by key, except the tables named in `replace`."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in replace:
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> Recipe:
+    """Read and validate a recipe file; lay profile `profile` over it, then `key.path=value` overrides."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -334,6 +431,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RecipeError(str(path), [f"not valid TOML: {error}"]) from None
+    check_profiles(data, str(path))
+    if profile:
+        data = with_profile(data, profile, str(path))
     apply_overrides(data, overrides, str(path))
     return parse_recipe(data, str(path))
 
@@ -440,7 +540,7 @@ def _show(value: Any) -> str:
 
 def recipe_to_toml(recipe: Recipe) -> str:
     """The fully resolved recipe as TOML: every default written out."""
-    return tomlkit.dumps(recipe.model_dump(mode="json"))
+    return tomlkit.dumps(recipe.model_dump(mode="json", exclude_none=True))
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

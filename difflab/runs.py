@@ -65,7 +65,8 @@ class RunDir:
             raise InputError(f"--out {run.path}: already exists and is not empty; "
                              f"choose another folder or continue it with `difflab run --resume {run.path}`")
         run.path.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, run.recipe_path)
+        # the resolved recipe: a chosen profile is already laid over it, the others don't apply
+        save_recipe(recipe.model_copy(update={"profiles": {}}), run.recipe_path)
         return run
 
     @classmethod
@@ -107,6 +108,19 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+
+    def read_summary(self) -> dict[str, Any]:
+        """summary.json as a dict ({} when there is none yet); a corrupt one is an InputError."""
+        if not self.summary_path.exists():
+            return {}
+        try:
+            return json.loads(self.summary_path.read_text())
+        except (OSError, ValueError) as error:
+            raise InputError(f"{self.summary_path}: unreadable ({error}); move it aside to write a new one") from None
+
+    def update_summary(self, changes: dict[str, Any]) -> None:
+        """Merge `changes` into summary.json (top-level keys replaced), atomically."""
+        self.write_summary({**self.read_summary(), **changes})
 
     # ------------------------------------------------------------ checkpoints
 

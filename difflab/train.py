@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from difflab import events
 from difflab.errors import InputError, JobFailed
+from difflab.expect import as_records, check_expectations, loss_drop_factor
 from difflab.models import count_parameters
 from difflab.recipe import Recipe
 from difflab.runs import Checkpoint, RunDir
@@ -467,10 +468,21 @@ class _Session:
         with self.sampling_weights():
             self.export()
             final = self.write_samples()
-        self.ctx.emit(events.PreviewReady(self.ctx.job_id, self.state.step, final, self.run.samples / "final.png"))
-        summary = self.summary("finished")
+            self.ctx.emit(events.PreviewReady(self.ctx.job_id, self.state.step, final,
+                                              self.run.samples / "final.png"))
+            quality = self.evaluate()
+        summary = {**self.summary("finished"), **quality}
+        summary["expectations"] = as_records(check_expectations(self.recipe.expect, summary))
         self.run.write_summary(summary)
         return summary
+
+    def evaluate(self) -> dict:
+        """The samples' quality against the dataset's reference classifier (recipe [eval])."""
+        from difflab.eval_job import job_logger, measure_model
+
+        if not self.recipe.eval.enabled:
+            return {"eval_skipped": "eval.enabled = false"}
+        return measure_model(self.sampling_setup(), self.data, self.recipe.eval.num_samples, job_logger(self.ctx))
 
     def export(self) -> None:
         """RUN/model (save_pretrained) always; RUN/pipeline, loadable by DDPMPipeline, for DDPM runs.
@@ -515,7 +527,9 @@ class _Session:
             "class_names": self.data.class_names if self.recipe.model.num_classes else None,
             "steps": self.state.step, "total_steps": self.total_steps,
             "epochs_completed": len(self.state.epoch_losses), "epoch_losses": self.state.epoch_losses,
-            "final_loss": self.last_loss, "elapsed_s": round(self.elapsed(), 3),
+            "final_loss": self.last_loss,
+            "loss_drop_factor": loss_drop_factor([row["loss"] for row in self.run.read_metrics()]),
+            "elapsed_s": round(self.elapsed(), 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
             "samples": str(self.run.samples / "final.png") if status == "finished" else None,
         }

@@ -16,7 +16,7 @@ TINY = [
     "train.batch_size=16", "train.epochs=3", "train.log_every=2", "train.sample_every=4",
     "train.checkpoint_every=4", "train.keep_checkpoints=2", "train.preview_images=4",
     "sample.steps=4", "sample.num_images=4", "sample.trajectory_steps=3", "sample.trajectory_images=2",
-    "device='cpu'",
+    "eval.enabled=false", "expect.enabled=false", "device='cpu'",
 ]
 
 # The DDPM chapter at the same scale: a 2-level UNet2DModel of 8/16 channels on 8 px RGB shapes.
@@ -29,7 +29,7 @@ TINY_DDPM = [
     "train.objective=epsilon", "train.optimizer=adamw", "train.batch_size=16", "train.epochs=3",
     "train.log_every=2", "train.sample_every=4", "train.checkpoint_every=4", "train.preview_images=4",
     "sample.sampler=ddim", "sample.steps=4", "sample.num_images=4", "sample.trajectory_steps=3",
-    "sample.trajectory_images=2", "device='cpu'",
+    "sample.trajectory_images=2", "eval.enabled=false", "expect.enabled=false", "device='cpu'",
 ]
 
 
@@ -47,6 +47,21 @@ def run_cli(*argv: str) -> int:
 
 def read_losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def classifier_cache(tmp_path_factory):
+    """Reference classifiers go to a folder of this test session, never to the user's cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("difflab-cache")
+    previous = os.environ.get("DIFFLAB_CACHE")
+    os.environ["DIFFLAB_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("DIFFLAB_CACHE", None)
+    else:
+        os.environ["DIFFLAB_CACHE"] = previous
 
 
 @pytest.fixture
