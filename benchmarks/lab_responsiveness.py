@@ -170,9 +170,12 @@ def main() -> None:
             all_latencies += latencies
             print(f"round {round_}: headless {headless:6.1f} img/s, in the app {app_rate:6.1f} img/s "
                   f"({app_rate / headless:.3f}x); UI thread used {ui_share:.1%} of a core")
-    q = statistics.quantiles(all_latencies, n=20, method="inclusive")
     print(f"(a) in-app / headless training throughput: {statistics.median(ratios):.3f}x "
-          f"(median of {args.rounds} rounds; target >= 0.95x)")
+          f"(median of {args.rounds} rounds, {args.presses} key presses per round; target >= 0.95x)")
+    if len(all_latencies) < 2:
+        print("(b) skipped: no key presses (--presses 0)")
+        return
+    q = statistics.quantiles(all_latencies, n=20, method="inclusive")
     print(f"(b) key press to frame while training: p50 {statistics.median(all_latencies):.1f} ms, "
           f"p95 {q[18]:.1f} ms, max {max(all_latencies):.1f} ms over {len(all_latencies)} presses "
           f"(target p95 < 50 ms)")
