@@ -185,3 +185,32 @@ class TrainingLaunch:
         from difflab.train import TrainingJob
 
         return TrainingJob(self.recipe, self.run_dir, self.recipe_dir, resume=self.resume).run(ctx)
+
+
+@dataclass
+class SweepLaunch:
+    """A sampling sweep (difflab.sweep) from the sampling screen: parsed and run on the worker.
+
+    `sweep` is the CLI's text (`guidance_scale=0,1,3,7`, `class=all`, `checkpoint=all`);
+    the sweep module imports torch, so even parsing waits for the worker.
+    """
+
+    source: str  # a run, checkpoint or pipeline folder
+    sweep: str
+    overrides: list[str]
+    name: str = "sweep"
+    device: str = "auto"
+
+    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+        from difflab.sampling_job import SampleSource
+        from difflab.stepthrough import source_kind
+        from difflab.sweep import SweepJob, parse_sweep
+
+        path = Path(self.source).expanduser()
+        if source_kind(path) == "pipeline":
+            source, out = SampleSource(pipeline=str(path)), Path("samples")
+        else:
+            run = path.parent.parent if source_kind(path) == "checkpoint" else path
+            source, out = SampleSource(run_dir=run), run / "samples"
+        return SweepJob(source, out, parse_sweep(self.sweep), self.overrides).run(ctx)
+

@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
-from difflab.events import Event, JobError, JobFinished, Progress
+from difflab.events import Event, JobError, JobFinished, PreviewReady, Progress
 from difflab.recipe import GUIDANCE_FUNCTIONS, SAMPLERS
 from difflab.screens.base import LabScreen
 from difflab.screens.widgets import TerminalImage
@@ -40,6 +40,8 @@ class SamplingScreen(LabScreen):
         Binding("home", "scrub_to(0)", "First", id="sampling.first", show=False, tooltip="the first step"),
         Binding("end", "scrub_to(-1)", "Last", id="sampling.last", show=False, tooltip="the last step"),
         Binding("ctrl+g", "save", "Save PNG+GIF", id="sampling.save", tooltip="save the grids and the GIFs"),
+        Binding("ctrl+e", "sweep", "Sweep", id="sampling.sweep",
+                tooltip="one labelled grid, a row per value of the sweep field"),
     ]
 
     step: reactive[int] = reactive(0, init=False)
@@ -70,7 +72,12 @@ class SamplingScreen(LabScreen):
         yield Select([(name, name) for name in GUIDANCE_FUNCTIONS], value=guidance.function,
                      allow_blank=False, id="guidance")
         yield from _number("strength", guidance.scale, label="guidance scale")
-        yield Button("Sample", id="sample", variant="primary", tooltip="ctrl+r")
+        yield Label("sweep (ctrl+e): a row per value", classes="field-label")
+        yield Input("guidance_scale=0,1,3,7", id="sweep",
+                    tooltip="any [sample] or [guidance] key, class=all (a row per class) or checkpoint=all")
+        with Horizontal(id="buttons"):
+            yield Button("Sample", id="sample", variant="primary", tooltip="ctrl+r")
+            yield Button("Sweep", id="sweep-button", tooltip="ctrl+e")
 
     def compose_output(self) -> ComposeResult:
         yield ProgressBar(id="progress", show_eta=False)
@@ -107,6 +114,44 @@ class SamplingScreen(LabScreen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "sample":
             self.action_sample()
+        elif event.button.id == "sweep-button":
+            self.action_sweep()
+
+    def action_sweep(self) -> None:
+        """Sample one row per value of the sweep field into one labelled grid, saved beside the run."""
+        from difflab.probes import SweepLaunch
+
+        if self.sampling:
+            self.notify("still sampling; wait for it to finish", severity="warning")
+            return
+        try:
+            job = self._job()
+            sweep = self.query_one("#sweep", Input).value.strip()
+            if not sweep:
+                raise ValueError("sweep: give KEY=V1,V2,..., e.g. guidance_scale=0,1,3,7 or class=all")
+        except ValueError as error:
+            self.notify(str(error), title="sampling: cannot sweep", severity="error", timeout=10)
+            return
+        launch = SweepLaunch(self.query_one("#source", Input).value.strip(), sweep,
+                             job.overrides(job.samplers[0]))
+        self.query_one("#progress", ProgressBar).update(total=None, progress=0)
+        self.query_one("#progress").display = True
+        self._sampling_id = self.app.bridge.submit(launch, self._on_swept).job_id
+
+    def _on_swept(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            self.query_one("#progress", ProgressBar).update(total=event.total_steps, progress=event.step)
+        elif isinstance(event, PreviewReady):
+            self.query_one("#step-label", Static).update(f"[b]sweep[/b] saved to {event.path}")
+            self.query("#headings, .sampler-row, #final-second").set(display=False)
+            self.query_one("#final-first", TerminalImage).image = event.image
+            self.query("#final-title, #finals, #final-first").set(display=True)
+            self.query_one("#final-title", Label).update("sweep: one row per value, the same noise in every row")
+        elif isinstance(event, (JobFinished, JobError)):
+            self._sampling_id = None
+            self.query_one("#progress").display = False
+            if isinstance(event, JobError):
+                self.notify(event.message, title="sampling: cannot sweep", severity="error", timeout=10)
 
     def action_sample(self) -> None:
         if self.sampling:

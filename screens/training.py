@@ -360,6 +360,9 @@ class TrainingScreen(Screen):
     def _on_checkpoint(self, event: events.CheckpointSaved) -> None:
         """List the checkpoints still on disk: the run keeps only the newest train.keep_checkpoints."""
         self.checkpoints = [c for c in self.checkpoints if c[1].exists()] + [(event.step, event.path)]
+        # progress is throttled: a stop's checkpoint can be the first news of the last steps
+        self.stats.step = max(self.stats.step, event.step)
+        self._stats_dirty = True
         table = self.query_one("#checkpoints", DataTable)
         table.clear()
         for step, path in self.checkpoints:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -111,6 +112,16 @@ async def test_a_class_and_loss_guidance_from_the_screen(trained_ddpm_run):  # n
         await pilot.press("ctrl+r")
         await wait_for_worker(pilot)
         assert "guidance moved x by" in str(screen.query_one("#row-first .sampler-name").render())
+
+        screen.query_one("#sweep", Input).value = "guidance.scale=0,40"
+        await pilot.press("ctrl+e")
+        await wait_for_worker(pilot)
+        assert errors(app) == [] or all("class_labels" in m for m in errors(app))
+        written = sorted((trained_ddpm_run / "samples").glob("sweep-guidance.scale-*.png"))
+        assert written and str(written[-1]) in step_label(app)
+        rows = json.loads(written[-1].with_suffix(".json").read_text())["rows"]
+        assert [row["label"] for row in rows] == ["guidance.scale = 0", "guidance.scale = 40"]
+        assert screen.query_one("#final-first").image is not None  # the labelled grid, on screen
 
 
 def test_the_sampling_screen_snapshot(snap_compare):
