@@ -43,7 +43,7 @@ class DatasetProbe:
         from difflab.data import load_dataset
         from difflab.render import image_grid
 
-        data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed)
+        data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed, self.recipe.audio)
         grid = image_grid(data.images[: self.count], data.value_range, scale=1)
         return "finished", {"summary": data.summary(), "grid": grid}
 
@@ -70,7 +70,8 @@ class ScheduleProbe:
         curves = {"schedule": self._curves(ddpm)}
         if self.compare is not None:
             curves["compare"] = self._curves(self.compare.model_copy(update={"kind": "ddpm"}))
-        data = load_dataset(self.recipe.dataset.model_copy(update={"limit": 0}), self.recipe_dir, self.recipe.seed)
+        data = load_dataset(self.recipe.dataset.model_copy(update={"limit": 0}), self.recipe_dir, self.recipe.seed,
+                            self.recipe.audio)
         image = data.images[0]
         last = ddpm.num_train_timesteps - 1
         steps = [round(i * last / (self.strip_steps - 1)) for i in range(self.strip_steps)]
