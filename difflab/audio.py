@@ -169,3 +169,45 @@ def waveform_points(wave: torch.Tensor | np.ndarray, sample_rate: int, points: i
     step = chunks.shape[1] / sample_rate
     times = [i // 2 * step + (i % 2) * step / 2 for i in range(len(peaks))]
     return times, peaks.tolist()
+
+
+# ---------------------------------------------------------------- comparing mel settings
+
+
+@dataclass
+class RoundTripRow:
+    """One mel setting's round trip over the same clips (`error` None when the setting is invalid)."""
+
+    setting: dict[str, int]
+    spectrogram: tuple[int, int] | None
+    error: RoundTripError | None
+    problem: str = ""
+
+
+def griffin_lim_only(cfg: AudioConfig, waves: torch.Tensor) -> RoundTripError:
+    """The error of Griffin-Lim alone (full STFT, no mel bands, no image): the floor every row sits on."""
+    import torchaudio.transforms as T
+
+    power = T.Spectrogram(n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=2.0)(waves)
+    codec = SpectrogramCodec(cfg, 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return codec.error(waves, codec.griffin_lim(power))
+
+
+def compare_settings(cfg: AudioConfig, image_size: int, waves: torch.Tensor,
+                     settings: list[dict[str, int]]) -> list[RoundTripRow]:
+    """The round-trip error of `waves` under each change of `cfg` (n_fft, hop_length, n_mels, ...)."""
+    from pydantic import ValidationError
+
+    rows = []
+    for change in settings:
+        try:
+            changed = AudioConfig.model_validate({**cfg.model_dump(), **change})
+        except ValidationError as error:
+            problem = error.errors()[0]["msg"].removeprefix("Value error, ")
+            rows.append(RoundTripRow(change, None, None, problem))
+            continue
+        codec = SpectrogramCodec(changed, image_size)
+        rows.append(RoundTripRow(change, codec.spectrogram_shape, codec.round_trip(waves)[1]))
+    return rows
