@@ -78,8 +78,8 @@ class WavFolder:
 
 def clip_source(dataset: DatasetConfig, audio: AudioConfig, base_dir: Path | None,
                 seed: int = 0) -> GeneratedClips | WavFolder:
-    """The recipe's clips: generated when dataset.path is empty, else the WAV files under it."""
-    if not dataset.path:
+    """The recipe's clips: the WAV files under dataset.path for an audio source with a path, else generated."""
+    if dataset.source != "audio" or not dataset.path:
         return GeneratedClips(dataset.num_images, audio.sample_rate, audio.num_samples, seed)
     from difflab.data import _class_of, _resolve_path, _subset
 
