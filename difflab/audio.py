@@ -219,3 +219,28 @@ def compare_settings(cfg: AudioConfig, image_size: int, waves: torch.Tensor,
         codec = SpectrogramCodec(changed, image_size)
         rows.append(RoundTripRow(change, codec.spectrogram_shape, codec.round_trip(waves)[1]))
     return rows
+
+
+@dataclass
+class SettingsReport:
+    """`difflab audio roundtrip`: the same clips under each mel setting, and Griffin-Lim alone."""
+
+    source: str
+    clips: int
+    rows: list[RoundTripRow]
+    griffin_lim_only: RoundTripError
+
+
+def measure_settings(recipe, base_dir: Path | None, n_ffts: list[int], hops: list[int], mels: list[int],
+                     clips: int) -> SettingsReport:
+    """Round-trip `clips` of the recipe's sounds (spread over them) under every n_fft × hop × n_mels."""
+    import itertools
+
+    from difflab.probes import evenly_spaced
+    from difflab.sounds import clip_source
+
+    source = clip_source(recipe.dataset, recipe.audio, base_dir, recipe.seed)
+    waves = torch.stack([source.clip(i) for i in evenly_spaced(len(source), max(1, clips))])
+    settings = [{"n_fft": f, "hop_length": h, "n_mels": m} for f, h, m in itertools.product(n_ffts, hops, mels)]
+    rows = compare_settings(recipe.audio, recipe.dataset.image_size, waves, settings)
+    return SettingsReport(source.name, len(waves), rows, griffin_lim_only(recipe.audio, waves))

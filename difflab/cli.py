@@ -233,43 +233,33 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 def cmd_audio(args: argparse.Namespace) -> int:
     """`difflab audio roundtrip`: spectral convergence and log-spectral distance per mel setting."""
-    import itertools
-
     from rich.table import Table
 
-    from difflab.audio import compare_settings, griffin_lim_only
+    from difflab.audio import measure_settings
     from difflab.catalog import find_recipe
-    from difflab.probes import evenly_spaced
     from difflab.recipe import load_recipe
-    from difflab.sounds import clip_source
 
     path = find_recipe(args.recipe)
     recipe = load_recipe(path, args.overrides)
     cfg, size = recipe.audio, recipe.dataset.image_size
-    source = clip_source(recipe.dataset, cfg, path.parent, recipe.seed)
-    picks = evenly_spaced(len(source), max(1, args.clips))
-    import torch
-
-    waves = torch.stack([source.clip(i) for i in picks])
     mels = args.n_mels or sorted({max(4, cfg.n_mels // 2), cfg.n_mels, cfg.n_mels * 2, cfg.n_mels * 4})
-    grid = itertools.product(args.n_fft or [cfg.n_fft], args.hop_length or [cfg.hop_length], mels)
-    settings = [{"n_fft": f, "hop_length": h, "n_mels": m} for f, h, m in grid]
+    report = measure_settings(recipe, path.parent, args.n_fft or [cfg.n_fft], args.hop_length or [cfg.hop_length],
+                              mels, args.clips)
     table = Table("n_fft", "hop", "n_mels", "spectrogram → image", "spectral convergence", "log-spectral dist. (dB)",
-                  title=f"round trip sound → {size}×{size} image → sound: {len(picks)} clips of {source.name}, "
+                  title=f"round trip sound → {size}×{size} image → sound: {report.clips} clips of {report.source}, "
                         f"{cfg.sample_rate} Hz, {cfg.clip_seconds:g} s, Griffin-Lim {cfg.griffin_lim_iters} iterations")
-    for row in compare_settings(cfg, size, waves, settings):
-        s = row.setting
+    for row in report.rows:
+        setting = [str(row.setting[k]) for k in ("n_fft", "hop_length", "n_mels")]
         if row.error is None:
-            table.add_row(str(s["n_fft"]), str(s["hop_length"]), str(s["n_mels"]), f"[red]{row.problem}[/]", "", "")
+            table.add_row(*setting, f"[red]{row.problem}[/]", "", "")
             continue
         bands, frames = row.spectrogram
         fit = f"{bands}×{frames}" + ("" if (bands, frames) == (size, size) else f" → {size}×{size}")
-        table.add_row(str(s["n_fft"]), str(s["hop_length"]), str(s["n_mels"]), fit,
-                      f"{row.error.spectral_convergence:.3f}", f"{row.error.log_spectral_distance:.2f}")
-    floor = griffin_lim_only(cfg, waves)
+        table.add_row(*setting, fit, f"{row.error.spectral_convergence:.3f}", f"{row.error.log_spectral_distance:.2f}")
+    floor = report.griffin_lim_only
     table.add_row(str(cfg.n_fft), str(cfg.hop_length), "—", "full STFT, no image", f"{floor.spectral_convergence:.3f}",
                   f"{floor.log_spectral_distance:.2f}", style="dim")
-    Console().print(table)
+    Console(width=max(shutil.get_terminal_size().columns, 100)).print(table)
     return 0
 
 

@@ -124,3 +124,11 @@ def test_a_tiny_spectrogram_model_trains_and_writes_wav_files(tmp_path):
     assert 0.5 < abs(wave).max() <= 1.0  # peak-normalised sound, not silence
     assert run_cli("sample", run, "--steps", "3", "--num-images", "2") == 0
     assert len(list((run / "samples").glob("ddim-3steps-seed0-audio/clip_*.wav"))) == 2
+
+
+def test_difflab_audio_roundtrip_prints_each_mel_setting_and_names_a_bad_one(capsys):
+    tiny = [a for item in ["dataset.image_size=8", *TINY_AUDIO[-6:]] for a in ("--set", item)]
+    assert run_cli("audio", "roundtrip", "audio-spectrogram", *tiny, "--n-mels", "4,8,200", "--clips", "2") == 0
+    out = capsys.readouterr().out
+    assert "8×8" in out and "4×8 → 8×8" in out and "full STFT, no image" in out
+    assert "audio.n_mels = 200" in out  # too many bands for a 256-point STFT: said in its row
