@@ -131,4 +131,4 @@ def test_recipes_lists_the_builtins_with_descriptions(capsys):
 
 def test_an_unknown_recipe_name_lists_the_builtins(capsys):
     assert run_cli("recipe", "show", "from-scratc") == 2
-    assert "built-ins: ddpm-rgb-32, from-scratch, unet2d-digits" in capsys.readouterr().err
+    assert "built-ins: audio-spectrogram, ddpm-rgb-32, from-scratch, unet2d-digits" in capsys.readouterr().err
