@@ -95,8 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("image", type=Path)
     preview.add_argument("--width", type=int, default=64, help="columns (default 64)")
 
+    audio = commands.add_parser("audio", help="the audio chapter: what a mel spectrogram keeps of a sound")
+    audio_commands = audio.add_subparsers(dest="audio_command", metavar="ACTION", required=True)
+    roundtrip = audio_commands.add_parser(
+        "roundtrip", help="send a recipe's clips through the spectrogram image and back, per mel setting")
+    roundtrip.add_argument("recipe", nargs="?", default="audio-spectrogram",
+                           help="recipe file or built-in name (default: audio-spectrogram)")
+    roundtrip.add_argument("--n-mels", type=_int_list, help="mel bands to try, e.g. 16,32,64,128 "
+                           "(default: the recipe's, half, double and four times)")
+    roundtrip.add_argument("--hop-length", type=_int_list, help="hops to try, e.g. 128,256 (default: the recipe's)")
+    roundtrip.add_argument("--n-fft", type=_int_list, help="STFT sizes to try, e.g. 512,1024 (default: the recipe's)")
+    roundtrip.add_argument("--clips", type=int, default=20, help="clips to measure, spread over the dataset")
+    roundtrip.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     commands.add_parser("recipes", help="list the built-in recipes")
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole numbers separated by commas, e.g. 16,32,64")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return open_lab(argv[0] if argv else None)
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "recipe": cmd_recipe, "recipes": cmd_recipes, "sample": cmd_sample,
-                "eval": cmd_eval, "model": cmd_model, "preview": cmd_preview}
+                "eval": cmd_eval, "model": cmd_model, "preview": cmd_preview, "audio": cmd_audio}
     try:
         return handlers[args.command](args)
     except DifflabError as error:
@@ -116,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-COMMANDS = ("run", "recipe", "recipes", "sample", "eval", "model", "preview")
+COMMANDS = ("run", "recipe", "recipes", "sample", "eval", "model", "preview", "audio")
 
 
 def open_lab(recipe: str | None) -> int:
@@ -270,6 +290,38 @@ def cmd_model(args: argparse.Namespace) -> int:
     for name, shape in report.blocks:
         table.add_row(name, str(shape))
     console.print(table)
+    return 0
+
+
+def cmd_audio(args: argparse.Namespace) -> int:
+    """`difflab audio roundtrip`: spectral convergence and log-spectral distance per mel setting."""
+    from rich.table import Table
+
+    from difflab.audio import measure_settings
+    from difflab.catalog import find_recipe
+    from difflab.recipe import load_recipe
+
+    path = find_recipe(args.recipe)
+    recipe = load_recipe(path, args.overrides)
+    cfg, size = recipe.audio, recipe.dataset.image_size
+    mels = args.n_mels or sorted({max(4, cfg.n_mels // 2), cfg.n_mels, cfg.n_mels * 2, cfg.n_mels * 4})
+    report = measure_settings(recipe, path.parent, args.n_fft or [cfg.n_fft], args.hop_length or [cfg.hop_length],
+                              mels, args.clips)
+    table = Table("n_fft", "hop", "n_mels", "spectrogram → image", "spectral convergence", "log-spectral dist. (dB)",
+                  title=f"round trip sound → {size}×{size} image → sound: {report.clips} clips of {report.source}, "
+                        f"{cfg.sample_rate} Hz, {cfg.clip_seconds:g} s, Griffin-Lim {cfg.griffin_lim_iters} iterations")
+    for row in report.rows:
+        setting = [str(row.setting[k]) for k in ("n_fft", "hop_length", "n_mels")]
+        if row.error is None:
+            table.add_row(*setting, f"[red]{row.problem}[/]", "", "")
+            continue
+        bands, frames = row.spectrogram
+        fit = f"{bands}×{frames}" + ("" if (bands, frames) == (size, size) else f" → {size}×{size}")
+        table.add_row(*setting, fit, f"{row.error.spectral_convergence:.3f}", f"{row.error.log_spectral_distance:.2f}")
+    floor = report.griffin_lim_only
+    table.add_row(str(cfg.n_fft), str(cfg.hop_length), "—", "full STFT, no image", f"{floor.spectral_convergence:.3f}",
+                  f"{floor.log_spectral_distance:.2f}", style="dim")
+    Console(width=max(shutil.get_terminal_size().columns, 100)).print(table)
     return 0
 
 

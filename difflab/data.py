@@ -24,7 +24,7 @@ from sklearn.datasets import load_digits
 from torchvision.datasets import MNIST, FashionMNIST
 
 from difflab.errors import InputError
-from difflab.recipe import VALUE_RANGES, DatasetConfig
+from difflab.recipe import VALUE_RANGES, AudioConfig, DatasetConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SHAPE_NAMES = ["circle", "square", "triangle"]
@@ -81,9 +81,16 @@ class _Decoded(NamedTuple):
     name: str
 
 
-def load_dataset(cfg: DatasetConfig, base_dir: Path | None = None, seed: int = 0) -> ImageDataset:
-    """Load `cfg.source` into memory; relative paths resolve against `base_dir` (the recipe's folder)."""
-    decoded = _LOADERS[cfg.source](cfg, base_dir, seed)
+def load_dataset(cfg: DatasetConfig, base_dir: Path | None = None, seed: int = 0,
+                 audio: AudioConfig | None = None) -> ImageDataset:
+    """Load `cfg.source` into memory; relative paths resolve against `base_dir` (the recipe's folder).
+
+    `audio` is the recipe's [audio] section, used when the source is audio (its defaults otherwise).
+    """
+    if cfg.source == "audio":
+        decoded = _load_audio(cfg, base_dir, seed, audio or AudioConfig())
+    else:
+        decoded = _LOADERS[cfg.source](cfg, base_dir, seed)
     return _finish(decoded, cfg, seed)
 
 
@@ -255,6 +262,17 @@ def _decode_image(file: Path, size: int, mode: str) -> np.ndarray:
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
         raise InputError(f"dataset.path: cannot read image {file}: {error}") from None
     return np.asarray(ImageOps.fit(upright, (size, size), Image.Resampling.BICUBIC))
+
+
+def _load_audio(cfg: DatasetConfig, base_dir: Path | None, seed: int, audio: AudioConfig) -> _Decoded:
+    """Sound clips (generated, or a folder of WAV files) as 0..1 mel spectrogram images."""
+    from difflab.audio import SpectrogramCodec
+    from difflab.sounds import clip_source, load_waves
+
+    source = clip_source(cfg, audio, base_dir, seed)
+    waves, labels = load_waves(source)
+    images, _ = SpectrogramCodec(audio, cfg.image_size).to_images(waves)
+    return _Decoded(images, labels, list(source.names), source.name)
 
 
 def _resolve_path(cfg: DatasetConfig, base_dir: Path | None) -> Path:

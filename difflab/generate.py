@@ -100,12 +100,18 @@ def figure_rows(path: Trajectory, rows: int) -> tuple[list[torch.Tensor], list[t
 
 
 def write_samples(setup: SamplingSetup, folder: Path, prefix: str = "") -> Image.Image:
-    """PREFIXfinal.png, trajectory.png (x_t | predicted x0 per step) and denoising.gif; returns the grid."""
+    """PREFIXfinal.png, trajectory.png (x_t | predicted x0 per step), denoising.gif, and for audio
+    recipes PREFIXaudio/ (a WAV and a spectrogram PNG per sample); returns the grid."""
     from difflab.render import image_grid, save_png, trajectory_figure
 
     s, value_range = setup.recipe.sample, setup.value_range
-    final = image_grid(generate(setup, s.num_images, s.steps, setup.progress), value_range, scale=2)
+    images = generate(setup, s.num_images, s.steps, setup.progress)
+    final = image_grid(images, value_range, scale=2)
     save_png(final, folder / f"{prefix}final.png")
+    if setup.recipe.dataset.source == "audio":  # spectrograms become sound: PREFIXaudio/clip_NNN.wav
+        from difflab.audio import write_clips
+
+        write_clips(images, value_range, setup.recipe.audio, folder / f"{prefix}audio", seed=s.seed)
     toy = setup.recipe.schedule.kind == "toy"
     whole = trajectory(setup, s.trajectory_images, s.steps) if (s.gif or not toy) else None
     if toy:  # the course's figure is its own short run (5 steps), not 5 rows of the long one

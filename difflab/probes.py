@@ -43,7 +43,7 @@ class DatasetProbe:
         from difflab.data import load_dataset
         from difflab.render import image_grid
 
-        data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed)
+        data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed, self.recipe.audio)
         grid = image_grid(data.images[: self.count], data.value_range, scale=1)
         return "finished", {"summary": data.summary(), "grid": grid}
 
@@ -70,7 +70,8 @@ class ScheduleProbe:
         curves = {"schedule": self._curves(ddpm)}
         if self.compare is not None:
             curves["compare"] = self._curves(self.compare.model_copy(update={"kind": "ddpm"}))
-        data = load_dataset(self.recipe.dataset.model_copy(update={"limit": 0}), self.recipe_dir, self.recipe.seed)
+        data = load_dataset(self.recipe.dataset.model_copy(update={"limit": 0}), self.recipe_dir, self.recipe.seed,
+                            self.recipe.audio)
         image = data.images[0]
         last = ddpm.num_train_timesteps - 1
         steps = [round(i * last / (self.strip_steps - 1)) for i in range(self.strip_steps)]
@@ -214,3 +215,73 @@ class SweepLaunch:
             source, out = SampleSource(run_dir=run), run / "samples"
         return SweepJob(source, out, parse_sweep(self.sweep), self.overrides).run(ctx)
 
+@dataclass
+class GeneratedClip:
+    """A sampled clip of a run: its WAV file, length and spectrogram image."""
+
+    path: Path
+    seconds: float
+    spectrogram: Any  # PIL image (the PNG written beside the WAV)
+
+
+@dataclass
+class AudioProbe:
+    """One clip of the recipe's sounds: waveform, spectrogram image, round-trip error; a run's generated clips."""
+
+    recipe: Recipe
+    recipe_dir: Path | None = None
+    clip: int = 0
+    run_dir: Path | None = None  # None: the newest run under ./runs that has generated clips
+    compare_clips: int = 8
+    name: str = "audio"
+    device: str = "cpu"
+
+    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+        import torch
+
+        from difflab.audio import SpectrogramCodec, waveform_points
+        from difflab.render import image_grid
+        from difflab.sounds import clip_source
+
+        cfg = self.recipe.audio
+        source = clip_source(self.recipe.dataset, cfg, self.recipe_dir, self.recipe.seed)
+        index = min(max(self.clip, 0), len(source) - 1)
+        codec = SpectrogramCodec(cfg, self.recipe.dataset.image_size)
+        picks = [index, *(i for i in evenly_spaced(len(source), self.compare_clips) if i != index)]
+        waves = torch.stack([source.clip(i) for i in picks])
+        images, _ = codec.to_images(waves[:1])
+        rebuilt, _ = codec.round_trip(waves)
+        label = source.label(index)
+        run_dir = self.run_dir or latest_audio_run(Path.cwd() / "runs")
+        return "finished", {
+            "source": source.name, "count": len(source), "clip": index,
+            "family": source.names[label] if label >= 0 else "(no class)",
+            "waveform": waveform_points(waves[0], cfg.sample_rate),
+            "spectrogram": image_grid(images, (0.0, 1.0), scale=2), "shape": codec.spectrogram_shape,
+            "clip_error": codec.error(waves[:1], rebuilt[:1]), "dataset_error": codec.error(waves, rebuilt),
+            "compared": len(picks), "run_dir": run_dir, "generated": generated_clips(run_dir) if run_dir else [],
+        }
+
+
+def latest_audio_run(runs: Path) -> Path | None:
+    """The most recently written run directory under `runs` that holds generated clips."""
+    folders = [p.parent.parent for p in runs.glob("*/samples/*audio") if p.is_dir()]
+    return max(folders, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def generated_clips(run_dir: Path) -> list[GeneratedClip]:
+    """The WAV files sampled into a run (RUN/samples/audio/, and `difflab sample`'s */audio/ folders)."""
+    import soundfile
+    from PIL import Image
+
+    found = []
+    for wav in sorted(Path(run_dir).glob("samples/*audio/clip_*.wav")):
+        png = wav.with_suffix(".png")
+        try:
+            info = soundfile.info(str(wav))
+            with Image.open(png) as image:
+                picture = image.copy()
+        except (OSError, RuntimeError):
+            continue  # a clip still being written, or one whose PNG was removed
+        found.append(GeneratedClip(wav, info.frames / info.samplerate, picture))
+    return found

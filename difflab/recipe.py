@@ -33,10 +33,12 @@ VALUE_RANGES: dict[str, tuple[float, float]] = {"0..1": (0.0, 1.0), "-1..1": (-1
 class DatasetConfig(Section):
     """Where the training images come from and how they are shaped."""
 
-    source: Literal["digits", "shapes", "mnist", "fashion-mnist", "folder"] = Field(
+    source: Literal["digits", "shapes", "mnist", "fashion-mnist", "folder", "audio"] = Field(
         "digits", description="digits: scikit-learn's 8x8 digits (embedded); shapes: generated RGB shapes; "
-        "mnist / fashion-mnist: torchvision from a local root; folder: any folder of images")
-    path: str = Field("", description="root folder for mnist / fashion-mnist / folder; relative to the recipe")
+        "mnist / fashion-mnist: torchvision from a local root; folder: any folder of images; "
+        "audio: sound clips as mel spectrogram images (generated, or the WAV files in path; see [audio])")
+    path: str = Field("", description="root folder for mnist / fashion-mnist / folder, or a folder of WAV files "
+                      "for audio (empty: generated clips); relative to the recipe")
     image_size: int = Field(28, gt=0, le=1024, description="images are resized to this many pixels square")
     channels: Literal[1, 3] = Field(1, description="1 = grey, 3 = RGB")
     value_range: Literal["0..1", "-1..1"] = Field(
@@ -44,7 +46,7 @@ class DatasetConfig(Section):
     limit: int = Field(0, ge=0, description="use at most this many images (0 = all)")
     split: Literal["train", "test"] = Field("train", description="which split of mnist / fashion-mnist")
     download: bool = Field(False, description="let torchvision download mnist / fashion-mnist (needs internet)")
-    num_images: int = Field(1000, gt=0, le=100_000, description="how many images the shapes generator makes")
+    num_images: int = Field(1000, gt=0, le=100_000, description="how many images (shapes) or clips (audio) the generators make")
     flip: bool = Field(False, description="random horizontal flip of each training batch")
 
 
@@ -178,6 +180,68 @@ class TrainConfig(Section):
         "to_q/to_k/to_v/to_out.0, ResNet convolutions conv1/conv2, ...")
 
 
+class AudioConfig(Section):
+    """How sound becomes an image and back: clip length, mel spectrogram, log scale, Griffin-Lim."""
+
+    sample_rate: int = Field(8000, ge=1000, le=192_000, description="samples per second; WAV files are resampled")
+    clip_seconds: float = Field(1.0, gt=0, le=60, description="clip length; longer files are cut, shorter padded")
+    n_fft: int = Field(1024, ge=16, le=16384, description="STFT window size in samples")
+    hop_length: int = Field(256, gt=0, le=16384, description="samples between STFT frames (one image column)")
+    n_mels: int = Field(32, ge=4, le=1024, description="mel bands (image rows)")
+    f_min: float = Field(0.0, ge=0, description="lowest frequency of the mel bands, Hz")
+    f_max: float = Field(0.0, ge=0, description="highest frequency of the mel bands, Hz (0 = sample_rate / 2)")
+    top_db: float = Field(80.0, ge=10, le=200, description="dynamic range kept below each clip's loudest band, dB")
+    griffin_lim_iters: int = Field(32, gt=0, le=1000, description="Griffin-Lim iterations to recover the phase")
+
+    @model_validator(mode="after")
+    def _check(self) -> AudioConfig:
+        nyquist = self.sample_rate / 2
+        if self.f_max > nyquist:
+            raise ValueError(f"audio.f_max = {self.f_max}: above half the sample rate ({nyquist:g} Hz); "
+                             f"use 0 for {nyquist:g} Hz")
+        if self.f_min >= self.top_frequency:
+            raise ValueError(f"audio.f_min = {self.f_min}: must be below audio.f_max ({self.top_frequency:g} Hz)")
+        if self.hop_length > self.n_fft:
+            raise ValueError(f"audio.hop_length = {self.hop_length}: must be at most audio.n_fft = {self.n_fft} "
+                             f"(frames would skip samples)")
+        if self.num_samples <= self.n_fft // 2:
+            raise ValueError(f"audio.clip_seconds = {self.clip_seconds}: {self.num_samples} samples is too short for "
+                             f"audio.n_fft = {self.n_fft}; use at least {(self.n_fft // 2 + 1) / self.sample_rate:.3g} s")
+        empty = _first_empty_mel_band(self)
+        if empty is not None:
+            raise ValueError(f"audio.n_mels = {self.n_mels}: with n_fft = {self.n_fft} at {self.sample_rate} Hz, mel "
+                             f"band {empty} covers no STFT bin; use fewer mels or a larger n_fft")
+        return self
+
+    @property
+    def top_frequency(self) -> float:
+        return self.f_max or self.sample_rate / 2
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.clip_seconds * self.sample_rate)
+
+    @property
+    def frames(self) -> int:
+        """STFT frames of one clip (torch.stft with centred, padded frames)."""
+        return 1 + self.num_samples // self.hop_length
+
+
+def _first_empty_mel_band(cfg: AudioConfig) -> int | None:
+    """The first triangular (HTK) mel filter with no STFT bin strictly inside it, as torchaudio builds them."""
+    def mel(f: float) -> float:
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
+    low, high = mel(cfg.f_min), mel(cfg.top_frequency)
+    edges = [700.0 * (10 ** ((low + (high - low) * i / (cfg.n_mels + 1)) / 2595.0) - 1.0) for i in range(cfg.n_mels + 2)]
+    bins = [cfg.sample_rate / 2 * k / (cfg.n_fft // 2) for k in range(cfg.n_fft // 2 + 1)]
+    for band in range(cfg.n_mels):
+        left, right = edges[band], edges[band + 2]
+        if not any(left < f < right for f in bins):
+            return band
+    return None
+
+
 SAMPLERS = ("toy", "ddpm", "ddim", "pndm", "dpm-solver++", "euler", "euler-ancestral", "heun", "lms", "unipc")
 
 
@@ -269,6 +333,7 @@ class Recipe(Section):
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     guidance: GuidanceConfig = GuidanceConfig()
+    audio: AudioConfig = AudioConfig()
     eval: EvalConfig = EvalConfig()
     expect: ExpectConfig = ExpectConfig()
     # Named partial recipes (`[profiles.smoke.train]` ...) that `--profile NAME` lays over this one.
@@ -344,6 +409,13 @@ class Recipe(Section):
                              "not supported with train.lora_rank > 0")
         return self
 
+    @model_validator(mode="after")
+    def _check_audio_is_grey(self) -> Recipe:
+        if self.dataset.source == "audio" and self.dataset.channels != 1:
+            raise ValueError(f"dataset.channels = {self.dataset.channels}: a spectrogram image has one channel; "
+                             f"use 1 with dataset.source = 'audio'")
+        return self
+
 
 def _nearest_multiple(value: int, factor: int) -> int:
     return max(factor, round(value / factor) * factor)
@@ -351,8 +423,8 @@ def _nearest_multiple(value: int, factor: int) -> int:
 
 SECTIONS: dict[str, type[Section]] = {
     "dataset": DatasetConfig, "schedule": ScheduleConfig, "model": ModelConfig,
-    "train": TrainConfig, "sample": SampleConfig, "guidance": GuidanceConfig, "eval": EvalConfig,
-    "expect": ExpectConfig,
+    "train": TrainConfig, "sample": SampleConfig, "guidance": GuidanceConfig, "audio": AudioConfig,
+    "eval": EvalConfig, "expect": ExpectConfig,
 }
 
 

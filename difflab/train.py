@@ -112,7 +112,7 @@ class TrainingJob:
 
         emit = ctx.emit
         emit(events.LogLine(ctx.job_id, f"loading dataset '{self.recipe.dataset.source}'"))
-        data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed)
+        data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed, self.recipe.audio)
         session = _Session.start(self, ctx, data)
         model = session.unwrapped
         emit(events.JobStarted(ctx.job_id, self.name, session.device, session.total_steps,

@@ -19,6 +19,7 @@ from textual.reactive import reactive
 from difflab.errors import DifflabError, RecipeError
 from difflab.recipe import Recipe, load_recipe, parse_recipe, save_recipe
 from difflab.screens.bridge import DRAIN_HZ, EngineBridge
+from difflab.screens.audio import AudioScreen
 from difflab.screens.dataset import DatasetScreen
 from difflab.screens.dialogs import ConfirmQuitScreen, HelpScreen, OpenRecipeScreen, RecipeBrowserScreen, SaveAsScreen
 from difflab.screens.model import ModelScreen
@@ -57,7 +58,7 @@ class DifflabApp(App):
     TITLE = "difflab"
     CSS_PATH = "app.tcss"
     MODES = {"dataset": DatasetScreen, "schedule": ScheduleScreen, "model": ModelScreen,
-             "training": TrainingScreen, "sampling": SamplingScreen}
+             "training": TrainingScreen, "sampling": SamplingScreen, "audio": AudioScreen}
     DEFAULT_MODE = "dataset"
     COMMANDS = App.COMMANDS | {DifflabCommands}
     BINDINGS = [
@@ -66,6 +67,7 @@ class DifflabApp(App):
         Binding("3", "switch_mode('model')", "Model", id="screen.model", tooltip="the network"),
         Binding("4", "switch_mode('training')", "Train", id="screen.training", tooltip="train and watch it learn"),
         Binding("5", "switch_mode('sampling')", "Sample", id="screen.sampling", tooltip="sample step by step"),
+        Binding("6", "switch_mode('audio')", "Audio", id="screen.audio", tooltip="sound as spectrogram images"),
         Binding("question_mark", "help", "Help", id="help", tooltip="what each screen teaches"),
         Binding("ctrl+o", "open_recipe", "Open", id="recipe.open", tooltip="open a recipe file"),
         Binding("ctrl+s", "save_recipe", "Save", id="recipe.save", tooltip="save the recipe"),

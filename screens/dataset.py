@@ -17,7 +17,7 @@ class DatasetScreen(LabScreen):
 
     def fields(self) -> list[RecipeField]:
         return [
-            RecipeField("dataset.source", "source", ["digits", "shapes", "mnist", "fashion-mnist", "folder"]),
+            RecipeField("dataset.source", "source", ["digits", "shapes", "mnist", "fashion-mnist", "folder", "audio"]),
             RecipeField("dataset.path", "path (mnist / fashion-mnist root, or image folder)"),
             RecipeField("dataset.image_size", "image size (pixels)"),
             RecipeField("dataset.channels", "channels", ["1", "3"]),

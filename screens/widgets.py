@@ -20,7 +20,7 @@ from textual_image.widget import HalfcellImage, SixelImage, TGPImage
 from difflab.recipe import parse_toml_value
 
 SCREENS = [("dataset", "1 Dataset"), ("schedule", "2 Schedule"), ("model", "3 Model"),
-           ("training", "4 Training"), ("sampling", "5 Sampling")]
+           ("training", "4 Training"), ("sampling", "5 Sampling"), ("audio", "6 Audio")]
 
 
 class HalfcellPreview(HalfcellImage, Renderable=HalfcellRenderable):
