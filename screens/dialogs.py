@@ -23,10 +23,11 @@ section of the **recipe** (a TOML file); `difflab run RECIPE` replays it headles
 | `2` | Schedule | how images are corrupted: the toy linear mix vs DDPM's √ᾱ / √(1−ᾱ) schedule, SNR | `[schedule]` |
 | `3` | Model | BasicUNet vs UNet2DModel: parameters, block shapes, FLOPs, step time | `[model]` |
 | `4` | Training | start / pause (`p`) / single step (`n`) / stop (`x`) / continue (`c`) a run; live loss (log: `l`), lr, img/s, ETA, memory, previews, loss by noise level, checkpoints | `[train]` |
-| `5` | Sampling | any run, checkpoint or pipeline with any sampler; step through x_t and the predicted x0 (`←` `→`), two samplers side by side, save PNG + GIF (`ctrl+g`) | `[sample]` |
+| `5` | Sampling | any run, checkpoint or pipeline with any sampler; step through x_t and the predicted x0 (`←` `→`), two samplers side by side, save PNG + GIF (`ctrl+g`); class, CFG and loss guidance; sweeps (`ctrl+e`) | `[sample]` |
+| `6` | Audio | a clip's waveform and mel spectrogram, what the mel settings lose on the way back to sound, a run's generated clips | `[audio]` |
 
-`ctrl+r` starts the training or sampling job of the screen you are on. Inversion and
-audio screens come with later issues; their chapters run headless today.
+`ctrl+r` starts the training or sampling job of the screen you are on. The inversion
+screen comes with a later issue.
 
 | key | does |
 |---|---|
