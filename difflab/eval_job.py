@@ -32,6 +32,13 @@ def generated_images(setup, count: int, steps: int, callback=None) -> torch.Tens
     return to_unit(generate(setup, count, steps, callback).cpu(), setup.value_range)
 
 
+def requested_classes(setup, count: int) -> torch.Tensor | None:
+    """The class each of `count` generated images was asked for (as generate() asks), or None
+    for an unconditional model: the class accuracy compares them with the predicted classes."""
+    labels = setup.labels(count)
+    return None if labels is None else labels.cpu()
+
+
 def measure_model(setup, data: ImageDataset, count: int, log: Callable[[str], None],
                   progress=None) -> dict:
     """The quality numbers for a sampling setup (its recipe's sampler and steps), or why there are none."""
@@ -42,7 +49,8 @@ def measure_model(setup, data: ImageDataset, count: int, log: Callable[[str], No
     s = setup.recipe.sample
     log(f"evaluating {count} samples ({s.sampler}, {s.steps} steps) against the reference classifier")
     started = time.perf_counter()
-    report = evaluate_images(reference, generated_images(setup, count, s.steps, progress))
+    report = evaluate_images(reference, generated_images(setup, count, s.steps, progress),
+                             requested=requested_classes(setup, count))
     for warning in report.warnings:
         log(f"warning: {warning}")
     numbers = {"sampler": s.sampler, "steps": s.steps, **report.as_dict(),
@@ -125,7 +133,7 @@ class EvalJob:
         started = time.perf_counter()
         images = generated_images(setup, count, steps, progress)
         sampled_s = time.perf_counter() - started
-        report = evaluate_images(reference, images)
+        report = evaluate_images(reference, images, requested=requested_classes(setup, count))
         for warning in report.warnings:
             log(f"warning: {warning}")
         row = {"sampler": s.sampler, "steps": steps, **report.as_dict(), "classifier": str(reference.path),

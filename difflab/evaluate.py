@@ -117,6 +117,7 @@ def evaluate_images(reference: Reference, images: torch.Tensor, requested: torch
     predicted = probabilities.argmax(-1)
     classes = len(reference.class_names)
     counts = torch.bincount(predicted, minlength=classes).tolist()
+    accuracy, asked_unknown = _requested_accuracy(reference, images, requested, classes)
     return QualityReport(
         samples=n, frechet=fd, frechet_real=fd_real, frechet_noise=fd_noise,
         frechet_normalised=(fd - fd_real) / max(fd_noise - fd_real, 1e-12),
@@ -124,12 +125,31 @@ def evaluate_images(reference: Reference, images: torch.Tensor, requested: torch
         class_entropy_bits=class_entropy_bits(predicted, classes), class_entropy_max_bits=math.log2(classes),
         class_counts=dict(zip(reference.class_names, counts)), held_out_samples=len(held_out),
         classifier_accuracy=reference.held_out_accuracy,
-        class_accuracy=None if requested is None else class_accuracy(reference, images, requested),
-        warnings=_warnings(n, len(held_out)))
+        class_accuracy=accuracy, warnings=_warnings(n, len(held_out), asked_unknown))
 
 
-def _warnings(samples: int, held_out: int) -> list[str]:
+def _requested_accuracy(reference: Reference, images: torch.Tensor, requested: torch.Tensor | None,
+                        classes: int) -> tuple[float | None, int]:
+    """The class accuracy over the samples asked for a class the classifier knows, and how many were not.
+
+    A model may have more class embeddings than the data has classes (a digits model
+    fine-tuned on the 3 shapes); samples of those extra classes have no right answer.
+    """
+    if requested is None:
+        return None, 0
+    requested = requested.cpu()
+    known = (requested >= 0) & (requested < classes)
+    unknown = int((~known).sum())
+    if not known.any():
+        return None, unknown
+    return class_accuracy(reference, images[known], requested[known]), unknown
+
+
+def _warnings(samples: int, held_out: int, asked_unknown: int = 0) -> list[str]:
     found = []
+    if asked_unknown:
+        found.append(f"{asked_unknown} samples were asked for classes the dataset does not have: the class "
+                     f"accuracy counts the other {samples - asked_unknown}")
     if samples < STABLE_SAMPLES:
         found.append(f"only {samples} samples: the Fréchet distance is unstable below {STABLE_SAMPLES} "
                      f"(set eval.num_samples or --samples)")

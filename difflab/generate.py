@@ -31,6 +31,7 @@ class SamplingSetup:
     device: str
     train_scheduler: object | None = None  # the DDPMScheduler the model was trained with
     progress: StepCallback | None = None  # told of each step of the final grid's sampling
+    data_dir: Path | None = None  # where a relative dataset path resolves (classifier guidance reads the data)
 
     def noise(self, count: int, seed: int | None = None) -> torch.Tensor:
         seed = self.recipe.sample.seed if seed is None else seed
@@ -60,7 +61,7 @@ class SamplingSetup:
     def guidance(self):
         from difflab.guidance import make_guidance
 
-        return make_guidance(self.recipe, self.value_range, self.device)
+        return make_guidance(self.recipe, self.value_range, self.device, self.data_dir)
 
 
 @torch.no_grad()

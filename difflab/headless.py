@@ -134,6 +134,9 @@ def show_quality(console: Console, summary: dict) -> None:
                           f"{row['confidence']:.3f}", f"{row['class_entropy_bits']:.2f} of {row['class_entropy_max_bits']:.2f}")
         console.print(table)
         last = rows[-1]
+        if last.get("class_accuracy") is not None:
+            console.print(f"class accuracy: {last['class_accuracy']:.1%} of the samples show the class they "
+                          f"were asked for (chance {1 / 2 ** last['class_entropy_max_bits']:.0%})")
         console.print(f"{last['samples']} samples per row against {last['held_out_samples']} held-out real images "
                       f"(classifier {last['classifier_accuracy']:.1%} right on them). FD norm. = (FD - FD real) / "
                       f"(FD noise - FD real): 0 = as close as unseen real images, 1 = as far as noise")

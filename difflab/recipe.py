@@ -267,17 +267,24 @@ class SampleConfig(Section):
         "0 = unconditional, 1 = the class alone, above 1 = pushed further toward the class")
 
 
-GUIDANCE_FUNCTIONS = ("none", "color")  # the names difflab.guidance registers
+GUIDANCE_FUNCTIONS = ("none", "color", "classifier")  # the names difflab.guidance registers
+
+# Classes of the built-in labelled sources (a folder's are known only once it is read).
+SOURCE_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "shapes": 3}
 
 
 class GuidanceConfig(Section):
     """Loss guidance while sampling: nudge x down the gradient of a loss on the predicted clean image."""
 
-    function: Literal["none", "color"] = Field(
-        "none", description="none; color: mean distance of the pixels to `color` (the course's colour guidance)")
+    function: Literal["none", "color", "classifier"] = Field(
+        "none", description="none; color: mean distance of the pixels to `color` (the course's colour "
+        "guidance); classifier: cross-entropy of the dataset's reference classifier toward `target_class`")
     scale: float = Field(40.0, ge=0, le=1e6, description="x <- x - scale * d loss / d x at every step")
     color: list[float] = Field(
         [0.1, 0.9, 0.5], min_length=3, max_length=3, description="color: the target RGB, each 0..1")
+    target_class: int = Field(
+        0, ge=0, description="classifier: the class (index into the dataset's classes) the reference "
+        "classifier should see in every predicted clean image")
     through_model: bool = Field(
         False, description="false: differentiate x0 = f(x, fixed model output) (cheap); true: through the "
         "model too (the course's second variant, better, ~2-3x slower)")
@@ -404,6 +411,10 @@ class Recipe(Section):
         if g.function == "color" and self.dataset.channels != 3:
             raise ValueError("guidance.function = 'color': a colour target needs RGB images "
                              "(dataset.channels = 3)")
+        classes = SOURCE_CLASSES.get(self.dataset.source)
+        if g.function == "classifier" and classes is not None and g.target_class >= classes:
+            raise ValueError(f"guidance.target_class = {g.target_class}: dataset '{self.dataset.source}' has "
+                             f"{classes} classes, so it must be between 0 and {classes - 1}")
         if self.train.lora_rank and self.train.ema:
             raise ValueError("train.ema = true: LoRA trains only its small adapters; EMA of the whole model is "
                              "not supported with train.lora_rank > 0")

@@ -80,7 +80,9 @@ class SamplingProgress:
 def run_setup(run_dir: Path, overrides: list[str], device: str):
     """Sampling setup for a finished run directory (its model/ folder)."""
     run, recipe = run_recipe(run_dir, overrides)
-    return setup_for(_load_run_model(run, recipe), recipe, device)
+    setup = setup_for(_load_run_model(run, recipe), recipe, device)
+    setup.data_dir = Path(run_dir)  # as `difflab eval` reads the run's data
+    return setup
 
 
 def run_recipe(run_dir: Path, overrides: list[str]) -> tuple[RunDir, Recipe]:

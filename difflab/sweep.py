@@ -169,8 +169,9 @@ def _row_numbers(images: torch.Tensor, setup) -> dict:
     numbers = {"mean": [round(v, 4) for v in to_unit(images, setup.value_range).mean(dim=(0, 2, 3)).tolist()]}
     cfg = setup.recipe.guidance
     if cfg.function != "none":
-        loss = GUIDANCE[cfg.function].build(cfg, setup.value_range, "cpu")
-        numbers["guidance_loss"] = round(float(loss(images.float())), 5)
+        function = GUIDANCE[cfg.function]
+        loss = float(function.build(setup.recipe, setup.value_range, "cpu", setup.data_dir)(images.cpu().float()))
+        numbers["guidance_loss"] = round(loss / len(images) if function.summed else loss, 5)  # per image
     return numbers
 
 

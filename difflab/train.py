@@ -370,7 +370,8 @@ class _Session:
         from difflab.generate import SamplingSetup
 
         return SamplingSetup(self.unwrapped, self.recipe, tuple(self.data.images.shape[1:]),
-                             self.data.value_range, self.device, self.noise_scheduler)
+                             self.data.value_range, self.device, self.noise_scheduler,
+                             data_dir=self.job.recipe_dir)
 
     @contextlib.contextmanager
     def sampling_weights(self):

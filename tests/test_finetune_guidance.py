@@ -162,6 +162,51 @@ def test_guidance_through_the_model_also_pulls_toward_the_colour(source_run):
     assert errors[1] < errors[0]
 
 
+def test_classifier_guidance_raises_the_share_of_the_target_class(source_run):
+    from difflab.data import load_dataset, to_unit
+    from difflab.generate import generate
+    from difflab.reference import predict, reference_classifier
+
+    shares = {}
+    for scale in (0, 0.1):  # guidance_scale 0: the unconditional model, so only the classifier pulls
+        setup = sample_setup(source_run, "sample.guidance_scale=0", "guidance.function='classifier'",
+                             "guidance.target_class=2", f"guidance.scale={scale}", "sample.steps=6")
+        reference = reference_classifier(load_dataset(setup.recipe.dataset, source_run, setup.recipe.seed))
+        predicted = predict(reference.model, to_unit(generate(setup, 24, 6).cpu(), setup.value_range)).argmax(-1)
+        shares[scale] = float((predicted == 2).float().mean())
+    assert shares[0.1] > shares[0] + 0.2, shares
+
+
+DDPM = {"schedule": {"kind": "ddpm"}, "model": {"kind": "unet2d"}, "sample": {"sampler": "ddim"}}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({**DDPM, "guidance": {"function": "classifier", "target_class": 10}},
+     "guidance.target_class = 10: dataset 'digits' has 10 classes, so it must be between 0 and 9"),
+    ({**DDPM, "dataset": {"source": "shapes"}, "guidance": {"function": "classifier", "target_class": 3}},
+     "dataset 'shapes' has 3 classes"),
+    ({"guidance": {"function": "classifier"}}, "loss guidance nudges a diffusers sampler's steps"),
+])
+def test_classifier_guidance_settings_are_validated(overrides, message):
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(overrides, "r.toml")
+    assert message in str(error.value)
+
+
+def test_classifier_guidance_on_a_folder_without_classes_is_bad_input(source_run, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(folder / f"{i}.png")
+    code = run_cli("sample", source_run, "--out", tmp_path / "s", "--set", "dataset.source='folder'",
+                   "--set", f"dataset.path='{folder}'", "--set", "guidance.function='classifier'",
+                   "--set", "guidance.scale=0.1")
+    assert code == 2
+    assert "guidance.function = 'classifier': no reference classifier" in capsys.readouterr().err
+
+
 def test_every_guidance_function_a_recipe_may_name_is_registered():
     from difflab.guidance import GUIDANCE
     from difflab.recipe import GUIDANCE_FUNCTIONS, GuidanceConfig

@@ -94,13 +94,48 @@ def test_an_expectation_that_needs_evaluation_with_evaluation_off_is_bad_input(t
     assert "expect.frechet_normalised_below: needs the end-of-run evaluation" in capsys.readouterr().err
 
 
+# Recipes whose smoke profile fine-tunes class-conditional-digits' smoke run (train.init_from).
+FINE_TUNES = {"finetune", "lora-finetune"}
+
+
+@pytest.fixture(scope="module")
+def conditional_smoke_run(tmp_path_factory):
+    """class-conditional-digits' smoke run, made once: the fine-tunes' starting weights."""
+    run = tmp_path_factory.mktemp("conditional") / "run"
+    assert run_cli("run", "class-conditional-digits", "--profile", "smoke", "--out", run, "--device", "cpu") == 0
+    return run
+
+
 @pytest.mark.parametrize("builtin", builtin_recipes(), ids=lambda r: r.name)
-def test_every_builtin_recipe_smoke_profile_meets_its_expectations(builtin, tmp_path):
+def test_every_builtin_recipe_smoke_profile_meets_its_expectations(builtin, tmp_path, request):
     run = tmp_path / "run"
-    assert run_cli("run", builtin.name, "--profile", "smoke", "--out", run, "--device", "cpu") == 0
+    if builtin.name == "class-conditional-digits":
+        run = request.getfixturevalue("conditional_smoke_run")  # the same replay, run once
+    else:
+        source = (["--set", f"train.init_from='{request.getfixturevalue('conditional_smoke_run')}'"]
+                  if builtin.name in FINE_TUNES else [])
+        assert run_cli("run", builtin.name, "--profile", "smoke", "--out", run, "--device", "cpu", *source) == 0
     summary = json.loads((run / "summary.json").read_text())
     checked = {e["name"] for e in summary["expectations"] if e["passed"]}
     assert {"loss_drop_factor_above", "frechet_normalised_below"} <= checked
+    assert all(e["passed"] for e in summary["expectations"])
+    if builtin.name in FINE_TUNES:
+        assert summary["init_from"] == str(request.getfixturevalue("conditional_smoke_run"))
+
+
+def test_a_conditional_run_measures_how_often_samples_show_the_class_asked_for(conditional_smoke_run):
+    summary = json.loads((conditional_smoke_run / "summary.json").read_text())
+    assert summary["eval"]["class_accuracy"] > 0.2  # chance is 0.1 for ten digits
+    assert any(e["name"] == "class_accuracy_above" and e["passed"] for e in summary["expectations"])
+
+
+def test_class_accuracy_counts_only_classes_the_classifier_knows(reference):
+    images, labels = reference.split.held_out[:40], reference.split.held_out_labels[:40]
+    asked = labels.clone()
+    asked[:10] = 12  # a model with more class embeddings than the data has classes
+    report = evaluate_images(reference, images, requested=asked)
+    assert report.class_accuracy == pytest.approx(class_accuracy(reference, images[10:], labels[10:]))
+    assert any("10 samples were asked for classes the dataset does not have" in w for w in report.warnings)
 
 
 # ------------------------------------------------------------------ difflab eval
