@@ -84,7 +84,7 @@ class Reporter:
                     self.console.print(f"checkpoint {event.path}")
             case events.LogLine():
                 style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
-                self.console.print(f"[{style}]{event.text}[/]")
+                self.console.print(f"[{style}]{escape(event.text)}[/]")
 
     def show_final(self, summary: dict) -> None:
         table = Table(title="run summary", show_header=False)
@@ -141,13 +141,13 @@ def show_quality(console: Console, summary: dict) -> None:
                       f"(classifier {last['classifier_accuracy']:.1%} right on them). FD norm. = (FD - FD real) / "
                       f"(FD noise - FD real): 0 = as close as unseen real images, 1 = as far as noise")
         for warning in last.get("warnings", []):
-            console.print(f"[yellow]warning: {warning}[/]")
+            console.print(f"[yellow]warning: {escape(warning)}[/]")
     if summary.get("eval_skipped"):
-        console.print(f"[yellow]sample quality not measured: {summary['eval_skipped']}[/]")
+        console.print(f"[yellow]sample quality not measured: {escape(summary['eval_skipped'])}[/]")
     fid = summary.get("inception_fid")
     if fid:
-        console.print(f"Inception FID: {fid['value']:.2f} ({fid['note']})" if fid["value"] is not None
-                      else f"Inception FID {fid['note']}")
+        console.print(escape(f"Inception FID: {fid['value']:.2f} ({fid['note']})" if fid["value"] is not None
+                             else f"Inception FID {fid['note']}"))
 
 
 def show_expectations(console: Console, records: list[dict]) -> bool:

@@ -231,3 +231,17 @@ def test_two_runs_started_in_the_same_second_get_different_folders(tmp_path, mon
     first.mkdir(parents=True)
     second = default_run_dir(Path("from-scratch.toml"))
     assert second != first and not second.exists() and second.name.startswith(first.name)
+
+
+def test_log_lines_and_notes_print_square_brackets_verbatim():
+    import io
+
+    from rich.console import Console
+
+    from difflab import events
+    from difflab.headless import Reporter
+
+    out = io.StringIO()
+    Reporter(Console(file=out, width=200)).handle(
+        events.LogLine(1, "skipped: torch-fidelity not installed (pip install 'difflab[fid]'); labels [3]"))
+    assert "'difflab[fid]'); labels [3]" in out.getvalue()
