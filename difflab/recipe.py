@@ -525,7 +525,7 @@ def _problems(data: dict[str, Any]) -> list[str]:
     try:
         Recipe.model_validate(data)
     except ValidationError as error:
-        return [_describe(e, data) for e in error.errors()]
+        return [describe_error(e, data) for e in error.errors()]
     return []
 
 
@@ -609,7 +609,7 @@ def parse_toml_value(raw: str) -> Any:
         return raw
 
 
-def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any], data: dict[str, Any]) -> str:
     """One line for one pydantic error: key path, bad value, what is allowed."""
     loc = [str(p) for p in error["loc"]]
     key = _key_path(loc)
