@@ -201,7 +201,7 @@ def file_images(paths: list[Path], size: int, channels: int, value_range: tuple[
     """PNG/JPEG files, fitted to size x size in the model's channels and value range."""
     mode = "RGB" if channels == 3 else "L"
     arrays = [decode_image(Path(p), size, mode, what) for p in paths]
-    images = torch.stack([torch.as_tensor(a, dtype=torch.float32) / 255.0 for a in arrays])
+    images = torch.stack([torch.tensor(a, dtype=torch.float32) / 255.0 for a in arrays])
     images = images.unsqueeze(1) if channels == 1 else images.permute(0, 3, 1, 2)
     low, high = value_range
     return (images * (high - low) + low).contiguous()
