@@ -87,6 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
 
+    invert = commands.add_parser(
+        "invert", help="DDIM inversion: images back to their noise, reconstructions, edits, error per step count",
+        description="Run the deterministic DDIM sampler backwards from dataset images (or PNG/JPEG files) to "
+                    "noise, sample them back, and measure MSE/PSNR against the originals. Writes RUN/inversion/. "
+                    "Settings start from the run recipe's [invert] section.")
+    invert.add_argument("run_dir", nargs="?", type=Path, help="a finished DDPM run directory")
+    invert.add_argument("--pipeline", metavar="PATH", help="a DDPM-style pipeline folder instead of a run")
+    invert.add_argument("--out", type=Path, help="output folder for a pipeline (default: inversion-<name>)")
+    invert.add_argument("--steps", type=int, help="inversion steps (and as many back)")
+    invert.add_argument("--start-step", type=int, help="edit: inverse steps to go back before sampling forward "
+                        "(0 = the original itself)")
+    invert.add_argument("--image", dest="images", type=int, action="append", metavar="INDEX",
+                        help="dataset index to invert (repeatable)")
+    invert.add_argument("--image-path", dest="image_paths", action="append", metavar="FILE",
+                        help="a PNG/JPEG file to invert (repeatable)")
+    invert.add_argument("--guidance-scale", type=float, help="class-conditional: CFG scale of the reconstruction")
+    invert.add_argument("--edit-class", type=int, help="edit: sample forward as this class")
+    invert.add_argument("--edit-guidance-scale", type=float, help="edit: CFG scale on the way forward")
+    invert.add_argument("--sweep-steps", metavar="N,N,...", help="error per step count, e.g. 10,20,50,100")
+    invert.add_argument("--sweep-guidance", metavar="G,G,...", help="error per guidance scale, e.g. 1,3,7")
+    invert.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+
     model = commands.add_parser("model", help="dry-run a recipe's model: parameters, block shapes, FLOPs")
     model.add_argument("recipe", help="recipe file or built-in name")
     model.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -125,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return open_lab(argv[0] if argv else None)
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "recipe": cmd_recipe, "recipes": cmd_recipes, "sample": cmd_sample,
-                "eval": cmd_eval, "model": cmd_model, "preview": cmd_preview, "audio": cmd_audio}
+                "eval": cmd_eval, "invert": cmd_invert, "model": cmd_model, "preview": cmd_preview, "audio": cmd_audio}
     try:
         return handlers[args.command](args)
     except DifflabError as error:
@@ -136,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-COMMANDS = ("run", "recipe", "recipes", "sample", "eval", "model", "preview", "audio")
+COMMANDS = ("run", "recipe", "recipes", "sample", "eval", "invert", "model", "preview", "audio")
 
 
 def open_lab(recipe: str | None) -> int:
@@ -247,13 +269,63 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_job(job, args.device, Console(highlight=False)).exit_code
 
 
-def _step_counts(text: str) -> list[int]:
+def cmd_invert(args: argparse.Namespace) -> int:
+    from difflab.headless import run_job
+    from difflab.inversion_job import InvertJob
+    from difflab.recipe import InvertConfig
+    from difflab.sampling_job import SampleSource
+
+    if bool(args.run_dir) == bool(args.pipeline):
+        raise InputError("difflab invert: give either a run directory or --pipeline PATH")
+    if args.pipeline:
+        base, source = InvertConfig(), SampleSource(pipeline=args.pipeline)
+        out = args.out or Path(f"inversion-{Path(args.pipeline).name}")
+    else:
+        from difflab.runs import RunDir
+
+        base, source, out = RunDir.open(args.run_dir)[1].invert, SampleSource(run_dir=args.run_dir), args.run_dir
+    flags = {"steps": args.steps, "start_step": args.start_step, "images": args.images,
+             "image_paths": [str(Path(p).resolve()) for p in args.image_paths] if args.image_paths else None,
+             "guidance_scale": args.guidance_scale, "edit_class": args.edit_class,
+             "edit_guidance_scale": args.edit_guidance_scale,
+             "sweep_steps": _step_counts(args.sweep_steps, "--sweep-steps") if args.sweep_steps else None,
+             "sweep_guidance": _scales(args.sweep_guidance) if args.sweep_guidance else None}
+    cfg = _invert_settings(base, {k: v for k, v in flags.items() if v is not None})
+    job = InvertJob(cfg, source, out, device=args.device)
+    return run_job(job, args.device, Console(highlight=False)).exit_code
+
+
+def _invert_settings(base, changes: dict):
+    """The [invert] settings with the command's flags laid over them, validated like a recipe's."""
+    from pydantic import ValidationError
+
+    from difflab.errors import RecipeError
+    from difflab.recipe import InvertConfig, describe_error
+
+    data = {**base.model_dump(), **changes, "enabled": True}
+    if data["start_step"] > data["steps"] and "start_step" not in changes:
+        data["start_step"] = -1  # the recipe's start step was for its own step count
+    try:
+        return InvertConfig.model_validate(data)
+    except ValidationError as error:
+        lines = [describe_error({**e, "loc": ("invert", *e["loc"])}, {"invert": data}) for e in error.errors()]
+        raise RecipeError("difflab invert", lines) from None
+
+
+def _scales(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"--sweep-guidance {text}: expected numbers separated by commas, e.g. 1,3,7") from None
+
+
+def _step_counts(text: str, flag: str = "--sweep-steps") -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         counts = []
     if not counts or any(c <= 0 for c in counts):
-        raise InputError(f"--sweep-steps {text}: expected positive step counts separated by commas, e.g. 10,20,50")
+        raise InputError(f"{flag} {text}: expected positive step counts separated by commas, e.g. 10,20,50")
     return counts
 
 
@@ -350,9 +422,28 @@ def _prepare_training(args: argparse.Namespace):
     if recipe.train.init_from:
         recipe.train.init_from = _init_source(recipe.train.init_from, path)
     out = args.out or default_run_dir(path)
+    if recipe.invert.enabled and recipe.invert.source:
+        return _inversion_run(recipe, path, out)
     # Under `accelerate launch` only the main process creates and writes the run directory.
     run = RunDir.create(out, recipe) if int(os.environ.get("RANK", "0")) == 0 else RunDir(out)
     return TrainingJob(recipe, run, path.parent), run, True
+
+
+def _inversion_run(recipe, path: Path, out: Path):
+    """`difflab run` of a recipe whose invert.source names the model: invert it instead of training."""
+    from difflab.inversion_job import InvertJob
+    from difflab.runs import RunDir
+    from difflab.sampling_job import SampleSource
+
+    folder = Path(_init_source(recipe.invert.source, path)).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"invert.source = {recipe.invert.source!r}: no such folder ({folder})")
+    recipe.invert.source = str(folder)
+    is_run = (folder / "recipe.toml").is_file()
+    source = SampleSource(run_dir=folder) if is_run else SampleSource(pipeline=str(folder))
+    run = RunDir.create(out, recipe)
+    job = InvertJob(recipe.invert, source, out, recipe, path.parent, recipe.device, run)
+    return job, run, True
 
 
 def _init_source(source: str, recipe_path: Path) -> str:

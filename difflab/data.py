@@ -224,7 +224,7 @@ def _load_folder(cfg: DatasetConfig, base_dir: Path | None, seed: int) -> _Decod
     if keep is not None:  # choose before decoding, so a limit also saves the decoding time
         files, labels = [files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
     mode = "L" if cfg.channels == 1 else "RGB"
-    pixels = np.stack([_decode_image(f, cfg.image_size, mode) for f in files])
+    pixels = np.stack([decode_image(f, cfg.image_size, mode) for f in files])
     images = torch.from_numpy(pixels.reshape(len(files), cfg.image_size, cfg.image_size, -1))
     images = images.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
     return _Decoded(images, torch.tensor(labels, dtype=torch.int64), names, f"folder:{root}")
@@ -253,14 +253,17 @@ def _class_of(file: Path, root: Path) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
-def _decode_image(file: Path, size: int, mode: str) -> np.ndarray:
-    """Decode one image, upright, in `mode`, shorter side scaled to `size` and centre-cropped square."""
+def decode_image(file: Path, size: int, mode: str, what: str = "dataset.path") -> np.ndarray:
+    """Decode one image, upright, in `mode`, shorter side scaled to `size` and centre-cropped square.
+
+    `what` names the setting that asked for the file in the error a missing or corrupt one raises.
+    """
     try:
         with Image.open(file) as img:
             img.load()  # decode now, so a truncated file fails here and not later
             upright = ImageOps.exif_transpose(img).convert(mode)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        raise InputError(f"dataset.path: cannot read image {file}: {error}") from None
+        raise InputError(f"{what}: cannot read image {file}: {error}") from None
     return np.asarray(ImageOps.fit(upright, (size, size), Image.Resampling.BICUBIC))
 
 

@@ -36,6 +36,8 @@ _MEASURES: dict[str, tuple[str, bool]] = {
     "confidence_above": ("eval.confidence", True),
     "class_entropy_above": ("eval.class_entropy_bits", True),
     "class_accuracy_above": ("eval.class_accuracy", True),
+    "reconstruction_psnr_above": ("invert.psnr", True),
+    "reconstruction_mse_below": ("invert.mse", False),
 }
 
 

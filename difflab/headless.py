@@ -116,6 +116,7 @@ def run_job(job, device: str, console: Console) -> RunOutcome:
         console.print(f"stopped; continue with: difflab run --resume {event.summary.get('run_dir')}")
         return RunOutcome(EXIT_INTERRUPTED, "stopped", event.summary)
     show_quality(console, event.summary)
+    show_inversion(console, event.summary)
     if not show_expectations(console, event.summary.get("expectations", [])):
         return RunOutcome(1, "expectations failed", event.summary)
     return RunOutcome(0, event.status, event.summary)
@@ -148,6 +149,24 @@ def show_quality(console: Console, summary: dict) -> None:
     if fid:
         console.print(escape(f"Inception FID: {fid['value']:.2f} ({fid['note']})" if fid["value"] is not None
                              else f"Inception FID {fid['note']}"))
+
+
+def show_inversion(console: Console, summary: dict) -> None:
+    """The DDIM inversion's error table: the run's setting, random noise for scale, and the sweeps."""
+    inv = summary.get("invert")
+    if not inv:
+        return
+    table = Table("setting", "steps", "guidance", "MSE (0..1 pixels)", "PSNR (dB)",
+                  title=f"DDIM inversion of {inv['images']} images → {inv['folder']}")
+    table.add_row("reconstruction", str(inv["steps"]), f"{inv['guidance_scale']:g}", f"{inv['mse']:.5f}",
+                  f"{inv['psnr']:.2f}")
+    table.add_row("random noise instead", str(inv["steps"]), f"{inv['guidance_scale']:g}",
+                  f"{inv['random_noise_mse']:.5f}", f"{inv['random_noise_psnr']:.2f}", style="dim")
+    for name, rows in (("step sweep", inv["sweep_steps"]), ("guidance sweep", inv["sweep_guidance"])):
+        for row in rows:
+            table.add_row(name, str(row["steps"]), f"{row['guidance_scale']:g}", f"{row['mse']:.5f}",
+                          f"{row['psnr']:.2f}")
+    console.print(table)
 
 
 def show_expectations(console: Console, records: list[dict]) -> bool:

@@ -296,6 +296,50 @@ class GuidanceConfig(Section):
         return self
 
 
+class InvertConfig(Section):
+    """DDIM inversion: images back to the noise that makes them, reconstructions and edits (inversion.py)."""
+
+    enabled: bool = Field(False, description="after training (or on `source`'s model), invert `images` and "
+                          "write originals, inverted noise, reconstructions, edits and the error table")
+    source: str = Field("", description="invert this model instead of training: a run folder or a diffusers "
+                        "pipeline folder, relative to the recipe (empty = the model this recipe trains)")
+    images: list[int] = Field([0, 1, 2, 3, 4, 5, 6, 7], max_length=256,
+                              description="dataset indices of the images to invert")
+    image_paths: list[str] = Field([], max_length=256, description="PNG/JPEG files to invert as well, "
+                                   "fitted to the model's size (relative to the recipe)")
+    steps: int = Field(50, gt=0, le=1000, description="DDIM inversion steps (and as many back)")
+    start_step: int = Field(-1, ge=-1, description="edit: how many inverse steps to go back before sampling "
+                            "forward with the changes (-1 = all the way to noise, 0 = the original itself)")
+    guidance_scale: float = Field(1.0, ge=0, le=100, description="class-conditional: classifier-free guidance "
+                                  "on the way back and forward of the reconstruction (1 = the class alone)")
+    edit_class: int = Field(-1, ge=-1, description="edit: the class to sample forward with (-1 = each image's own)")
+    edit_guidance_scale: float = Field(-1.0, ge=-1, le=100, description="edit: classifier-free guidance scale "
+                                       "forward (-1 = guidance_scale)")
+    edit_loss_guidance: bool = Field(False, description="edit: nudge the way forward with the recipe's "
+                                     "[guidance] function (e.g. color)")
+    sweep_steps: list[int] = Field([], max_length=32, description="reconstruction error per step count, e.g. "
+                                   "[10, 20, 50, 100]")
+    sweep_guidance: list[float] = Field([], max_length=32, description="class-conditional: reconstruction error "
+                                        "per guidance scale, e.g. [1, 3, 7]")
+
+    @model_validator(mode="after")
+    def _check(self) -> InvertConfig:
+        if self.start_step > self.steps:
+            raise ValueError(f"invert.start_step = {self.start_step}: at most invert.steps = {self.steps} "
+                             f"(-1 = all of them)")
+        if self.edit_guidance_scale != -1 and self.edit_guidance_scale < 0:
+            raise ValueError(f"invert.edit_guidance_scale = {self.edit_guidance_scale}: -1 (keep) or 0..100")
+        bad = [n for n in self.sweep_steps if not 0 < n <= 1000]
+        if bad:
+            raise ValueError(f"invert.sweep_steps = {self.sweep_steps}: {bad} outside 1..1000")
+        bad = [g for g in self.sweep_guidance if not 0 <= g <= 100]
+        if bad:
+            raise ValueError(f"invert.sweep_guidance = {self.sweep_guidance}: {bad} outside 0..100")
+        if self.enabled and not self.images and not self.image_paths:
+            raise ValueError("invert.images = []: give dataset indices or invert.image_paths to invert")
+        return self
+
+
 class EvalConfig(Section):
     """Sample quality measured at the end of a run (evaluate.py), against a reference classifier."""
 
@@ -321,6 +365,10 @@ class ExpectConfig(Section):
     class_accuracy_above: float | None = Field(
         None, ge=0, lt=1, description="class-conditional models: share of samples classified as the "
         "class asked for, above this")
+    reconstruction_psnr_above: float | None = Field(
+        None, description="[invert]: mean PSNR (dB) of the DDIM reconstructions above this")
+    reconstruction_mse_below: float | None = Field(
+        None, gt=0, description="[invert]: mean per-pixel MSE (0..1 pixels) of the DDIM reconstructions below this")
 
     def needs_evaluation(self) -> list[str]:
         """The expectations set here that only an evaluation can measure."""
@@ -342,6 +390,7 @@ class Recipe(Section):
     guidance: GuidanceConfig = GuidanceConfig()
     audio: AudioConfig = AudioConfig()
     eval: EvalConfig = EvalConfig()
+    invert: InvertConfig = InvertConfig()
     expect: ExpectConfig = ExpectConfig()
     # Named partial recipes (`[profiles.smoke.train]` ...) that `--profile NAME` lays over this one.
     profiles: dict[str, dict[str, Any]] = Field(
@@ -421,6 +470,27 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _check_inversion(self) -> Recipe:
+        inv, classes = self.invert, self.model.num_classes
+        needs = [n for n in ("reconstruction_psnr_above", "reconstruction_mse_below")
+                 if self.expect.enabled and getattr(self.expect, n) is not None]
+        if needs and not inv.enabled:
+            raise ValueError(f"expect.{needs[0]}: needs the DDIM inversion, but invert.enabled = false")
+        if inv.enabled and self.schedule.kind != "ddpm" and not inv.source:
+            raise ValueError("invert.enabled = true: DDIM inversion runs a noise schedule backwards; it needs "
+                             "schedule.kind = 'ddpm'")
+        if not classes and not inv.source and (inv.guidance_scale != 1 or inv.sweep_guidance or inv.edit_class != -1
+                                               or inv.edit_guidance_scale not in (-1, 1)):
+            raise ValueError("invert.guidance_scale / edit_class / edit_guidance_scale / sweep_guidance: classes and "
+                             "classifier-free guidance need a class-conditional model (model.num_classes > 0)")
+        if classes and inv.edit_class >= classes:
+            raise ValueError(f"invert.edit_class = {inv.edit_class}: outside 0..{classes - 1} "
+                             f"(model.num_classes = {classes}; -1 = each image's own)")
+        if inv.edit_loss_guidance and self.guidance.function == "none":
+            raise ValueError("invert.edit_loss_guidance = true: set guidance.function (e.g. 'color') to guide with")
+        return self
+
+    @model_validator(mode="after")
     def _check_audio_is_grey(self) -> Recipe:
         if self.dataset.source == "audio" and self.dataset.channels != 1:
             raise ValueError(f"dataset.channels = {self.dataset.channels}: a spectrogram image has one channel; "
@@ -435,7 +505,7 @@ def _nearest_multiple(value: int, factor: int) -> int:
 SECTIONS: dict[str, type[Section]] = {
     "dataset": DatasetConfig, "schedule": ScheduleConfig, "model": ModelConfig,
     "train": TrainConfig, "sample": SampleConfig, "guidance": GuidanceConfig, "audio": AudioConfig,
-    "eval": EvalConfig, "expect": ExpectConfig,
+    "eval": EvalConfig, "invert": InvertConfig, "expect": ExpectConfig,
 }
 
 
@@ -466,7 +536,7 @@ def _problems(data: dict[str, Any]) -> list[str]:
     try:
         Recipe.model_validate(data)
     except ValidationError as error:
-        return [_describe(e, data) for e in error.errors()]
+        return [describe_error(e, data) for e in error.errors()]
     return []
 
 
@@ -550,7 +620,7 @@ def parse_toml_value(raw: str) -> Any:
         return raw
 
 
-def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any], data: dict[str, Any]) -> str:
     """One line for one pydantic error: key path, bad value, what is allowed."""
     loc = [str(p) for p in error["loc"]]
     key = _key_path(loc)

@@ -73,8 +73,12 @@ def sampler_scheduler(name: str, train_scheduler: SchedulerMixin) -> SchedulerMi
         raise InputError(f"sampler {name!r} cannot sample a model trained with train.objective = "
                          f"{objective!r} (diffusers has no {prediction_type!r} step for it); "
                          f"use one of: {', '.join(usable)}")
-    schedule = {key: train_scheduler.config[key] for key in _SCHEDULE_KEYS if key in train_scheduler.config}
-    return cls.from_config(train_scheduler.config, **schedule, **_OPTIONS.get(name, {}))
+    return cls.from_config(train_scheduler.config, **schedule_config(train_scheduler), **_OPTIONS.get(name, {}))
+
+
+def schedule_config(train_scheduler: SchedulerMixin) -> dict:
+    """The keys that define the learned process, to pass explicitly to another scheduler's from_config."""
+    return {key: train_scheduler.config[key] for key in _SCHEDULE_KEYS if key in train_scheduler.config}
 
 
 def predict_x0(x: torch.Tensor, output: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
@@ -111,7 +115,8 @@ def _step_kwargs(scheduler: SchedulerMixin, eta: float, generator: torch.Generat
 @torch.no_grad()
 def diffusers_sample(model_fn: ModelFn, scheduler: SchedulerMixin, noise: torch.Tensor, steps: int,
                      eta: float = 0.0, generator: torch.Generator | None = None,
-                     callback: StepCallback | None = None, guidance: LossGuidance | None = None) -> torch.Tensor:
+                     callback: StepCallback | None = None, guidance: LossGuidance | None = None,
+                     first_step: int = 0) -> torch.Tensor:
     """Sample from Gaussian `noise` in `steps` steps; `callback` sees every model call.
 
     `steps` is what set_timesteps is given. Some samplers call the model more often than
@@ -119,13 +124,15 @@ def diffusers_sample(model_fn: ModelFn, scheduler: SchedulerMixin, noise: torch.
     callback's index and total count model calls: SampleStep(i, total, x_scaled, x0).
     eta reaches only DDIM; the generator only samplers whose step takes one. `guidance` nudges x
     after each model call and before the step, with the same model output (the course's loop).
+    `first_step` > 0 starts part of the way down from `noise` already at that step's noise level
+    (DDIM inversion's edits); the callback then counts the steps actually taken.
     """
     scheduler.set_timesteps(steps, device=noise.device)
-    timesteps = scheduler.timesteps
-    alpha_bars = timestep_alpha_bars(scheduler) if callback is not None or guidance is not None else []
+    timesteps = scheduler.timesteps[first_step:]
+    alpha_bars = timestep_alpha_bars(scheduler)[first_step:] if callback is not None or guidance is not None else []
     prediction_type = scheduler.config.prediction_type
     kwargs = _step_kwargs(scheduler, eta, generator)
-    x = noise * scheduler.init_noise_sigma
+    x = noise * scheduler.init_noise_sigma if first_step == 0 else noise
     for i, t in enumerate(timesteps):
         # the scaled input is sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) noise for every sampler
         # (Euler-type ones divide by sqrt(sigma^2 + 1)), so one x0 formula serves them all

@@ -472,6 +472,7 @@ class _Session:
             self.ctx.emit(events.PreviewReady(self.ctx.job_id, self.state.step, final,
                                               self.run.samples / "final.png"))
             quality = self.evaluate()
+            quality.update(self.invert())
         summary = {**self.summary("finished"), **quality}
         summary["expectations"] = as_records(check_expectations(self.recipe.expect, summary))
         self.run.write_summary(summary)
@@ -484,6 +485,21 @@ class _Session:
         if not self.recipe.eval.enabled:
             return {"eval_skipped": "eval.enabled = false"}
         return measure_model(self.sampling_setup(), self.data, self.recipe.eval.num_samples, job_logger(self.ctx))
+
+    def invert(self) -> dict:
+        """The recipe's [invert]: DDIM inversion of its images with the model just trained (RUN/inversion)."""
+        if not self.recipe.invert.enabled:
+            return {}
+        from difflab.inversion_job import inversion_inputs, log_errors, run_inversion
+
+        cfg, setup = self.recipe.invert, self.sampling_setup()
+        guidance = setup.guidance() if cfg.edit_loss_guidance else None
+        self.ctx.emit(events.LogLine(self.ctx.job_id, f"DDIM inversion of {len(cfg.images) + len(cfg.image_paths)} "
+                                                      f"images, {cfg.steps} steps"))
+        table = run_inversion(setup, cfg, inversion_inputs(cfg, self.data, setup, self.job.recipe_dir),
+                              self.run.path / "inversion", guidance=guidance)
+        log_errors(self.ctx, table)
+        return {"invert": table}
 
     def export(self) -> None:
         """RUN/model (save_pretrained) always; RUN/pipeline, loadable by DDPMPipeline, for DDPM runs.
