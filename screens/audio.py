@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Input, Label, Static
 from textual_plot import HiResMode, PlotWidget
 
 from difflab.screens.base import LabScreen
-from difflab.screens.widgets import RecipeField, TerminalImage
+from difflab.screens.widgets import RecipeField, TerminalImage, margin_plot
 
 WAVE_COLOUR = "#4fc3f7"
 
@@ -48,7 +48,7 @@ class AudioScreen(LabScreen):
 
     def compose_output(self) -> ComposeResult:
         yield Static(id="clip-title")
-        yield _waveform_plot()
+        yield margin_plot("waveform", bottom=1, left=5)
         yield Label("mel spectrogram, as the model sees it (time →, pitch ↑)", classes="section-title")
         yield TerminalImage(id="spectrogram")
         yield Static(id="round-trip")
@@ -112,13 +112,6 @@ def _plain_field(name: str, label: str, value: str) -> Vertical:
     """A screen setting that is not part of the recipe, laid out like a RecipeField."""
     return Vertical(Label(label, classes="field-label"), Input(value, id=name), classes="plain-field")
 
-
-def _waveform_plot() -> PlotWidget:
-    plot = PlotWidget(id="waveform", allow_pan_and_zoom=False)
-    plot.set_reactive(PlotWidget.margin_top, 0)
-    plot.set_reactive(PlotWidget.margin_bottom, 1)
-    plot.set_reactive(PlotWidget.margin_left, 5)
-    return plot
 
 
 def _round_trip_text(summary: dict, image_size: int) -> str:

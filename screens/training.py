@@ -19,7 +19,7 @@ from textual.widgets import Button, DataTable, Footer, Label, RichLog, Sparkline
 from textual_plot import HiResMode, PlotWidget
 
 from difflab import events
-from difflab.screens.widgets import RecipeField, ScreenBar, StatusLine, TerminalImage
+from difflab.screens.widgets import RecipeField, ScreenBar, StatusLine, TerminalImage, margin_plot
 
 SMOOTHING = 0.1  # EMA weight of each new logged loss: ~10 log intervals of memory, as TensorBoard's 0.9
 REDRAW_S = 0.25  # stats and plot redraw at most 4 times a second, however fast steps arrive
@@ -159,7 +159,7 @@ class TrainingScreen(Screen):
         with Horizontal(id="curves"):
             with Vertical(id="loss-box"):
                 yield Label("loss: logged · smoothed", id="loss-title", classes="plot-title")
-                yield _loss_plot()
+                yield margin_plot("loss", bottom=2, left=7)
             with Vertical(id="preview-box"):
                 yield Label("preview", id="preview-title", classes="plot-title")
                 yield TerminalImage(id="preview")
@@ -438,14 +438,6 @@ class TrainingScreen(Screen):
         self._plot_dirty = self._stats_dirty = True  # what came in while another screen was shown
         self._redraw()
 
-
-def _loss_plot() -> PlotWidget:
-    plot = PlotWidget(id="loss", allow_pan_and_zoom=False)
-    # set_reactive: the margin watchers need the plot's children, which exist only once mounted
-    plot.set_reactive(PlotWidget.margin_top, 0)
-    plot.set_reactive(PlotWidget.margin_bottom, 2)
-    plot.set_reactive(PlotWidget.margin_left, 7)
-    return plot
 
 
 def _y_range(values: list[float]) -> tuple[float, float]:

@@ -15,6 +15,7 @@ from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.widgets import Input, Label, Select, Static, Switch, Tab, Tabs
 from textual_image.renderable.halfcell import Image as HalfcellRenderable
+from textual_plot import PlotWidget
 from textual_image.widget import HalfcellImage, SixelImage, TGPImage
 
 from difflab.recipe import parse_toml_value
@@ -194,3 +195,14 @@ def _as_text(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(repr(v) if isinstance(v, str) else str(v) for v in value) + "]"
     return str(value)
+
+
+def margin_plot(plot_id: str, bottom: int, left: int) -> PlotWidget:
+    """A fixed plot with no top margin and room for `bottom` rows of x ticks, `left` columns of y ticks."""
+    plot = PlotWidget(id=plot_id, allow_pan_and_zoom=False)
+    # set_reactive: the margin watchers need the plot's children, which exist only once mounted
+    plot.set_reactive(PlotWidget.margin_top, 0)
+    plot.set_reactive(PlotWidget.margin_bottom, bottom)
+    plot.set_reactive(PlotWidget.margin_left, left)
+    return plot
+
