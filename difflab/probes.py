@@ -193,27 +193,23 @@ class SweepLaunch:
     """A sampling sweep (difflab.sweep) from the sampling screen: parsed and run on the worker.
 
     `sweep` is the CLI's text (`guidance_scale=0,1,3,7`, `class=all`, `checkpoint=all`);
-    the sweep module imports torch, so even parsing waits for the worker.
+    the sweep module imports torch, so even parsing waits for the worker. The source, the
+    output folder and the sampling settings are those of the screen's step-through job.
     """
 
-    source: str  # a run, checkpoint or pipeline folder
+    step_through: Any  # difflab.stepthrough.StepThroughJob
     sweep: str
-    overrides: list[str]
     name: str = "sweep"
     device: str = "auto"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
         from difflab.sampling_job import SampleSource
-        from difflab.stepthrough import source_kind
         from difflab.sweep import SweepJob, parse_sweep
 
-        path = Path(self.source).expanduser()
-        if source_kind(path) == "pipeline":
-            source, out = SampleSource(pipeline=str(path)), Path("samples")
-        else:
-            run = path.parent.parent if source_kind(path) == "checkpoint" else path
-            source, out = SampleSource(run_dir=run), run / "samples"
-        return SweepJob(source, out, parse_sweep(self.sweep), self.overrides).run(ctx)
+        job = self.step_through
+        source = SampleSource(run_dir=job.run_dir, pipeline=job.pipeline)
+        return SweepJob(source, job.samples_dir, parse_sweep(self.sweep), job.overrides(job.samplers[0])).run(ctx)
+
 
 @dataclass
 class GeneratedClip:

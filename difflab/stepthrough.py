@@ -71,12 +71,17 @@ class StepThroughJob:
         return cls(Path(path).expanduser(), None, **settings)
 
     @property
+    def run_dir(self) -> Path | None:
+        """The run folder of a run or checkpoint source; None for a pipeline."""
+        run = self.source_run_dir
+        if run is None:
+            return None
+        return run.parent.parent if source_kind(run) == "checkpoint" else run
+
+    @property
     def samples_dir(self) -> Path:
         """Where saved grids and GIFs go: the run's samples/, or ./samples/ for a pipeline."""
-        if self.source_run_dir is None:
-            return Path("samples")
-        run = self.source_run_dir
-        return (run.parent.parent if source_kind(run) == "checkpoint" else run) / "samples"
+        return Path("samples") if self.run_dir is None else self.run_dir / "samples"
 
     def overrides(self, sampler: str) -> list[str]:
         return [f"sample.sampler='{sampler}'", f"sample.steps={self.steps}", f"sample.seed={self.seed}",

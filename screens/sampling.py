@@ -121,8 +121,7 @@ class SamplingScreen(LabScreen):
         """Sample one row per value of the sweep field into one labelled grid, saved beside the run."""
         from difflab.probes import SweepLaunch
 
-        if self.sampling:
-            self.notify("still sampling; wait for it to finish", severity="warning")
+        if self._busy():
             return
         try:
             job = self._job()
@@ -132,8 +131,7 @@ class SamplingScreen(LabScreen):
         except ValueError as error:
             self.notify(str(error), title="sampling: cannot sweep", severity="error", timeout=10)
             return
-        launch = SweepLaunch(self.query_one("#source", Input).value.strip(), sweep,
-                             job.overrides(job.samplers[0]))
+        launch = SweepLaunch(job, sweep)
         self.query_one("#progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#progress").display = True
         self._sampling_id = self.app.bridge.submit(launch, self._on_swept).job_id
@@ -154,8 +152,7 @@ class SamplingScreen(LabScreen):
                 self.notify(event.message, title="sampling: cannot sweep", severity="error", timeout=10)
 
     def action_sample(self) -> None:
-        if self.sampling:
-            self.notify("still sampling; wait for it to finish", severity="warning")
+        if self._busy():
             return
         try:
             job = self._job()
@@ -167,6 +164,12 @@ class SamplingScreen(LabScreen):
         progress.display = True
         self._sampling_id = self.app.bridge.submit(job, self._on_sampled).job_id
 
+    def _busy(self) -> bool:
+        """True (and says so) while a step-through, sweep or save still runs on the worker."""
+        if self.sampling:
+            self.notify("still sampling; wait for it to finish", severity="warning")
+        return self.sampling
+
     def action_scrub(self, delta: int) -> None:
         self.step = max(0, min(self.step + delta, self.step_count - 1))
 
@@ -177,8 +180,7 @@ class SamplingScreen(LabScreen):
         if self.result is None:
             self.notify("nothing to save yet: sample first (ctrl+r)", severity="warning")
             return
-        if self.sampling:
-            self.notify("still sampling; wait for it to finish", severity="warning")
+        if self._busy():
             return
         self._sampling_id = self.app.bridge.submit(SaveStepThroughJob(self.result), self._on_saved).job_id
 
