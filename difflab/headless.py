@@ -158,15 +158,19 @@ def show_inversion(console: Console, summary: dict) -> None:
         return
     table = Table("setting", "steps", "guidance", "MSE (0..1 pixels)", "PSNR (dB)",
                   title=f"DDIM inversion of {inv['images']} images → {inv['folder']}")
-    table.add_row("reconstruction", str(inv["steps"]), f"{inv['guidance_scale']:g}", f"{inv['mse']:.5f}",
-                  f"{inv['psnr']:.2f}")
-    table.add_row("random noise instead", str(inv["steps"]), f"{inv['guidance_scale']:g}",
-                  f"{inv['random_noise_mse']:.5f}", f"{inv['random_noise_psnr']:.2f}", style="dim")
-    for name, rows in (("step sweep", inv["sweep_steps"]), ("guidance sweep", inv["sweep_guidance"])):
-        for row in rows:
-            table.add_row(name, str(row["steps"]), f"{row['guidance_scale']:g}", f"{row['mse']:.5f}",
-                          f"{row['psnr']:.2f}")
+    for row in inversion_table_rows(inv):
+        table.add_row(*row, style="dim" if row[0] == "random noise instead" else None)
     console.print(table)
+
+
+def inversion_table_rows(inv: dict) -> list[tuple[str, str, str, str, str]]:
+    """errors.json as table rows (setting, steps, guidance, MSE, PSNR), for the CLI and the inversion screen."""
+    rows = [("reconstruction", inv["steps"], inv["guidance_scale"], inv["mse"], inv["psnr"]),
+            ("random noise instead", inv["steps"], inv["guidance_scale"], inv["random_noise_mse"],
+             inv["random_noise_psnr"])]
+    for name, sweep in (("step sweep", inv["sweep_steps"]), ("guidance sweep", inv["sweep_guidance"])):
+        rows += [(name, row["steps"], row["guidance_scale"], row["mse"], row["psnr"]) for row in sweep]
+    return [(name, str(steps), f"{scale:g}", f"{mse:.5f}", f"{psnr:.2f}") for name, steps, scale, mse, psnr in rows]
 
 
 def show_expectations(console: Console, records: list[dict]) -> bool:

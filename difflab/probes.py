@@ -281,3 +281,46 @@ def generated_clips(run_dir: Path) -> list[GeneratedClip]:
             continue  # a clip still being written, or one whose PNG was removed
         found.append(GeneratedClip(wav, info.frames / info.samplerate, picture))
     return found
+
+
+INVERSION_GRIDS = ("originals", "inverted-noise", "reconstructions", "edits")
+
+
+@dataclass
+class InversionLaunch:
+    """DDIM inversion from the inversion screen: `recipe.invert` run on a run or pipeline folder.
+
+    InvertJob does the work and writes SOURCE/inversion/ (a run) or ./inversion-NAME/
+    (a pipeline), as `difflab invert` does; the summary adds the four grids it wrote, as
+    pictures, so the screen shows exactly the files. [guidance] comes from `recipe`.
+    """
+
+    recipe: Recipe
+    source: Path
+    recipe_dir: Path | None = None
+    name: str = "invert"
+    device: str = "auto"
+
+    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+        from PIL import Image
+
+        from difflab.errors import InputError
+        from difflab.inversion_job import InvertJob
+        from difflab.sampling_job import SampleSource
+        from difflab.stepthrough import source_kind
+
+        cfg = self.recipe.invert
+        if not cfg.images and not cfg.image_paths:
+            raise InputError("invert.images = []: give dataset indices or invert.image_paths to invert")
+        if not self.source.is_dir():
+            raise InputError(f"invert.source = '{self.source}': no such folder (give a run or a pipeline folder)")
+        if source_kind(self.source) == "pipeline":
+            source, out = SampleSource(pipeline=str(self.source)), Path(f"inversion-{self.source.name}")
+        else:
+            source, out = SampleSource(run_dir=self.source), self.source
+        status, summary = InvertJob(cfg, source, out, self.recipe, self.recipe_dir).run(ctx)
+        grids = {}
+        for grid in INVERSION_GRIDS:
+            with Image.open(out / "inversion" / f"{grid}.png") as image:
+                grids[grid] = image.copy()
+        return status, {**summary, "grids": grids}
