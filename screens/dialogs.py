@@ -25,9 +25,9 @@ section of the **recipe** (a TOML file); `difflab run RECIPE` replays it headles
 | `4` | Training | start / pause (`p`) / single step (`n`) / stop (`x`) / continue (`c`) a run; live loss (log: `l`), lr, img/s, ETA, memory, previews, loss by noise level, checkpoints | `[train]` |
 | `5` | Sampling | any run, checkpoint or pipeline with any sampler; step through x_t and the predicted x0 (`←` `→`), two samplers side by side, save PNG + GIF (`ctrl+g`); class, CFG and loss guidance; sweeps (`ctrl+e`) | `[sample]` |
 | `6` | Audio | a clip's waveform and mel spectrogram, what the mel settings lose on the way back to sound, a run's generated clips | `[audio]` |
+| `7` | Inversion | DDIM run backwards: a run's images, the noise that makes them, the reconstruction and an edit (another class, CFG scale or loss guidance from a start step); the error table (MSE, PSNR, random noise for scale, step and guidance sweeps) | `[invert]` |
 
-`ctrl+r` starts the training or sampling job of the screen you are on. The inversion
-screen comes with a later issue.
+`ctrl+r` starts the training, sampling or inversion job of the screen you are on.
 
 | key | does |
 |---|---|
