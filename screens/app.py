@@ -22,6 +22,7 @@ from difflab.screens.bridge import DRAIN_HZ, EngineBridge
 from difflab.screens.audio import AudioScreen
 from difflab.screens.dataset import DatasetScreen
 from difflab.screens.dialogs import ConfirmQuitScreen, HelpScreen, OpenRecipeScreen, RecipeBrowserScreen, SaveAsScreen
+from difflab.screens.inversion import InversionScreen
 from difflab.screens.model import ModelScreen
 from difflab.screens.sampling import SamplingScreen
 from difflab.screens.schedule import ScheduleScreen
@@ -58,7 +59,8 @@ class DifflabApp(App):
     TITLE = "difflab"
     CSS_PATH = "app.tcss"
     MODES = {"dataset": DatasetScreen, "schedule": ScheduleScreen, "model": ModelScreen,
-             "training": TrainingScreen, "sampling": SamplingScreen, "audio": AudioScreen}
+             "training": TrainingScreen, "sampling": SamplingScreen, "audio": AudioScreen,
+             "inversion": InversionScreen}
     DEFAULT_MODE = "dataset"
     COMMANDS = App.COMMANDS | {DifflabCommands}
     BINDINGS = [
@@ -68,6 +70,8 @@ class DifflabApp(App):
         Binding("4", "switch_mode('training')", "Train", id="screen.training", tooltip="train and watch it learn"),
         Binding("5", "switch_mode('sampling')", "Sample", id="screen.sampling", tooltip="sample step by step"),
         Binding("6", "switch_mode('audio')", "Audio", id="screen.audio", tooltip="sound as spectrogram images"),
+        Binding("7", "switch_mode('inversion')", "Invert", id="screen.inversion",
+                tooltip="images back to their noise, reconstructions, edits"),
         Binding("question_mark", "help", "Help", id="help", tooltip="what each screen teaches"),
         Binding("ctrl+o", "open_recipe", "Open", id="recipe.open", tooltip="open a recipe file"),
         Binding("ctrl+s", "save_recipe", "Save", id="recipe.save", tooltip="save the recipe"),

@@ -21,7 +21,8 @@ from textual_image.widget import HalfcellImage, SixelImage, TGPImage
 from difflab.recipe import parse_toml_value
 
 SCREENS = [("dataset", "1 Dataset"), ("schedule", "2 Schedule"), ("model", "3 Model"),
-           ("training", "4 Training"), ("sampling", "5 Sampling"), ("audio", "6 Audio")]
+           ("training", "4 Training"), ("sampling", "5 Sampling"), ("audio", "6 Audio"),
+           ("inversion", "7 Invert")]
 
 
 class HalfcellPreview(HalfcellImage, Renderable=HalfcellRenderable):
@@ -97,7 +98,7 @@ TerminalImage = _image_widget_class()
 
 
 class ScreenBar(Tabs):
-    """The visible screen switcher (keys 1–3 do the same)."""
+    """The visible screen switcher (keys 1–7 do the same)."""
 
     def __init__(self, current: str) -> None:
         super().__init__(*[Tab(label, id=f"tab-{name}") for name, label in SCREENS], active=f"tab-{current}")
