@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
 import pytest
 
 from difflab.cli import main
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist, give each worker process its share of the cores for torch's threads.
+
+    Two workers with two torch threads each on a 2-core box stall every parallel region on a
+    descheduled thread; the variable also reaches the tests' own `difflab` subprocesses.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_the_cores()  # before anything imports torch, which reads it once
 
 # A few seconds on 2 cores: 64 digits at 8 px, a 3-level BasicUNet of 8/16/16 channels.
 TINY = [
@@ -62,6 +77,27 @@ def classifier_cache(tmp_path_factory):
         os.environ.pop("DIFFLAB_CACHE", None)
     else:
         os.environ["DIFFLAB_CACHE"] = previous
+
+
+def smoke_run(folder: Path, recipe: str) -> Path:
+    """A built-in recipe's smoke replay into `folder`/run (its expectations must pass)."""
+    run = folder / "run"
+    assert run_cli("run", recipe, "--profile", "smoke", "--out", run, "--device", "cpu") == 0
+    return run
+
+
+# Expensive runs that several tests read, made once per test session. Tests that use one carry
+# its xdist_group mark, so that under pytest-xdist they share one worker and one replay.
+@pytest.fixture(scope="session")
+def conditional_smoke_run(tmp_path_factory) -> Path:
+    """class-conditional-digits' smoke run: the fine-tunes' starting weights."""
+    return smoke_run(tmp_path_factory.mktemp("conditional"), "class-conditional-digits")
+
+
+@pytest.fixture(scope="session")
+def inversion_smoke_run(tmp_path_factory) -> Path:
+    """ddim-inversion's smoke run: a class-conditional 8 px digits DDPM, trained ~320 steps."""
+    return smoke_run(tmp_path_factory.mktemp("inversion"), "ddim-inversion")
 
 
 @pytest.fixture

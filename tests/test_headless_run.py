@@ -101,7 +101,7 @@ def test_resume_ends_with_the_same_weights_and_losses_as_an_uninterrupted_run(tm
 def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "difflab", "run", "from-scratch", "--out", str(run),
-            *tiny_args("train.epochs=200", "train.checkpoint_every=0", "train.sample_every=0")]
+            *tiny_args("train.epochs=60", "train.checkpoint_every=0", "train.sample_every=0")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     for line in proc.stdout:  # wait until training has logged a step
         if line.startswith("step "):
@@ -115,7 +115,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "difflab", "run", "--resume", str(run)],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert json.loads((run / "summary.json").read_text())["steps"] == 800
+    assert json.loads((run / "summary.json").read_text())["steps"] == 240
 
 
 # ------------------------------------------------------------------ bad input: exit 2, one line

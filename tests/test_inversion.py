@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -19,18 +20,18 @@ from difflab.inversion import (
 )
 from difflab.recipe import parse_recipe
 from difflab.sampling_job import run_setup
-from tests.conftest import TINY_DDPM, run_cli, tiny_args
+from tests.conftest import run_cli
 
-# 8 px digits with their classes; trained long enough (~20 s) that its DDIM paths are smooth.
-DIGITS = ["dataset.source='digits'", "dataset.channels=1", "dataset.limit=512", "model.num_classes=10",
-          "train.epochs=20", "train.lr=3e-3", "train.batch_size=32", "train.sample_every=0",
-          "train.checkpoint_every=0"]
+# Every test here reads ddim-inversion's smoke run (8 px class-conditional digits, ~320 steps,
+# made once per session): under pytest-xdist they share its worker.
+pytestmark = pytest.mark.xdist_group("inversion_smoke_run")
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("inversion") / "run"
-    assert run_cli("run", "from-scratch", "--out", run, *tiny_args(*DIGITS, base=TINY_DDPM)) == 0
+def digits_run(inversion_smoke_run, tmp_path_factory):
+    """A copy of the smoke run, so that `difflab invert` here writes beside its own copy only."""
+    run = tmp_path_factory.mktemp("inversion-copy") / "run"
+    shutil.copytree(inversion_smoke_run, run)
     return run
 
 
@@ -59,9 +60,10 @@ def test_start_step_zero_gives_back_the_original_exactly(setup_and_images):
 
 def test_guidance_makes_inversion_worse(setup_and_images):
     setup, images, labels = setup_and_images
-    error = {g: invert_and_reconstruct(setup, images, labels, InversionSettings(20, None, g)).error.mean_mse
+    # at 50 steps the step error is small enough for guidance's own error to show (at 20 they tie)
+    error = {g: invert_and_reconstruct(setup, images, labels, InversionSettings(50, None, g)).error.mean_mse
              for g in (1.0, 3.0)}
-    assert error[1.0] < error[3.0], error
+    assert error[1.0] * 1.5 < error[3.0], error
 
 
 def test_invert_command_writes_grids_and_the_error_table(digits_run, tmp_path, capsys):

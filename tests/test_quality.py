@@ -96,21 +96,22 @@ def test_an_expectation_that_needs_evaluation_with_evaluation_off_is_bad_input(t
 
 # Recipes whose smoke profile fine-tunes class-conditional-digits' smoke run (train.init_from).
 FINE_TUNES = {"finetune", "lora-finetune"}
+# Smoke replays that other tests read too: made once by a session fixture (tests/conftest.py).
+SHARED_RUNS = {"class-conditional-digits": "conditional_smoke_run", "ddim-inversion": "inversion_smoke_run"}
 
 
-@pytest.fixture(scope="module")
-def conditional_smoke_run(tmp_path_factory):
-    """class-conditional-digits' smoke run, made once: the fine-tunes' starting weights."""
-    run = tmp_path_factory.mktemp("conditional") / "run"
-    assert run_cli("run", "class-conditional-digits", "--profile", "smoke", "--out", run, "--device", "cpu") == 0
-    return run
+def _grouped(builtin):
+    """A built-in recipe as a test parameter, in the xdist group of the shared run it uses."""
+    shared = SHARED_RUNS.get(builtin.name) or ("conditional_smoke_run" if builtin.name in FINE_TUNES else None)
+    marks = [pytest.mark.xdist_group(shared)] if shared else []
+    return pytest.param(builtin, marks=marks, id=builtin.name)
 
 
-@pytest.mark.parametrize("builtin", builtin_recipes(), ids=lambda r: r.name)
+@pytest.mark.parametrize("builtin", [_grouped(b) for b in builtin_recipes()])
 def test_every_builtin_recipe_smoke_profile_meets_its_expectations(builtin, tmp_path, request):
     run = tmp_path / "run"
-    if builtin.name == "class-conditional-digits":
-        run = request.getfixturevalue("conditional_smoke_run")  # the same replay, run once
+    if builtin.name in SHARED_RUNS:
+        run = request.getfixturevalue(SHARED_RUNS[builtin.name])  # the same replay, run once
     else:
         source = (["--set", f"train.init_from='{request.getfixturevalue('conditional_smoke_run')}'"]
                   if builtin.name in FINE_TUNES else [])
@@ -123,6 +124,7 @@ def test_every_builtin_recipe_smoke_profile_meets_its_expectations(builtin, tmp_
         assert summary["init_from"] == str(request.getfixturevalue("conditional_smoke_run"))
 
 
+@pytest.mark.xdist_group("conditional_smoke_run")
 def test_a_conditional_run_measures_how_often_samples_show_the_class_asked_for(conditional_smoke_run):
     summary = json.loads((conditional_smoke_run / "summary.json").read_text())
     assert summary["eval"]["class_accuracy"] > 0.2  # chance is 0.1 for ten digits
