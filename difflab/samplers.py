@@ -1,8 +1,8 @@
 """Sampling with any diffusers scheduler: one loop, one per-step hook.
 
 A sampler is a diffusers scheduler built from the training scheduler's config, so
-the betas and the prediction type carry over (the course swaps DDPM for DDIM the
-same way). The loop is the one every diffusers pipeline runs (scale the input,
+the betas, the prediction type and the clipping of the predicted x0 carry over (the
+course swaps DDPM for DDIM the same way). The loop is the one every diffusers pipeline runs (scale the input,
 call the model, step), plus a callback that sees each model input and the clean
 image the model predicts from it: the step-by-step view, the trajectory figure
 and the GIF all hang off that one hook.
