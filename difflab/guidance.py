@@ -147,4 +147,5 @@ def guidance_effect(setup, count: int, steps: int) -> dict:
 
     off, on = per_image(replace(setup, recipe=unguided, progress=None)), per_image(replace(setup, progress=None))
     return {"function": cfg.function, "scale": cfg.scale, "images": count, "steps": steps,
-            "loss_unguided": round(off, 5), "loss_guided": round(on, 5), "loss_ratio": round(on / off, 4) if off else None}
+            "loss_unguided": round(off, 5), "loss_guided": round(on, 5),
+            "loss_ratio": round(on / off, 4) if off else None}
