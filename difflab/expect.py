@@ -36,6 +36,7 @@ _MEASURES: dict[str, tuple[str, bool]] = {
     "confidence_above": ("eval.confidence", True),
     "class_entropy_above": ("eval.class_entropy_bits", True),
     "class_accuracy_above": ("eval.class_accuracy", True),
+    "guidance_loss_ratio_below": ("guidance.loss_ratio", False),
     "reconstruction_psnr_above": ("invert.psnr", True),
     "reconstruction_mse_below": ("invert.mse", False),
 }

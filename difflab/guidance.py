@@ -11,6 +11,7 @@ that turns the recipe into loss(x0) -> scalar. A new one is one `@register` away
 name also goes into recipe.GUIDANCE_FUNCTIONS so recipes can name it. Registered:
 colour (the course's) and classifier guidance, -log p(target class | x0) under the
 dataset's reference classifier (reference.py: trained offline on the same images).
+`guidance_effect` measures what guidance did: the loss of samples with it and without it.
 """
 
 from __future__ import annotations
@@ -126,3 +127,25 @@ def make_guidance(recipe: Recipe, value_range: tuple[float, float], device: str,
         return None
     loss = GUIDANCE[cfg.function].build(recipe, value_range, device, data_dir)
     return LossGuidance(loss, cfg.scale, cfg.through_model)
+
+
+def guidance_effect(setup, count: int, steps: int) -> dict:
+    """The recipe's guidance loss (per image) on `count` samples without guidance and with it, from
+    the same noise: what `expect.guidance_loss_ratio_below` checks."""
+    from dataclasses import replace
+
+    from difflab.generate import generate
+
+    cfg = setup.recipe.guidance
+    function = GUIDANCE[cfg.function]
+    loss = function.build(setup.recipe, setup.value_range, setup.device, setup.data_dir)
+    unguided = setup.recipe.model_copy(update={"guidance": cfg.model_copy(update={"scale": 0.0})})
+
+    def per_image(s) -> float:
+        images = generate(s, count, steps).float()
+        return float(loss(images)) / (len(images) if function.summed else 1)
+
+    off, on = per_image(replace(setup, recipe=unguided, progress=None)), per_image(replace(setup, progress=None))
+    return {"function": cfg.function, "scale": cfg.scale, "images": count, "steps": steps,
+            "loss_unguided": round(off, 5), "loss_guided": round(on, 5),
+            "loss_ratio": round(on / off, 4) if off else None}

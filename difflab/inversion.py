@@ -61,7 +61,8 @@ def inverse_scheduler(setup: SamplingSetup) -> DDIMInverseScheduler:
     """DDIM's inverse, configured from the model's own training scheduler (betas, prediction type).
 
     Without clipping x0 (DDPM's default clips it to -1..1 on the way): a clipped step has no
-    inverse, and measured on a small digits model clipping made the error grow with more steps.
+    inverse, and measured on a small digits model clipping made the error grow with more steps
+    (with DDIM's clipped step as samplers.py then took it, the model's unclipped eps kept).
     """
     from difflab.samplers import schedule_config
 

@@ -365,6 +365,9 @@ class ExpectConfig(Section):
     class_accuracy_above: float | None = Field(
         None, ge=0, lt=1, description="class-conditional models: share of samples classified as the "
         "class asked for, above this")
+    guidance_loss_ratio_below: float | None = Field(
+        None, gt=0, description="[guidance]: the guidance loss of the final samples at guidance.scale divided "
+        "by the same at scale 0 (same noise; colour: mean |pixel - colour|), below this")
     reconstruction_psnr_above: float | None = Field(
         None, description="[invert]: mean PSNR (dB) of the DDIM reconstructions above this")
     reconstruction_mse_below: float | None = Field(
@@ -457,6 +460,11 @@ class Recipe(Section):
         if g.function != "none" and self.schedule.kind != "ddpm":
             raise ValueError(f"guidance.function = '{g.function}': loss guidance nudges a diffusers sampler's "
                              f"steps; it needs schedule.kind = 'ddpm'")
+        if self.expect.enabled and self.expect.guidance_loss_ratio_below is not None and (
+                g.function == "none" or g.scale == 0):
+            raise ValueError(f"expect.guidance_loss_ratio_below: compares samples with and without loss guidance, "
+                             f"but guidance.function = '{g.function}' and guidance.scale = {g.scale:g}; "
+                             f"name a guidance function with a scale above 0")
         if g.function == "color" and self.dataset.channels != 3:
             raise ValueError("guidance.function = 'color': a colour target needs RGB images "
                              "(dataset.channels = 3)")

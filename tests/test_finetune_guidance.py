@@ -123,6 +123,8 @@ def test_more_classes_than_the_model_has_is_bad_input(tmp_path, capsys):
      "sample.class_labels = [3]: [3] outside 0..2"),
     ({"guidance": {"function": "color"}}, "loss guidance nudges a diffusers sampler's steps"),
     ({"guidance": {"color": [0.1, 1.5, 0.0]}}, "guidance.color = [0.1, 1.5, 0.0]: each of red, green, blue"),
+    ({"expect": {"guidance_loss_ratio_below": 0.5}},
+     "expect.guidance_loss_ratio_below: compares samples with and without loss guidance, but guidance.function = 'none'"),
 ])
 def test_conditioning_and_guidance_settings_are_validated(overrides, message):
     with pytest.raises(RecipeError) as error:
@@ -147,6 +149,22 @@ def test_colour_guidance_moves_the_mean_colour_toward_the_target_and_records_its
     assert errors[40] < 0.7 * errors[0]
     assert paths[0].guidance_norms == [None] * 8  # scale 0: no guidance at all
     assert len(paths[40].guidance_norms) == 8 and all(n > 0 for n in paths[40].guidance_norms)
+
+
+@pytest.mark.parametrize("limit, code, verdict", [(0.8, 0, "pass"), (0.02, 1, "FAIL")])
+def test_a_colour_guided_run_measures_the_colour_error_with_and_without_guidance(tmp_path, capsys, recipe_file,
+                                                                                  limit, code, verdict):
+    run = tmp_path / "run"
+    args = tiny_args("guidance.function='color'", "guidance.scale=40", "sample.steps=8", "sample.gif=false",
+                     "train.sample_every=0", "train.checkpoint_every=0", "expect.enabled=true",
+                     f"expect.guidance_loss_ratio_below={limit}", base=TINY_DDPM)
+    assert run_cli("run", recipe_file(""), "--out", run, *args) == code
+    assert f"{verdict}  expect.guidance_loss_ratio_below = {limit:g}:" in capsys.readouterr().out
+    effect = json.loads((run / "summary.json").read_text())["guidance"]
+    assert effect["function"] == "color" and effect["scale"] == 40 and effect["images"] == 4
+    # the same noise both times, so guidance alone moved the colour toward (0.1, 0.9, 0.5)
+    assert 0.02 < effect["loss_guided"] / effect["loss_unguided"] < 0.8
+    assert effect["loss_ratio"] == pytest.approx(effect["loss_guided"] / effect["loss_unguided"], abs=1e-3)
 
 
 def test_guidance_through_the_model_also_pulls_toward_the_colour(source_run):
