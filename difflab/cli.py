@@ -198,7 +198,10 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     from difflab.recipe import load_recipe, recipe_to_toml
 
     if args.recipe_command == "show":
-        print(recipe_to_toml(load_recipe(find_recipe(args.file), args.overrides, args.profile)), end="")
+        recipe = load_recipe(find_recipe(args.file), args.overrides, args.profile)
+        if args.profile:  # the profile is laid over already: show what the run would keep, as RUN/recipe.toml does
+            recipe = recipe.model_copy(update={"profiles": {}})
+        print(recipe_to_toml(recipe), end="")
         return 0
     failed = False
     for name in args.files:

@@ -701,7 +701,10 @@ def _show(value: Any) -> str:
 
 def recipe_to_toml(recipe: Recipe) -> str:
     """The fully resolved recipe as TOML: every default written out."""
-    return tomlkit.dumps(recipe.model_dump(mode="json", exclude_none=True))
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    if not data.get("profiles"):
+        data.pop("profiles", None)  # no profiles: no empty [profiles] table at the end of the file
+    return tomlkit.dumps(data)
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

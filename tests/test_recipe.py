@@ -123,6 +123,14 @@ def test_recipe_show_writes_every_default_out(recipe_file, capsys):
     assert "epochs = 9" in shown and "lr = 0.01" in shown and 'source = "digits"' in shown
 
 
+def test_recipe_show_with_a_profile_shows_the_recipe_the_run_would_keep(capsys):
+    assert run_cli("recipe", "show", "from-scratch") == 0
+    assert "[profiles.smoke.train]" in capsys.readouterr().out  # the recipe as written carries its profiles
+    assert run_cli("recipe", "show", "from-scratch", "--profile", "smoke") == 0
+    shown = capsys.readouterr().out
+    assert "max_steps = 100" in shown and "[profiles" not in shown  # laid over, so not listed again
+
+
 def test_recipes_lists_the_builtins_with_descriptions(capsys):
     assert run_cli("recipes") == 0
     out = capsys.readouterr().out
