@@ -72,6 +72,15 @@ _LAMBDA_MIN_CLIPPED = -5.1
 # Prediction types diffusers 0.42 has not implemented for a sampler (its step() raises mid-run).
 _UNSUPPORTED: dict[str, set[str]] = {"pndm": {"sample"}, "euler-ancestral": {"sample"}}
 
+# The Euler-type samplers work in sigma = sqrt((1 - alpha_bar) / alpha_bar) from the schedule's last
+# one: 157 on the linear schedule, 20,291 on the cosine one (its beta capped at 0.999 drops alpha_bar
+# 1000x in the last step). With no clip of x0 an eps error there is multiplied by 20,291: on the
+# digits model (cosine, CFG 3) they sampled noise, FD norm. 0.96-1.28. Karras sigmas from EDM's 80
+# did not save them (euler 0.69-0.78 at 10-50 steps, heun with clip_sample 0.85 at 10), and PNDM has
+# no clip of x0 (0.52 at 50 steps). Where sigma_max is far beyond 80 they are refused.
+_UNCLIPPED = ("pndm", "euler", "euler-ancestral", "heun", "lms")
+_EDM_SIGMA_MAX = 80.0
+
 
 def sampler_scheduler(name: str, train_scheduler: SchedulerMixin) -> SchedulerMixin:
     """The named sampler, configured from the training scheduler (same betas, same prediction type)."""
@@ -86,8 +95,21 @@ def sampler_scheduler(name: str, train_scheduler: SchedulerMixin) -> SchedulerMi
         raise InputError(f"sampler {name!r} cannot sample a model trained with train.objective = "
                          f"{objective!r} (diffusers has no {prediction_type!r} step for it); "
                          f"use one of: {', '.join(usable)}")
+    sigma_max = schedule_sigma_max(train_scheduler)
+    if name in _UNCLIPPED and sigma_max > 10 * _EDM_SIGMA_MAX:
+        usable = [n for n in SCHEDULER_CLASSES if n not in _UNCLIPPED and prediction_type not in _UNSUPPORTED.get(n, ())]
+        raise InputError(f"sampler {name!r} cannot sample a model trained with schedule.beta_schedule = "
+                         f"{train_scheduler.config.beta_schedule!r}: it starts at sigma = {sigma_max:,.0f} "
+                         f"(sqrt(alpha_bar) = {(1 + sigma_max**2) ** -0.5:.1e}) with no clip of the predicted x0, "
+                         f"so it samples noise; use one of: {', '.join(usable)}")
     return cls.from_config(train_scheduler.config, **schedule_config(train_scheduler), **_OPTIONS.get(name, {}),
                            **_clip_options(name, train_scheduler))
+
+
+def schedule_sigma_max(train_scheduler: SchedulerMixin) -> float:
+    """The Euler-type samplers' starting sigma, sqrt((1 - alpha_bar) / alpha_bar) at the last timestep."""
+    alpha_bar = float(train_scheduler.alphas_cumprod[-1].double())
+    return ((1 - alpha_bar) / alpha_bar) ** 0.5
 
 
 def _clip_options(name: str, train_scheduler: SchedulerMixin) -> dict:

@@ -177,6 +177,16 @@ def test_on_the_cosine_schedule_guided_sampling_lands_on_the_asked_for_image_at_
     assert (out - images[0]).abs().max() < 1e-3
 
 
+@pytest.mark.parametrize("name", ["euler", "euler-ancestral", "heun", "lms", "pndm"])
+def test_on_the_cosine_schedule_samplers_without_a_clip_of_x0_are_refused(name):
+    # they start at sigma = 20,291 (sqrt(alpha_bar) = 5e-5) with no clip of x0: on the digits model
+    # they sampled noise (FD norm. ~1), Euler still 0.69-0.78 from Karras sigmas capped at EDM's 80
+    with pytest.raises(InputError, match=rf"sampler '{name}'.*schedule.beta_schedule = 'squaredcos_cap_v2'.*"
+                                         r"use one of: ddpm, ddim, dpm-solver\+\+, unipc$"):
+        sampler_scheduler(name, noise_scheduler(COSINE))
+    sampler_scheduler(name, noise_scheduler(DDPM))  # the linear schedule's sigma_max is 157: offered
+
+
 def test_on_the_cosine_schedule_dpm_solver_and_ddim_solve_the_same_ode(tiny_unet):
     # an untrained UNet stands for a model's errors: at t = 999 sqrt(alpha_bar) is 5e-5, so
     # DPM-Solver++ without clipping x0 (and without lambda_min_clipped) ended near 1e5
@@ -208,6 +218,8 @@ def test_sampler_schedulers_keep_the_training_betas():
     for train in (DDPMScheduler(), noise_scheduler(ScheduleConfig(kind="ddpm", num_train_timesteps=500,
                                                                    beta_schedule="squaredcos_cap_v2"), "v_prediction")):
         for name in SCHEDULER_CLASSES:
+            if name in ("euler", "euler-ancestral", "heun", "lms", "pndm") and train.config.beta_schedule != "linear":
+                continue  # refused on the cosine schedule (test above)
             scheduler = sampler_scheduler(name, train)
             assert torch.equal(scheduler.alphas_cumprod, train.alphas_cumprod), name
             assert scheduler.config.prediction_type == train.config.prediction_type
