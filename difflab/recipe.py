@@ -243,6 +243,10 @@ def _first_empty_mel_band(cfg: AudioConfig) -> int | None:
 
 
 SAMPLERS = ("toy", "ddpm", "ddim", "pndm", "dpm-solver++", "euler", "euler-ancestral", "heun", "lms", "unipc")
+# Refused on a schedule whose sigma_max is far beyond EDM's 80, such as the cosine one: the rule and
+# the measured reason are difflab.samplers.schedule_refusal's; named here so that only recipes with
+# one of them pay for building the schedule (diffusers takes seconds to import).
+SAMPLERS_NEEDING_LOW_SIGMA_MAX = ("pndm", "heun")
 
 
 class SampleConfig(Section):

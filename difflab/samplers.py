@@ -30,6 +30,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from difflab.errors import InputError
 from difflab.guidance import LossGuidance
+from difflab.recipe import SAMPLERS_NEEDING_LOW_SIGMA_MAX
 from difflab.sample import SampleStep, StepCallback, Trajectory
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -67,6 +68,10 @@ _SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedul
 # (as DeepFloyd IF's scheduler config has it): it skips the last few timesteps, whose log-SNR
 # is below -5.1; a linear schedule's never is (-5.06 at t = 999).
 _CLIPPED_X0 = {"dpm-solver++", "unipc"}
+# Euler, Euler-ancestral, LMS and PNDM have no clip of x0 in diffusers 0.42 (Heun has clip_sample):
+# for them the loop clips it and hands the step the output that predicts the clipped x0, as DDIM's
+# use_clipped_model_output does. The clip is kept in their config, where DDIM and Heun keep theirs.
+_CLIPPED_BY_THE_LOOP = {"euler", "euler-ancestral", "lms", "pndm"}
 _LAMBDA_MIN_CLIPPED = -5.1
 
 # Prediction types diffusers 0.42 has not implemented for a sampler (its step() raises mid-run).
@@ -75,10 +80,10 @@ _UNSUPPORTED: dict[str, set[str]] = {"pndm": {"sample"}, "euler-ancestral": {"sa
 # The Euler-type samplers work in sigma = sqrt((1 - alpha_bar) / alpha_bar) from the schedule's last
 # one: 157 on the linear schedule, 20,291 on the cosine one (its beta capped at 0.999 drops alpha_bar
 # 1000x in the last step). With no clip of x0 an eps error there is multiplied by 20,291: on the
-# digits model (cosine, CFG 3) they sampled noise, FD norm. 0.96-1.28. Karras sigmas from EDM's 80
-# did not save them (euler 0.69-0.78 at 10-50 steps, heun with clip_sample 0.85 at 10), and PNDM has
-# no clip of x0 (0.52 at 50 steps). Where sigma_max is far beyond 80 they are refused.
-_UNCLIPPED = ("pndm", "euler", "euler-ancestral", "heun", "lms")
+# digits model (cosine, CFG 3) they sampled noise, FD norm. 0.96-1.28; with the loop's clip Euler,
+# Euler-ancestral and LMS sample it as DDIM does. Heun's second-order step from 20,291 and PNDM's
+# multistep one still overshoot with x0 clipped (the cosine oracle test: 0.94 and 0.50 from the image
+# at 10 steps): where sigma_max is far beyond EDM's 80 they are refused.
 _EDM_SIGMA_MAX = 80.0
 
 
@@ -95,15 +100,32 @@ def sampler_scheduler(name: str, train_scheduler: SchedulerMixin) -> SchedulerMi
         raise InputError(f"sampler {name!r} cannot sample a model trained with train.objective = "
                          f"{objective!r} (diffusers has no {prediction_type!r} step for it); "
                          f"use one of: {', '.join(usable)}")
+    refusal = schedule_refusal(name, train_scheduler)
+    if refusal is not None:
+        raise InputError(f"sampler {name!r} {refusal}")
+    scheduler = cls.from_config(train_scheduler.config, **schedule_config(train_scheduler), **_OPTIONS.get(name, {}),
+                                **_clip_options(name, train_scheduler))
+    if name in _CLIPPED_BY_THE_LOOP:
+        config = train_scheduler.config
+        scheduler.register_to_config(clip_sample=config.get("clip_sample", False),
+                                     clip_sample_range=config.get("clip_sample_range", 1.0))
+    return scheduler
+
+
+def schedule_refusal(name: str, train_scheduler: SchedulerMixin) -> str | None:
+    """Why the named sampler cannot sample this training schedule, or None where it can.
+
+    The one rule both sampler_scheduler and the recipe check (sample.sampler) apply.
+    """
     sigma_max = schedule_sigma_max(train_scheduler)
-    if name in _UNCLIPPED and sigma_max > 10 * _EDM_SIGMA_MAX:
-        usable = [n for n in SCHEDULER_CLASSES if n not in _UNCLIPPED and prediction_type not in _UNSUPPORTED.get(n, ())]
-        raise InputError(f"sampler {name!r} cannot sample a model trained with schedule.beta_schedule = "
-                         f"{train_scheduler.config.beta_schedule!r}: it starts at sigma = {sigma_max:,.0f} "
-                         f"(sqrt(alpha_bar) = {(1 + sigma_max**2) ** -0.5:.1e}) with no clip of the predicted x0, "
-                         f"so it samples noise; use one of: {', '.join(usable)}")
-    return cls.from_config(train_scheduler.config, **schedule_config(train_scheduler), **_OPTIONS.get(name, {}),
-                           **_clip_options(name, train_scheduler))
+    if name not in SAMPLERS_NEEDING_LOW_SIGMA_MAX or sigma_max <= 10 * _EDM_SIGMA_MAX:
+        return None
+    prediction_type = train_scheduler.config.prediction_type
+    usable = [n for n in SCHEDULER_CLASSES
+              if n not in SAMPLERS_NEEDING_LOW_SIGMA_MAX and prediction_type not in _UNSUPPORTED.get(n, ())]
+    return (f"cannot sample a model trained with schedule.beta_schedule = {train_scheduler.config.beta_schedule!r}: "
+            f"it starts at sigma = {sigma_max:,.0f} (sqrt(alpha_bar) = {(1 + sigma_max**2) ** -0.5:.1e}), where "
+            f"its steps overshoot even with the predicted x0 clipped; use one of: {', '.join(usable)}")
 
 
 def schedule_sigma_max(train_scheduler: SchedulerMixin) -> float:
@@ -116,7 +138,7 @@ def _clip_options(name: str, train_scheduler: SchedulerMixin) -> dict:
     """The training scheduler's clip of the predicted x0, in the named sampler's own settings."""
     config = train_scheduler.config
     clip, limit = config.get("clip_sample", False), config.get("clip_sample_range", 1.0)
-    if name == "ddim":
+    if name in ("ddim", "heun"):
         return {"clip_sample": clip, "clip_sample_range": limit}
     options = {"lambda_min_clipped": _LAMBDA_MIN_CLIPPED} if name == "dpm-solver++" else {}
     if name in _CLIPPED_X0 and clip and not config.get("thresholding", False):
@@ -141,6 +163,25 @@ def predict_x0(x: torch.Tensor, output: torch.Tensor, alpha_bar: float, predicti
     if prediction_type == "v_prediction":  # v = a*noise - s*x0
         return a * x - s * output
     raise ValueError(f"prediction_type {prediction_type!r}: expected 'epsilon', 'sample' or 'v_prediction'")
+
+
+def clipped_output(x: torch.Tensor, output: torch.Tensor, alpha_bar: float, prediction_type: str,
+                   limit: float) -> torch.Tensor:
+    """The model output that predicts x0 clipped to -limit..limit at x (DDIM's use_clipped_model_output)."""
+    x0 = predict_x0(x, output, alpha_bar, prediction_type).clamp(-limit, limit)
+    if prediction_type == "sample":
+        return x0
+    a, s = alpha_bar**0.5, (1 - alpha_bar) ** 0.5
+    eps = (x - a * x0) / s
+    return eps if prediction_type == "epsilon" else a * eps - s * x0  # v = a*noise - s*x0
+
+
+def _loop_clip(scheduler: SchedulerMixin) -> float | None:
+    """The range the loop clips x0 to for this sampler, or None where its step clips (or nothing does)."""
+    own = [SCHEDULER_CLASSES[name] for name in _CLIPPED_BY_THE_LOOP]
+    if type(scheduler) in own and scheduler.config.get("clip_sample", False):
+        return scheduler.config.clip_sample_range
+    return None
 
 
 def timestep_alpha_bars(scheduler: SchedulerMixin) -> list[float]:
@@ -183,7 +224,9 @@ def diffusers_sample(model_fn: ModelFn, scheduler: SchedulerMixin, noise: torch.
     """
     scheduler.set_timesteps(steps, device=noise.device)
     timesteps = scheduler.timesteps[first_step:]
-    alpha_bars = timestep_alpha_bars(scheduler)[first_step:] if callback is not None or guidance is not None else []
+    clip = _loop_clip(scheduler)
+    needs_alpha_bar = callback is not None or guidance is not None or clip is not None
+    alpha_bars = timestep_alpha_bars(scheduler)[first_step:] if needs_alpha_bar else []
     prediction_type = scheduler.config.prediction_type
     kwargs = _step_kwargs(scheduler, eta, generator)
     x = noise * scheduler.init_noise_sigma if first_step == 0 else noise
@@ -200,6 +243,9 @@ def diffusers_sample(model_fn: ModelFn, scheduler: SchedulerMixin, noise: torch.
         if callback is not None:
             x0 = predict_x0(x_in, output, alpha_bars[i], prediction_type)
             callback(SampleStep(i, len(timesteps), x_in, x0, norm))
+        if clip is not None:  # after guidance, as the samplers that clip in their step do
+            x_in = scheduler.scale_model_input(x, t) if guidance is not None else x_in
+            output = clipped_output(x_in, output, alpha_bars[i], prediction_type, clip)
         x = scheduler.step(output, t, x, **kwargs).prev_sample
     return x
 
