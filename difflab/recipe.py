@@ -433,6 +433,10 @@ class Recipe(Section):
         if kind == "ddpm" and sampler == "toy":
             raise ValueError("sample.sampler = 'toy': the toy sampler belongs to the toy schedule; "
                              f"with ddpm use one of: {', '.join(SAMPLERS[1:])}")
+        if kind == "ddpm" and sampler in SAMPLERS_NEEDING_LOW_SIGMA_MAX:
+            refusal = _schedule_refusal(self)
+            if refusal is not None:  # refused before training, not when sampling after it
+                raise ValueError(f"sample.sampler = '{sampler}': {refusal}")
         if kind == "toy" and self.train.loss_weighting != "none":
             raise ValueError("train.loss_weighting = 'min-snr': SNR weighting needs schedule.kind = 'ddpm'")
         if kind == "ddpm" and self.model.kind == "basic-unet":
@@ -512,6 +516,14 @@ class Recipe(Section):
 
 def _nearest_multiple(value: int, factor: int) -> int:
     return max(factor, round(value / factor) * factor)
+
+
+def _schedule_refusal(recipe: Recipe) -> str | None:
+    """samplers.schedule_refusal for the recipe's sampler on the schedule its model will train with."""
+    from difflab.samplers import schedule_refusal
+    from difflab.schedules import training_noise_scheduler
+
+    return schedule_refusal(recipe.sample.sampler, training_noise_scheduler(recipe))
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -99,6 +99,30 @@ def test_a_missing_recipe_file_is_named(tmp_path):
         load_recipe(tmp_path / "nope.toml")
 
 
+COSINE_EPSILON = '[schedule]\nkind = "ddpm"\nbeta_schedule = "squaredcos_cap_v2"\n[model]\nkind = "unet2d"\n' \
+                 '[train]\nobjective = "epsilon"\n'
+
+
+@pytest.mark.parametrize("sampler", ["heun", "pndm"])
+def test_a_sampler_the_cosine_schedule_defeats_is_refused_by_the_recipe(recipe_file, sampler):
+    path = recipe_file(COSINE_EPSILON + f'[sample]\nsampler = "{sampler}"\n')
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert str(caught.value) == (
+        f"{path}: sample.sampler = '{sampler}': cannot sample a model trained with schedule.beta_schedule = "
+        "'squaredcos_cap_v2': it starts at sigma = 20,291 (sqrt(alpha_bar) = 4.9e-05), where its steps overshoot "
+        "even with the predicted x0 clipped; use one of: ddpm, ddim, dpm-solver++, euler, euler-ancestral, lms, unipc")
+    load_recipe(path, ["schedule.beta_schedule='linear'"])  # sigma_max 157: offered
+    load_recipe(path, ["sample.sampler='euler'"])  # the sampling loop clips x0 for Euler
+
+
+def test_a_run_with_a_refused_sampler_stops_before_training(recipe_file, tmp_path, capsys):
+    path = recipe_file(COSINE_EPSILON + '[sample]\nsampler = "heun"\n')
+    assert run_cli("run", path, "--out", tmp_path / "run", "--set", "device='cpu'") == 2
+    assert "sample.sampler = 'heun'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_cross_field_errors_come_from_the_schema():
     with pytest.raises(RecipeError, match="divisible by 8"):
         parse_recipe({"model": {"channels": [8, 8, 8, 8]}, "dataset": {"image_size": 28}})
