@@ -246,7 +246,7 @@ SAMPLERS = ("toy", "ddpm", "ddim", "pndm", "dpm-solver++", "euler", "euler-ances
 # Refused on a schedule whose sigma_max is far beyond EDM's 80, such as the cosine one: the rule and
 # the measured reason are difflab.samplers.schedule_refusal's; named here so that only recipes with
 # one of them pay for building the schedule (diffusers takes seconds to import).
-SAMPLERS_NEEDING_LOW_SIGMA_MAX = ("pndm", "heun")
+SAMPLERS_NEEDING_LOW_SIGMA_MAX = ("heun",)
 
 
 class SampleConfig(Section):

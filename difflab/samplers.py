@@ -80,10 +80,10 @@ _UNSUPPORTED: dict[str, set[str]] = {"pndm": {"sample"}, "euler-ancestral": {"sa
 # The Euler-type samplers work in sigma = sqrt((1 - alpha_bar) / alpha_bar) from the schedule's last
 # one: 157 on the linear schedule, 20,291 on the cosine one (its beta capped at 0.999 drops alpha_bar
 # 1000x in the last step). With no clip of x0 an eps error there is multiplied by 20,291: on the
-# digits model (cosine, CFG 3) they sampled noise, FD norm. 0.96-1.28; with the loop's clip Euler,
-# Euler-ancestral and LMS sample it as DDIM does. Heun's second-order step from 20,291 and PNDM's
-# multistep one still overshoot with x0 clipped (the cosine oracle test: 0.94 and 0.50 from the image
-# at 10 steps): where sigma_max is far beyond EDM's 80 they are refused.
+# digits model (cosine, CFG 3) they sampled noise, FD norm. 0.96-1.28, and PNDM 0.52 at 50 steps; with
+# the loop's clip Euler, Euler-ancestral, LMS and PNDM sample it as DDIM does (0.08-0.11 at 10-50 steps).
+# Heun clips x0 in its own step, yet its second-order step from 20,291 overshoots: 0.62-0.77 at
+# 10-50 steps. Where sigma_max is far beyond EDM's 80 it is refused.
 _EDM_SIGMA_MAX = 80.0
 
 

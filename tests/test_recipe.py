@@ -103,17 +103,17 @@ COSINE_EPSILON = '[schedule]\nkind = "ddpm"\nbeta_schedule = "squaredcos_cap_v2"
                  '[train]\nobjective = "epsilon"\n'
 
 
-@pytest.mark.parametrize("sampler", ["heun", "pndm"])
-def test_a_sampler_the_cosine_schedule_defeats_is_refused_by_the_recipe(recipe_file, sampler):
-    path = recipe_file(COSINE_EPSILON + f'[sample]\nsampler = "{sampler}"\n')
+def test_a_sampler_the_cosine_schedule_defeats_is_refused_by_the_recipe(recipe_file):
+    path = recipe_file(COSINE_EPSILON + '[sample]\nsampler = "heun"\n')
     with pytest.raises(RecipeError) as caught:
         load_recipe(path)
     assert str(caught.value) == (
-        f"{path}: sample.sampler = '{sampler}': cannot sample a model trained with schedule.beta_schedule = "
+        f"{path}: sample.sampler = 'heun': cannot sample a model trained with schedule.beta_schedule = "
         "'squaredcos_cap_v2': it starts at sigma = 20,291 (sqrt(alpha_bar) = 4.9e-05), where its steps overshoot "
-        "even with the predicted x0 clipped; use one of: ddpm, ddim, dpm-solver++, euler, euler-ancestral, lms, unipc")
+        "even with the predicted x0 clipped; use one of: ddpm, ddim, pndm, dpm-solver++, euler, euler-ancestral, lms, "
+        "unipc")
     load_recipe(path, ["schedule.beta_schedule='linear'"])  # sigma_max 157: offered
-    load_recipe(path, ["sample.sampler='euler'"])  # the sampling loop clips x0 for Euler
+    load_recipe(path, ["sample.sampler='pndm'"])  # the sampling loop clips x0 for PNDM
 
 
 def test_a_run_with_a_refused_sampler_stops_before_training(recipe_file, tmp_path, capsys):
