@@ -97,12 +97,19 @@ def trained_ddpm_run(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "pndm", "dpm-solver++", "euler-ancestral", "heun", "unipc"])
+@pytest.mark.parametrize("sampler", ["ddpm", "pndm", "dpm-solver++", "euler", "euler-ancestral", "lms", "unipc"])
 def test_difflab_sample_from_a_run_with_any_sampler(trained_ddpm_run, sampler, tmp_path, capsys):
     out = tmp_path / "out"
     assert run_cli("sample", trained_ddpm_run, "--sampler", sampler, "--steps", "3", "--out", out) == 0
     assert (out / f"{sampler}-3steps-seed0-final.png").is_file()
     assert (out / f"{sampler}-3steps-seed0-trajectory.png").is_file()
+
+
+def test_heun_on_a_cosine_schedule_run_is_refused_with_the_samplers_that_can(trained_ddpm_run, tmp_path, capsys):
+    assert run_cli("sample", trained_ddpm_run, "--sampler", "heun", "--steps", "3", "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "'heun'" in err and "squaredcos_cap_v2" in err and "use one of: ddpm, ddim" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_difflab_sample_from_a_pipeline_folder(trained_ddpm_run, tmp_path):
