@@ -322,7 +322,7 @@ class TrainingScreen(Screen):
     # ------------------------------------------------------------ events
 
     def _on_event(self, event: events.Event) -> None:
-        """One event of the training job, on the UI thread (the bridge drains ~15 times a second)."""
+        """One event of the training job, on the UI thread (the bridge drains 10 times a second)."""
         handler = {
             events.JobStarted: self._on_started, events.Progress: self._on_progress,
             events.StepLogged: self._on_step_logged, events.LossByNoiseLevel: self._on_levels,
