@@ -6,10 +6,10 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, LoadingIndicator
+from textual.widgets import Footer
 
 from difflab.events import Event, JobError, JobFinished
-from difflab.screens.widgets import RecipeField, ScreenBar, StatusLine
+from difflab.screens.widgets import ProbeSpinner, RecipeField, ScreenBar, StatusLine
 
 PROBE_DELAY_S = 0.3  # typing "128" should start one probe, not three
 
@@ -42,7 +42,7 @@ class LabScreen(Screen):
             with VerticalScroll(classes="form"):
                 yield from self.fields()
             with VerticalScroll(classes="output"):
-                yield LoadingIndicator(id="probe-loading")
+                yield ProbeSpinner(id="probe-loading")
                 yield from self.compose_output()
         yield StatusLine()
         yield Footer()

@@ -3,7 +3,7 @@
 Jobs go to two difflab Workers: the device worker runs training and sampling, one job
 at a time; the probe worker runs the screens' small CPU jobs (dataset grid, schedule
 curves, model summary), so a screen answers while a model trains. Events are never
-pushed into the UI one by one: a timer drains both queues a few times a second, keeps
+pushed into the UI one by one: a timer drains both queues 10 times a second, keeps
 only the newest Progress per job (older ones are stale by then), and hands the rest to
 the job's handler on the UI thread. A busy job costs the UI at most one repaint per tick.
 """
@@ -17,7 +17,10 @@ from difflab.events import TERMINAL_EVENTS, Event, Progress
 from difflab.worker import Job, JobHandle, Worker
 
 EventHandler = Callable[[Event], None]
-DRAIN_HZ = 15
+# Each drain wakes the UI thread (~0.3 ms of Textual's timer machinery even with nothing to
+# deliver, measured): 10 a second keeps progress smooth and costs a training job a third less
+# than 15 did; the training screen only redraws twice a second anyway.
+DRAIN_HZ = 10
 
 
 class EngineBridge:

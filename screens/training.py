@@ -8,6 +8,7 @@ the app's worker, not to this screen: switching screens leaves it running.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +20,14 @@ from textual.widgets import Button, DataTable, Footer, Label, RichLog, Sparkline
 from textual_plot import HiResMode, PlotWidget
 
 from difflab import events
-from difflab.screens.widgets import RecipeField, ScreenBar, StatusLine, TerminalImage, margin_plot
+from difflab.screens.widgets import LivePlot, RecipeField, ScreenBar, StatusLine, TerminalImage, margin_plot
 
 SMOOTHING = 0.1  # EMA weight of each new logged loss: ~10 log intervals of memory, as TensorBoard's 0.9
-REDRAW_S = 0.25  # stats and plot redraw at most 4 times a second, however fast steps arrive
+# While a job trains, each millisecond of the UI thread is taken from torch's threads (on 2
+# cores, out of proportion: measured in benchmarks/lab_responsiveness.py), and every frame
+# costs a few ms however little changed. So what changed is drawn together, in one frame:
+REDRAW_S = 0.5  # stats and loss plot: twice a second, however fast steps arrive
+LEVELS_S = 1.0  # loss by noise level moves slowly: once a second
 RAW_STYLE, SMOOTH_STYLE = "#5a6a7a", "#4fc3f7"  # raw points faint, the smoothed curve bright
 # What fixes the usual failures; the message itself says what went wrong.
 SUGGESTIONS = {"diverged": "lower train.lr or set train.max_grad_norm = 1.0",
@@ -112,8 +117,8 @@ class TrainingScreen(Screen):
         self._paused = False
         self._log_scale = False
         self._sent: dict = {}  # live settings last sent to the running job
-        self._stats_length = 0
         self._stats_dirty = False
+        self._levels_due = 0.0  # time.monotonic() after which the noise-level chart may redraw
         self._reset_run_state()
 
     def _reset_run_state(self) -> None:
@@ -177,7 +182,8 @@ class TrainingScreen(Screen):
         table = self.query_one("#checkpoints", DataTable)
         table.add_columns("step", "file")
         self.watch(self.app, "recipe", self._recipe_changed, init=False)
-        self.set_interval(REDRAW_S, self._redraw)
+        # ticks only while a job runs and this screen is shown (see _keep_ticking)
+        self._ticker = self.set_interval(REDRAW_S, self._redraw, pause=True)
         register = getattr(self.app, "register_training_screen", None)
         if register is not None:  # the app asks before quitting while this screen's job runs
             register(self)
@@ -248,6 +254,7 @@ class TrainingScreen(Screen):
         # live settings go to the job only when they are edited from now on
         self._sent = {key: getattr(self.app.recipe.train, key) for key in LIVE_KEYS}
         self._show_state()
+        self._keep_ticking()
 
     def action_pause_resume(self) -> None:
         if not self.running:
@@ -315,7 +322,7 @@ class TrainingScreen(Screen):
     # ------------------------------------------------------------ events
 
     def _on_event(self, event: events.Event) -> None:
-        """One event of the training job, on the UI thread (the bridge drains ~15 times a second)."""
+        """One event of the training job, on the UI thread (the bridge drains 10 times a second)."""
         handler = {
             events.JobStarted: self._on_started, events.Progress: self._on_progress,
             events.StepLogged: self._on_step_logged, events.LossByNoiseLevel: self._on_levels,
@@ -384,6 +391,8 @@ class TrainingScreen(Screen):
     def _job_ended(self, outcome: str) -> None:
         self._handle, self._paused, self.outcome = None, False, outcome
         self._show_state()
+        self._redraw(force=True)  # the last losses, then the timer rests
+        self._keep_ticking()
 
     # ------------------------------------------------------------ drawing
 
@@ -399,19 +408,31 @@ class TrainingScreen(Screen):
         self._show_stats()
 
     def _show_stats(self) -> None:
-        # A layout pass reflows the whole screen; only a longer or shorter line can change the
-        # stats' height (by wrapping), so a same-length update (the usual tick) only repaints.
-        line = self.stats.line()
-        self.query_one("#stats", Static).update(line, layout=len(line) != self._stats_length)
-        self._stats_length = len(line)
+        stats = self.query_one("#stats", Static)
+        stats.update(self.stats.line(), layout=False)
+        # A layout pass reflows the whole screen (~10 ms here): ask for one only when the new
+        # text wraps to a different number of rows, not each time a number grows a digit.
+        size = stats.content_size
+        if size.width and stats.get_content_height(size, self.size, size.width) != size.height:
+            stats.refresh(layout=True)
 
-    def _redraw(self) -> None:
-        """The timer's tick: new numbers and new losses reach the screen together, in one frame."""
-        if self._stats_dirty and self.is_current:
+    def _keep_ticking(self) -> None:
+        """Run the redraw timer only while there is something to draw and a person to see it."""
+        if self.running and self.is_current:
+            self._ticker.resume()
+        else:
+            self._ticker.pause()
+
+    def _redraw(self, force: bool = False) -> None:
+        """The timer's tick: whatever changed and is due reaches the screen together, in one frame."""
+        if not self.is_current:
+            return
+        if self._stats_dirty:
             self._stats_dirty = False
             self._show_stats()
-        if self._levels is not None and self.is_current:
+        if self._levels is not None and (force or time.monotonic() >= self._levels_due):
             self.query_one("#levels", Sparkline).data, self._levels = self._levels, None
+            self._levels_due = time.monotonic() + LEVELS_S - REDRAW_S / 2  # timer ticks jitter
         self._redraw_loss()
 
     def _redraw_loss(self) -> None:
@@ -419,7 +440,10 @@ class TrainingScreen(Screen):
         if not (self._plot_dirty and self.is_current):
             return
         self._plot_dirty = False
-        plot = self.query_one("#loss", PlotWidget)
+        with self.query_one("#loss", LivePlot).redraw() as plot:
+            self._plot_curve(plot)
+
+    def _plot_curve(self, plot: PlotWidget) -> None:
         plot.clear()
         # the plot's own y label has no room in a narrow margin: the title says the scale
         scale = "log₁₀ loss" if self._log_scale else "loss"
@@ -436,7 +460,11 @@ class TrainingScreen(Screen):
 
     def on_screen_resume(self) -> None:
         self._plot_dirty = self._stats_dirty = True  # what came in while another screen was shown
-        self._redraw()
+        self._redraw(force=True)
+        self._keep_ticking()
+
+    def on_screen_suspend(self) -> None:
+        self._ticker.pause()  # what arrives meanwhile waits in the model (curve, stats) until resume
 
 
 

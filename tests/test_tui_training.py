@@ -138,6 +138,29 @@ async def test_a_failed_start_is_reported_and_the_next_start_works(tmp_path, mon
         assert state(screen) == "stopped"
 
 
+async def test_the_stats_ask_for_a_layout_only_when_they_wrap_to_another_number_of_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = DifflabApp(tiny_recipe(tmp_path))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("4")
+        screen, stats = app.screen, app.screen.query_one("#stats", Static)
+        screen.stats.total, screen.stats.images_per_sec = 1000, 900.0
+        screen._show_stats()
+        await pilot.pause()
+        assert stats.size.height == 2
+        layouts = []
+        refresh = stats.refresh
+        monkeypatch.setattr(stats, "refresh", lambda *a, **k: (layouts.append(k.get("layout")), refresh(*a, **k))[1])
+        screen.stats.step, screen.stats.images_per_sec = 999, 12345.0  # longer numbers, still two rows
+        screen._show_stats()
+        assert True not in layouts
+        screen.stats.images_per_sec, screen.stats.memory_bytes = 1e15, 10**20  # too long: a third row
+        screen._show_stats()
+        assert True in layouts
+        await pilot.pause()
+        assert stats.size.height == 3
+
+
 def test_the_loss_curve_is_smoothed_and_thinned_for_the_plot():
     curve = LossCurve()
     for step in range(1, 1001):
