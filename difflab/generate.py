@@ -100,9 +100,9 @@ def figure_rows(path: Trajectory, rows: int) -> tuple[list[torch.Tensor], list[t
     return [path.inputs[i] for i in picks], [path.predictions[i] for i in picks]
 
 
-def write_samples(setup: SamplingSetup, folder: Path, prefix: str = "") -> Image.Image:
+def write_samples(setup: SamplingSetup, folder: Path, prefix: str = "") -> tuple[Image.Image, torch.Tensor]:
     """PREFIXfinal.png, trajectory.png (x_t | predicted x0 per step), denoising.gif, and for audio
-    recipes PREFIXaudio/ (a WAV and a spectrogram PNG per sample); returns the grid."""
+    recipes PREFIXaudio/ (a WAV and a spectrogram PNG per sample); returns the grid and its images."""
     from difflab.render import image_grid, save_png, trajectory_figure
 
     s, value_range = setup.recipe.sample, setup.value_range
@@ -125,4 +125,4 @@ def write_samples(setup: SamplingSetup, folder: Path, prefix: str = "") -> Image
         from difflab.animate import denoising_gif
 
         denoising_gif(whole.inputs, whole.predictions, value_range, folder / f"{prefix}denoising.gif")
-    return final
+    return final, images

@@ -129,9 +129,9 @@ def make_guidance(recipe: Recipe, value_range: tuple[float, float], device: str,
     return LossGuidance(loss, cfg.scale, cfg.through_model)
 
 
-def guidance_effect(setup, count: int, steps: int) -> dict:
-    """The recipe's guidance loss (per image) on `count` samples without guidance and with it, from
-    the same noise: what `expect.guidance_loss_ratio_below` checks."""
+def guidance_effect(setup, guided, steps: int) -> dict:
+    """The recipe's guidance loss (per image) on `guided`, samples made with it, and on as many
+    sampled from the same noise without it: what `expect.guidance_loss_ratio_below` checks."""
     from dataclasses import replace
 
     from difflab.generate import generate
@@ -141,11 +141,11 @@ def guidance_effect(setup, count: int, steps: int) -> dict:
     loss = function.build(setup.recipe, setup.value_range, setup.device, setup.data_dir)
     unguided = setup.recipe.model_copy(update={"guidance": cfg.model_copy(update={"scale": 0.0})})
 
-    def per_image(s) -> float:
-        images = generate(s, count, steps).float()
-        return float(loss(images)) / (len(images) if function.summed else 1)
+    def per_image(images) -> float:
+        return float(loss(images.float())) / (len(images) if function.summed else 1)
 
-    off, on = per_image(replace(setup, recipe=unguided, progress=None)), per_image(replace(setup, progress=None))
+    count = len(guided)
+    off, on = per_image(generate(replace(setup, recipe=unguided, progress=None), count, steps)), per_image(guided)
     return {"function": cfg.function, "scale": cfg.scale, "images": count, "steps": steps,
             "loss_unguided": round(off, 5), "loss_guided": round(on, 5),
             "loss_ratio": round(on / off, 4) if off else None}

@@ -46,7 +46,7 @@ class SampleJob:
         started = time.perf_counter()
         stem = f"{s.sampler}-{s.steps}steps-seed{s.seed}-"
         setup.progress = SamplingProgress(ctx, s.steps)
-        grid = write_samples(setup, self.out, stem)
+        grid, _ = write_samples(setup, self.out, stem)
         path = self.out / f"{stem}final.png"
         ctx.emit(events.PreviewReady(ctx.job_id, s.steps, grid, path))
         return "finished", {"status": "finished", "job": "sample", "samples": str(path), "sampler": s.sampler,

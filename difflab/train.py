@@ -468,11 +468,11 @@ class _Session:
                                                       f"({s.sampler})"))
         with self.sampling_weights():
             self.export()
-            final = self.write_samples()
+            final, images = self.write_samples()
             self.ctx.emit(events.PreviewReady(self.ctx.job_id, self.state.step, final,
                                               self.run.samples / "final.png"))
             quality = self.evaluate()
-            quality.update(self.guidance_effect())
+            quality.update(self.guidance_effect(images))
             quality.update(self.invert())
         summary = {**self.summary("finished"), **quality}
         summary["expectations"] = as_records(check_expectations(self.recipe.expect, summary))
@@ -487,14 +487,14 @@ class _Session:
             return {"eval_skipped": "eval.enabled = false"}
         return measure_model(self.sampling_setup(), self.data, self.recipe.eval.num_samples, job_logger(self.ctx))
 
-    def guidance_effect(self) -> dict:
-        """[guidance]: its loss on the final samples without guidance and with it (summary `guidance`)."""
+    def guidance_effect(self, final_images) -> dict:
+        """[guidance]: its loss on the final samples, and on the same noise without it (summary `guidance`)."""
         g, s = self.recipe.guidance, self.recipe.sample
         if g.function == "none" or g.scale == 0:
             return {}
         from difflab.guidance import guidance_effect
 
-        effect = guidance_effect(self.sampling_setup(), s.num_images, s.steps)
+        effect = guidance_effect(self.sampling_setup(), final_images, s.steps)
         self.ctx.emit(events.LogLine(self.ctx.job_id, f"guidance ({g.function}) loss on {s.num_images} samples: "
                                                       f"{effect['loss_unguided']:.4g} at scale 0, "
                                                       f"{effect['loss_guided']:.4g} at scale {g.scale:g}"))
