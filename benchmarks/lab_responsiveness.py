@@ -173,15 +173,23 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--presses", type=int, default=40)
+    parser.add_argument("--switch-interval", type=float, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # the app writes its runs/ here
         path = recipe_file(Path(tmp), args.warmup + args.steps)
-        ratios, runner_ratios, all_latencies = [], [], []
+        ratios, runner_ratios, all_latencies, si_ratios = [], [], [], []
         for round_ in range(1, args.rounds + 1):
             bare = headless_rate(path, args.warmup)
             runner = headless_rate(path, args.warmup, report=True)
             app_rate, latencies, ui_share = asyncio.run(in_app(path, args.warmup, args.presses))
+            if args.switch_interval:
+                default_interval = sys.getswitchinterval()
+                sys.setswitchinterval(args.switch_interval)
+                si_rate, _, si_share = asyncio.run(in_app(path, args.warmup, args.presses))
+                sys.setswitchinterval(default_interval)
+                si_ratios.append(si_rate / bare)
+                print(f"  switch interval {args.switch_interval}: {si_rate:6.1f} img/s {si_rate / bare:.3f}x bare, UI {si_share:.1%}")
             ratios.append(app_rate / bare)
             runner_ratios.append(app_rate / runner)
             all_latencies += latencies
@@ -191,6 +199,8 @@ def main() -> None:
     print(f"(a) in-app / bare worker training throughput: {statistics.median(ratios):.3f}x "
           f"(median of {args.rounds} rounds, {args.presses} key presses per round; target >= 0.95x)")
     print(f"    in-app / headless runner (live progress bar): {statistics.median(runner_ratios):.3f}x")
+    if si_ratios:
+        print(f"    switch interval {args.switch_interval}: {statistics.median(si_ratios):.3f}x")
     if len(all_latencies) < 2:
         print("(b) skipped: no key presses (--presses 0)")
         return
