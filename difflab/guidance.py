@@ -129,16 +129,19 @@ def make_guidance(recipe: Recipe, value_range: tuple[float, float], device: str,
     return LossGuidance(loss, cfg.scale, cfg.through_model)
 
 
-def guidance_effect(setup, guided, steps: int) -> dict:
+def guidance_effect(setup, guided, steps: int) -> dict | None:
     """The recipe's guidance loss (per image) on `guided`, samples made with it, and on as many
-    sampled from the same noise without it: what `expect.guidance_loss_ratio_below` checks."""
+    sampled from the same noise without it: what `expect.guidance_loss_ratio_below` checks.
+    None when the recipe has no guidance (make_guidance's rule)."""
     from dataclasses import replace
 
     from difflab.generate import generate
 
-    cfg = setup.recipe.guidance
+    guidance = setup.guidance()
+    if guidance is None:
+        return None
+    cfg, loss = setup.recipe.guidance, guidance.loss
     function = GUIDANCE[cfg.function]
-    loss = function.build(setup.recipe, setup.value_range, setup.device, setup.data_dir)
     unguided = setup.recipe.model_copy(update={"guidance": cfg.model_copy(update={"scale": 0.0})})
 
     def per_image(images) -> float:

@@ -489,12 +489,12 @@ class _Session:
 
     def guidance_effect(self, final_images) -> dict:
         """[guidance]: its loss on the final samples, and on the same noise without it (summary `guidance`)."""
-        g, s = self.recipe.guidance, self.recipe.sample
-        if g.function == "none" or g.scale == 0:
-            return {}
         from difflab.guidance import guidance_effect
 
+        g, s = self.recipe.guidance, self.recipe.sample
         effect = guidance_effect(self.sampling_setup(), final_images, s.steps)
+        if effect is None:
+            return {}
         self.ctx.emit(events.LogLine(self.ctx.job_id, f"guidance ({g.function}) loss on {s.num_images} samples: "
                                                       f"{effect['loss_unguided']:.4g} at scale 0, "
                                                       f"{effect['loss_guided']:.4g} at scale {g.scale:g}"))
