@@ -437,15 +437,12 @@ def _inversion_run(recipe, path: Path, out: Path):
     from difflab.inversion_job import InvertJob
     from difflab.runs import RunDir
     from difflab.sampling_job import SampleSource
-    from difflab.stepthrough import source_kind
 
     folder = Path(_init_source(recipe.invert.source, path)).expanduser()
     if not folder.is_dir():
         raise InputError(f"invert.source = {recipe.invert.source!r}: no such folder ({folder})")
     recipe.invert.source = str(folder)
-    # the inversion screen's rule too: a pipeline has model_index.json, anything else is a run or checkpoint
-    is_pipeline = source_kind(folder) == "pipeline"
-    source = SampleSource(pipeline=str(folder)) if is_pipeline else SampleSource(run_dir=folder)
+    source = SampleSource.of_folder(folder)  # the inversion screen's rule too
     run = RunDir.create(out, recipe)
     job = InvertJob(recipe.invert, source, out, recipe, path.parent, recipe.device, run)
     return job, run, True

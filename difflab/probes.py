@@ -307,17 +307,14 @@ class InversionLaunch:
         from difflab.errors import InputError
         from difflab.inversion_job import InvertJob
         from difflab.sampling_job import SampleSource
-        from difflab.stepthrough import source_kind
 
         cfg = self.recipe.invert
         if not cfg.images and not cfg.image_paths:
             raise InputError("invert.images = []: give dataset indices or invert.image_paths to invert")
         if not self.source.is_dir():
             raise InputError(f"invert.source = '{self.source}': no such folder (give a run or a pipeline folder)")
-        if source_kind(self.source) == "pipeline":
-            source, out = SampleSource(pipeline=str(self.source)), Path(f"inversion-{self.source.name}")
-        else:
-            source, out = SampleSource(run_dir=self.source), self.source
+        source = SampleSource.of_folder(self.source)
+        out = Path(f"inversion-{self.source.name}") if source.pipeline else self.source
         status, summary = InvertJob(cfg, source, out, self.recipe, self.recipe_dir).run(ctx)
         grids = {}
         for grid in INVERSION_GRIDS:

@@ -28,6 +28,13 @@ class SampleSource:
     run_dir: Path | None = None
     pipeline: str | None = None
 
+    @classmethod
+    def of_folder(cls, folder: Path) -> SampleSource:
+        """A pipeline when the folder holds model_index.json, else a run or one of its checkpoints."""
+        from difflab.stepthrough import source_kind
+
+        return cls(pipeline=str(folder)) if source_kind(folder) == "pipeline" else cls(run_dir=folder)
+
 
 class SampleJob:
     """Sample `recipe.sample` from a source into an output folder."""
