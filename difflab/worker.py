@@ -125,26 +125,51 @@ def resolve_device(requested: str = "auto") -> str:
 
 
 class Worker:
-    """The background thread. Submit jobs; read events from `events` (a thread-safe queue)."""
+    """The background thread. Submit jobs; read events from `events` (a thread-safe queue).
+
+    With `idle_exit` (seconds), the thread ends once it has waited that long with no job,
+    and the next `submit` starts a new one: see EngineBridge.probe_worker for why.
+    """
 
     _ids = itertools.count(1)  # shared by every worker: a job id names one job in the process
 
-    def __init__(self, device: str = "auto", name: str = "difflab-worker") -> None:
+    def __init__(self, device: str = "auto", name: str = "difflab-worker", idle_exit: float | None = None) -> None:
         self.requested_device = device
+        self.name = name
+        self.idle_exit = idle_exit
         self.events: queue.Queue[Event] = queue.Queue()
         self._jobs: queue.Queue[tuple[Job, JobHandle] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()  # orders "start a thread" in submit against "no job: end" in _next_job
+        self._thread: threading.Thread | None = None
+        if idle_exit is None:
+            self._start_thread()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker's thread is running now (an idle-exit worker may have none)."""
+        with self._lock:
+            return self._thread is not None
 
     def submit(self, job: Job) -> JobHandle:
         handle = JobHandle(next(self._ids), JobControl())
-        self._jobs.put((job, handle))
+        with self._lock:
+            self._jobs.put((job, handle))
+            if self._thread is None:
+                self._start_thread()
         return handle
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Finish the queued jobs, then end the thread."""
-        self._jobs.put(None)
-        self._thread.join(timeout)
+        with self._lock:
+            thread = self._thread
+            if thread is not None:
+                self._jobs.put(None)
+        if thread is not None:
+            thread.join(timeout)
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._thread.start()
 
     def next_event(self, job_id: int, poll: float = 0.1) -> Event:
         """Block until the next event of one job (others are dropped: for single-job consumers)."""
@@ -163,9 +188,23 @@ class Worker:
         yield event
 
     def _loop(self) -> None:
-        while (item := self._jobs.get()) is not None:
+        while (item := self._next_job()) is not None:
             job, handle = item
             self._run_one(job, handle)
+        with self._lock:
+            if self._thread is threading.current_thread():
+                self._thread = None
+
+    def _next_job(self) -> tuple[Job, JobHandle] | None:
+        """The next job; None to end the thread (shut down, or idle for `idle_exit` seconds)."""
+        while True:
+            try:
+                return self._jobs.get(timeout=self.idle_exit)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():  # under the lock, so no submit can slip in unseen
+                        self._thread = None
+                        return None
 
     def _run_one(self, job: Job, handle: JobHandle) -> None:
         try:

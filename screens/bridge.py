@@ -21,6 +21,9 @@ EventHandler = Callable[[Event], None]
 # deliver, measured): 10 a second keeps progress smooth and costs a training job a third less
 # than 15 did; the training screen only redraws twice a second anyway.
 DRAIN_HZ = 10
+# Long enough that a screen's burst of probes shares one thread, short enough that a
+# training job soon has the cores' OpenMP threads to itself again (see probe_worker).
+PROBE_IDLE_EXIT = 2.0
 
 
 class EngineBridge:
@@ -42,9 +45,17 @@ class EngineBridge:
 
     @property
     def probe_worker(self) -> Worker:
-        """The CPU worker for probes: they never queue behind a training job."""
+        """The CPU worker for probes: they never queue behind a training job.
+
+        Its thread ends when it has been idle for PROBE_IDLE_EXIT seconds. Each thread
+        that runs a parallel torch op on the CPU keeps an OpenMP team of its own, and once
+        a process holds more OpenMP threads than there are cores, libgomp makes every
+        team's threads sleep between parallel regions instead of spinning: a training
+        job's two threads then blocked ~1,000 times a second each and it ran 6-10% slower
+        (benchmarks/README.md). A thread's team goes with the thread.
+        """
         if self._probe_worker is None:
-            self._probe_worker = Worker("cpu", name="difflab-probes")
+            self._probe_worker = Worker("cpu", name="difflab-probes", idle_exit=PROBE_IDLE_EXIT)
         return self._probe_worker
 
     def submit(self, job: Job, on_event: EventHandler) -> JobHandle:

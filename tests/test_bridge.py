@@ -77,3 +77,21 @@ def test_a_probe_finishes_while_the_device_worker_is_busy_training():
     bridge.close()
     bridge.drain()
     assert seen[-1].job_id == training.job_id and seen[-1].status == "finished"
+
+
+def test_the_probe_worker_ends_its_thread_once_idle_and_the_next_probe_starts_one(monkeypatch):
+    import time
+
+    from difflab.screens import bridge as bridge_module
+
+    monkeypatch.setattr(bridge_module, "PROBE_IDLE_EXIT", 0.05)
+    bridge, seen = EngineBridge("cpu"), []
+    for _ in range(2):
+        bridge.submit_probe(Quick(), seen.append)
+        deadline = time.monotonic() + 30
+        while (bridge.probe_worker.alive or bridge.busy) and time.monotonic() < deadline:
+            bridge.drain()
+            time.sleep(0.01)
+        assert not bridge.probe_worker.alive and not bridge.busy
+    assert [e.summary for e in seen] == [{"thread": "difflab-probes"}] * 2
+    bridge.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from difflab import events
@@ -131,3 +134,67 @@ def test_losses_are_reported_by_noise_level(worker, tmp_path):
     assert by_level and len(by_level[0].edges) == 11 and len(by_level[0].losses) == 10
     filled = [loss for loss in by_level[-1].losses if loss is not None]
     assert len(filled) >= 8 and all(loss > 0 for loss in filled)  # 4 steps x 64 images cover the range
+
+
+def _wait_until(condition, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_an_idle_exit_worker_ends_its_thread_when_idle_and_starts_one_for_the_next_job():
+    worker = Worker("cpu", idle_exit=0.05)
+    assert not worker.alive  # no thread until there is work
+    for steps in (2, 3):
+        handle = worker.submit(CountingJob(steps=steps))
+        assert list(worker.iter_events(handle.job_id))[-1].summary == {"steps": steps}
+        assert _wait_until(lambda: not worker.alive)
+    worker.shutdown(timeout=5)  # nothing to join: returns at once
+
+
+def test_jobs_submitted_back_to_back_all_run_on_an_idle_exit_worker():
+    worker = Worker("cpu", idle_exit=0.001)  # ends between jobs as often as it can
+    handles = [worker.submit(CountingJob(steps=1)) for _ in range(20)]
+    finished = [list(worker.iter_events(h.job_id))[-1] for h in handles]
+    assert all(f.status == "finished" for f in finished)
+    worker.shutdown(timeout=5)
+
+
+OPENMP_TEAM = """
+import os, torch
+from difflab.worker import Worker
+from tests.test_worker import _wait_until
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+class Parallel:
+    name, device = "parallel", "cpu"
+    def run(self, ctx):
+        torch.ones(4_000_000).mul_(2)  # elementwise, far above torch's grain: a parallel region
+        return "finished", {"threads": threads()}
+
+before = threads()
+worker = Worker("cpu", idle_exit=0.05)
+during = list(worker.iter_events(worker.submit(Parallel()).job_id))[-1].summary["threads"]
+assert _wait_until(lambda: not worker.alive)
+print(before, during, threads())
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_an_idle_exit_worker_takes_its_openmp_team_with_it(tmp_path):
+    """Why the probe worker idles out: its OpenMP threads must not outlive its jobs."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # a team even where the tests share the cores
+    out = subprocess.run([sys.executable, "-c", OPENMP_TEAM], env=env, cwd=Path(__file__).parents[1],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, during, after = map(int, out.stdout.split())
+    assert during >= before + 2  # the worker's thread and at least one OpenMP thread
+    assert after == before
