@@ -17,6 +17,7 @@ fast the screen answers a key meanwhile. Both sides of each ratio run in one pro
     Also printed: the share of one core the UI thread used while the job trained.
 
 Run: python benchmarks/lab_responsiveness.py [--steps 40] [--warmup 5] [--rounds 2] [--presses 40]
+                                            [--persistent-probes]
 Figures to quote, not tests.
 """
 
@@ -120,11 +121,21 @@ def send_keys(app, key: str, count: int, sent: list[float], done: threading.Even
     done.set()
 
 
-async def in_app(path: Path, warmup: int, presses: int) -> tuple[float, list[float], float]:
-    """Train from the training screen while keys arrive; (img/s, latencies in ms, UI core share)."""
+async def in_app(path: Path, warmup: int, presses: int, probe_idle_exit: float | None = -1.0,
+                 ) -> tuple[float, list[float], float]:
+    """Train from the training screen while keys arrive; (img/s, latencies in ms, UI core share).
+
+    `probe_idle_exit` None: the probe worker's thread never ends, as before it idled out.
+    """
+    from difflab.screens import bridge
     from difflab.screens.app import DifflabApp
 
+    default_idle_exit = bridge.PROBE_IDLE_EXIT
+    if probe_idle_exit is None:
+        bridge.PROBE_IDLE_EXIT = None
     app = DifflabApp(path, device="cpu")
+    app.bridge.probe_worker  # built now, with the idle exit asked for
+    bridge.PROBE_IDLE_EXIT = default_idle_exit
     logged: list[events.StepLogged] = []
     submit = app.bridge.submit
 
@@ -174,11 +185,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--presses", type=int, default=40)
     parser.add_argument("--switch-interval", type=float, default=None)
+    parser.add_argument("--persistent-probes", action="store_true",
+                        help="also train in an app whose probe thread never ends (its OpenMP team stays)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # the app writes its runs/ here
         path = recipe_file(Path(tmp), args.warmup + args.steps)
-        ratios, runner_ratios, all_latencies, si_ratios = [], [], [], []
+        ratios, runner_ratios, all_latencies, si_ratios, kept_ratios = [], [], [], [], []
         for round_ in range(1, args.rounds + 1):
             bare = headless_rate(path, args.warmup)
             runner = headless_rate(path, args.warmup, report=True)
@@ -190,6 +203,10 @@ def main() -> None:
                 sys.setswitchinterval(default_interval)
                 si_ratios.append(si_rate / bare)
                 print(f"  switch interval {args.switch_interval}: {si_rate:6.1f} img/s {si_rate / bare:.3f}x bare, UI {si_share:.1%}")
+            if args.persistent_probes:
+                kept_rate, _, kept_share = asyncio.run(in_app(path, args.warmup, args.presses, None))
+                kept_ratios.append(kept_rate / bare)
+                print(f"  probe thread kept: {kept_rate:6.1f} img/s {kept_rate / bare:.3f}x bare, UI {kept_share:.1%}")
             ratios.append(app_rate / bare)
             runner_ratios.append(app_rate / runner)
             all_latencies += latencies
@@ -199,6 +216,8 @@ def main() -> None:
     print(f"(a) in-app / bare worker training throughput: {statistics.median(ratios):.3f}x "
           f"(median of {args.rounds} rounds, {args.presses} key presses per round; target >= 0.95x)")
     print(f"    in-app / headless runner (live progress bar): {statistics.median(runner_ratios):.3f}x")
+    if kept_ratios:
+        print(f"    with the probe thread kept (its OpenMP team alive): {statistics.median(kept_ratios):.3f}x")
     if si_ratios:
         print(f"    switch interval {args.switch_interval}: {statistics.median(si_ratios):.3f}x")
     if len(all_latencies) < 2:
