@@ -144,6 +144,8 @@ class ConfirmQuitScreen(ModalScreen[bool]):
     ConfirmQuitScreen { align: center middle; }
     ConfirmQuitScreen > Vertical { width: 64; height: auto; border: thick $warning; background: $surface;
                                    padding: 1 2; }
+    ConfirmQuitScreen Label { width: 100%; }
+    ConfirmQuitScreen Horizontal { height: auto; }
     ConfirmQuitScreen Button { margin: 1 1 0 0; }
     """
 
@@ -154,8 +156,8 @@ class ConfirmQuitScreen(ModalScreen[bool]):
             yield Label("A training job is running. Stop it (a checkpoint is written first, "
                         "so `difflab run --resume` can continue it) and quit?")
             with Horizontal():
-                yield Button("Stop and quit [y]", variant="warning", id="yes")
-                yield Button("Keep training [n]", variant="primary", id="no")
+                yield Button("Stop and quit (y)", variant="warning", id="yes")
+                yield Button("Keep training (n)", variant="primary", id="no")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "yes")

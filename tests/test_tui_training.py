@@ -180,3 +180,33 @@ def test_the_training_screen_snapshot(snap_compare):
         await pilot.pause(0.1)
 
     assert snap_compare(DifflabApp(), terminal_size=(100, 32), run_before=settle)
+
+
+async def test_quitting_while_training_asks_and_stopping_writes_a_checkpoint(tmp_path, monkeypatch):
+    from textual.containers import Vertical
+    from textual.widgets import Label
+
+    from difflab.screens.dialogs import ConfirmQuitScreen
+
+    monkeypatch.chdir(tmp_path)
+    app = DifflabApp(tiny_recipe(tmp_path))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("4")
+        screen = app.screen
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: screen.curve.steps, "a logged loss")
+        await pilot.press("ctrl+q")
+        assert isinstance(app.screen, ConfirmQuitScreen)
+        question, box = app.screen.query_one(Label), app.screen.query_one(Vertical)
+        assert question.size.height >= 2 and "--resume" in str(question.render())  # wrapped, not cut off
+        assert box.size.height < 12  # the dialog is as tall as its question and buttons
+        labels = [str(button.label) for button in app.screen.query("Button")]
+        assert labels == ["Stop and quit (y)", "Keep training (n)"]  # the keys show
+        await pilot.press("n")
+        assert app.screen is screen and screen.running  # kept training
+        await pilot.press("ctrl+q")
+        await pilot.press("y")
+        await until(pilot, lambda: not screen.running, "the stop before quitting")
+        await until(pilot, lambda: not app.is_running, "the app to exit")
+    step, last = screen.checkpoints[-1]
+    assert (last / "model.safetensors").is_file() and step == screen.stats.step
