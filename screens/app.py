@@ -159,6 +159,14 @@ class DifflabApp(App):
         self.recipe_path, self.dirty = path, False
         self.notify(f"saved {path}")
 
+    def notify(self, message: str, *, markup: bool = True, **kwargs) -> None:
+        """Every notification as plain text, whoever sends it (screens pass markup=True by default).
+
+        Messages carry paths, tensor shapes and recipe sections ("make [model] match"), which
+        Textual would read as markup tags and drop; the lab's own messages use no markup.
+        """
+        super().notify(message, markup=False, **kwargs)
+
     # ------------------------------------------------------------ actions
 
     async def action_quit(self) -> None:

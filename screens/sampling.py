@@ -74,7 +74,7 @@ class SamplingScreen(LabScreen):
         yield from _number("strength", guidance.scale, label="guidance scale")
         yield Label("sweep (ctrl+e): a row per value", classes="field-label")
         yield Input("guidance_scale=0,1,3,7", id="sweep",
-                    tooltip="any [sample] or [guidance] key, class=all (a row per class) or checkpoint=all")
+                    tooltip="any \\[sample] or \\[guidance] key, class=all (a row per class) or checkpoint=all")
         with Horizontal(id="buttons"):
             yield Button("Sample", id="sample", variant="primary", tooltip="ctrl+r")
             yield Button("Sweep", id="sweep-button", tooltip="ctrl+e")

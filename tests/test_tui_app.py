@@ -135,6 +135,19 @@ async def test_opening_a_bad_recipe_is_a_notification_not_a_crash(tmp_path):
         assert app.recipe_path is None
 
 
+async def test_a_message_with_brackets_is_shown_whole_not_read_as_markup(tmp_path):
+    from textual.widgets._toast import Toast
+
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32), notifications=True) as pilot:  # run_test hides toasts by default
+        await wait_for_probe(pilot)
+        message = "runs/a [copy]/model: make [model] match ['conv_in']"
+        app.screen.notify(message, title="cannot load", severity="error")  # as a screen sends it
+        await pilot.pause(0.1)
+        shown = " ".join(str(toast.render()) for toast in app.screen.query(Toast))
+        assert message in " ".join(shown.split()), shown
+
+
 def test_difflab_with_a_bad_recipe_exits_2_before_opening_the_screen(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nlr = -1\n")
