@@ -13,6 +13,7 @@ from pathlib import Path
 
 from textual import on
 from textual.app import ComposeResult
+from textual.markup import escape
 from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Label, Static
@@ -78,7 +79,7 @@ class AudioScreen(LabScreen):
     def show_result(self, summary: dict) -> None:
         audio = self.app.recipe.audio
         self.query_one("#clip-title", Static).update(
-            f"[b]clip {summary['clip']}[/b] of {summary['count']:,} ({summary['source']}): "
+            f"[b]clip {summary['clip']}[/b] of {summary['count']:,} ({escape(str(summary['source']))}): "
             f"[b]{summary['family']}[/b], {audio.clip_seconds:g} s at {audio.sample_rate:,} Hz")
         plot = self.query_one("#waveform", PlotWidget)
         plot.clear()
@@ -92,7 +93,7 @@ class AudioScreen(LabScreen):
         self._generated = summary["generated"]
         run = summary["run_dir"]
         self.query_one("#run-title", Static).update(
-            f"{len(self._generated)} WAV files in {run}/samples" if run else
+            f"{len(self._generated)} WAV files in {escape(str(run))}/samples" if run else
             "none yet: train this recipe (screen 4) or `difflab run`; its samples are written as WAV files")
         table = self.query_one("#generated", DataTable)
         table.clear(columns=True)

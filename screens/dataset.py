@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
+from textual.markup import escape
 from textual.widgets import DataTable, Label, Static
 
 from difflab.screens.base import LabScreen
@@ -44,7 +45,7 @@ class DatasetScreen(LabScreen):
         self.query_one("#samples", TerminalImage).image = summary["grid"]
         c, h, w = info.shape
         self.query_one("#facts", Static).update(
-            f"[b]{info.name}[/b]: {info.size:,} images of {c}×{h}×{w}, "
+            f"[b]{escape(str(info.name))}[/b]: {info.size:,} images of {c}×{h}×{w}, "
             f"values {info.value_min:.2f} … {info.value_max:.2f}")
         table = self.query_one("#classes", DataTable)
         table.clear(columns=True)

@@ -57,6 +57,24 @@ async def test_changing_the_source_reloads_the_dataset_on_the_worker():
         assert app.screen.query_one("#classes", DataTable).row_count == 3
 
 
+async def test_a_folder_with_brackets_in_its_name_is_named_whole(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "pics [v2]"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (12, 12), (60 * i, 90, 200)).save(folder / f"{i}.png")
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for_probe(pilot)
+        assert app.set_recipe_value("dataset.path", str(folder)) == ""
+        assert app.set_recipe_value("dataset.source", "folder") == ""
+        await pilot.pause(0.5)
+        await wait_for_probe(pilot)
+        facts = str(app.screen.query_one("#facts", Static).render())
+        assert "4 images" in facts and "[v2]" in facts, facts
+
+
 async def test_an_invalid_value_shows_the_headless_message_and_keeps_the_recipe():
     app = DifflabApp()
     async with app.run_test(size=(100, 32)) as pilot:
