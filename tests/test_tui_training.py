@@ -138,6 +138,39 @@ async def test_a_failed_start_is_reported_and_the_next_start_works(tmp_path, mon
         assert state(screen) == "stopped"
 
 
+async def test_a_diverging_job_is_a_notification_with_a_suggestion_and_the_lab_goes_on(tmp_path, monkeypatch):
+    import difflab.models
+
+    build_model = difflab.models.build_model
+
+    def diverging_model(recipe):
+        """The recipe's model, whose output turns to NaN from its 5th forward pass on.
+
+        No allowed setting makes the tiny model diverge within a test's time (lr is capped at 1)."""
+        model, calls = build_model(recipe), []
+
+        def hook(module, args, output):
+            calls.append(1)
+            return output * float("nan") if len(calls) >= 5 else output
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(difflab.models, "build_model", diverging_model)
+    monkeypatch.chdir(tmp_path)
+    app = DifflabApp(tiny_recipe(tmp_path))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("4")
+        screen = app.screen
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: not screen.running, "the divergence")
+        assert state(screen) == "failed"
+        failed = [m for m in notifications(app) if "diverged" in m]
+        assert failed and "loss became" in failed[0] and "Try: lower train.lr" in failed[0], notifications(app)
+        await pilot.press("1")
+        assert app.current_mode == "dataset"  # still answering keys
+
+
 async def test_the_stats_ask_for_a_layout_only_when_they_wrap_to_another_number_of_rows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     app = DifflabApp(tiny_recipe(tmp_path))
