@@ -63,14 +63,21 @@ class DifflabApp(App):
              "inversion": InversionScreen}
     DEFAULT_MODE = "dataset"
     COMMANDS = App.COMMANDS | {DifflabCommands}
+    # The screen keys live in the tab bar (ScreenBar), so the footer keeps its room for each
+    # screen's own keys, help and the recipe keys.
     BINDINGS = [
-        Binding("1", "switch_mode('dataset')", "Dataset", id="screen.dataset", tooltip="the data screen"),
-        Binding("2", "switch_mode('schedule')", "Schedule", id="screen.schedule", tooltip="noise schedules"),
-        Binding("3", "switch_mode('model')", "Model", id="screen.model", tooltip="the network"),
-        Binding("4", "switch_mode('training')", "Train", id="screen.training", tooltip="train and watch it learn"),
-        Binding("5", "switch_mode('sampling')", "Sample", id="screen.sampling", tooltip="sample step by step"),
-        Binding("6", "switch_mode('audio')", "Audio", id="screen.audio", tooltip="sound as spectrogram images"),
-        Binding("7", "switch_mode('inversion')", "Invert", id="screen.inversion",
+        Binding("1", "switch_mode('dataset')", "Dataset", id="screen.dataset", show=False,
+                tooltip="the data screen"),
+        Binding("2", "switch_mode('schedule')", "Schedule", id="screen.schedule", show=False,
+                tooltip="noise schedules"),
+        Binding("3", "switch_mode('model')", "Model", id="screen.model", show=False, tooltip="the network"),
+        Binding("4", "switch_mode('training')", "Train", id="screen.training", show=False,
+                tooltip="train and watch it learn"),
+        Binding("5", "switch_mode('sampling')", "Sample", id="screen.sampling", show=False,
+                tooltip="sample step by step"),
+        Binding("6", "switch_mode('audio')", "Audio", id="screen.audio", show=False,
+                tooltip="sound as spectrogram images"),
+        Binding("7", "switch_mode('inversion')", "Invert", id="screen.inversion", show=False,
                 tooltip="images back to their noise, reconstructions, edits"),
         Binding("question_mark", "help", "Help", id="help", tooltip="what each screen teaches"),
         Binding("ctrl+o", "open_recipe", "Open", id="recipe.open", tooltip="open a recipe file"),
