@@ -181,6 +181,7 @@ before = threads()
 worker = Worker("cpu", idle_exit=0.05)
 during = list(worker.iter_events(worker.submit(Parallel()).job_id))[-1].summary["threads"]
 assert _wait_until(lambda: not worker.alive)
+_wait_until(lambda: threads() == before)  # the thread, then its team, end just after it lets go
 print(before, during, threads())
 """
 
