@@ -162,7 +162,7 @@ class RecipeField(Vertical):
 
     DEFAULT_CSS = """
     RecipeField { height: auto; margin-bottom: 1; }
-    RecipeField .field-label { color: $text-muted; }
+    RecipeField .field-label { color: $text-muted; width: 100%; }  /* long labels wrap, not cut */
     RecipeField .field-error { color: $error; height: auto; width: 100%; }
     RecipeField Input, RecipeField Select { width: 100%; }
     """

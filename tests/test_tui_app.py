@@ -166,6 +166,21 @@ async def test_a_message_with_brackets_is_shown_whole_not_read_as_markup(tmp_pat
         assert message in " ".join(shown.split()), shown
 
 
+async def test_every_field_label_on_every_screen_is_shown_whole():
+    from textual.widgets import Label
+
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        for key in "1234567":
+            await pilot.press(key)
+            await pilot.pause(0.2)
+            for label in app.screen.query(".field-label").results(Label):
+                text, size = str(label.render()), label.size
+                if text and size.area:  # shown (a hidden field has no size)
+                    room = label.parent.content_size.width
+                    assert size.width <= room and size.width * size.height >= len(text), (key, text, size, room)
+
+
 def test_difflab_with_a_bad_recipe_exits_2_before_opening_the_screen(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nlr = -1\n")
