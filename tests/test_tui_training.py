@@ -3,6 +3,7 @@ change its learning rate, leave and come back, stop it, and recover from a faile
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -26,6 +27,17 @@ def tiny_recipe(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     save_recipe(load_recipe(empty, TINY + LONG), path)
     return path
+
+
+@contextlib.asynccontextmanager
+async def on_the_training_screen(tmp_path: Path, monkeypatch):
+    """The lab on the tiny recipe, opened on the training screen; runs/ lands in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    app = DifflabApp(tiny_recipe(tmp_path))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("4")
+        assert isinstance(app.screen, TrainingScreen)
+        yield app, pilot, app.screen
 
 
 async def until(pilot, condition, what: str, timeout: float = 60.0) -> None:
@@ -55,11 +67,7 @@ def notifications(app) -> list[str]:
 
 
 async def test_train_pause_step_adjust_leave_and_stop(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # runs/ lands here
-    app = DifflabApp(tiny_recipe(tmp_path))
-    async with app.run_test(size=(100, 32)) as pilot:
-        await pilot.press("4")
-        screen = app.screen
+    async with on_the_training_screen(tmp_path, monkeypatch) as (app, pilot, screen):
         assert isinstance(screen, TrainingScreen) and not screen.running
         await pilot.press("ctrl+r")
         assert screen.running and state(screen) == "training"
@@ -118,11 +126,7 @@ async def test_train_pause_step_adjust_leave_and_stop(tmp_path, monkeypatch):
 
 
 async def test_a_failed_start_is_reported_and_the_next_start_works(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    app = DifflabApp(tiny_recipe(tmp_path))
-    async with app.run_test(size=(100, 32)) as pilot:
-        await pilot.press("4")
-        screen = app.screen
+    async with on_the_training_screen(tmp_path, monkeypatch) as (app, pilot, screen):
         assert app.set_recipe_value("dataset.source", "folder") == ""
         assert app.set_recipe_value("dataset.path", "no-such-folder") == ""
         await pilot.press("ctrl+r")
@@ -157,11 +161,7 @@ async def test_a_diverging_job_is_a_notification_with_a_suggestion_and_the_lab_g
         return model
 
     monkeypatch.setattr(difflab.models, "build_model", diverging_model)
-    monkeypatch.chdir(tmp_path)
-    app = DifflabApp(tiny_recipe(tmp_path))
-    async with app.run_test(size=(100, 32)) as pilot:
-        await pilot.press("4")
-        screen = app.screen
+    async with on_the_training_screen(tmp_path, monkeypatch) as (app, pilot, screen):
         await pilot.press("ctrl+r")
         await until(pilot, lambda: not screen.running, "the divergence")
         assert state(screen) == "failed"
@@ -172,11 +172,8 @@ async def test_a_diverging_job_is_a_notification_with_a_suggestion_and_the_lab_g
 
 
 async def test_the_stats_ask_for_a_layout_only_when_they_wrap_to_another_number_of_rows(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    app = DifflabApp(tiny_recipe(tmp_path))
-    async with app.run_test(size=(100, 32)) as pilot:
-        await pilot.press("4")
-        screen, stats = app.screen, app.screen.query_one("#stats", Static)
+    async with on_the_training_screen(tmp_path, monkeypatch) as (app, pilot, screen):
+        stats = screen.query_one("#stats", Static)
         screen.stats.total, screen.stats.images_per_sec = 1000, 900.0
         screen._show_stats()
         await pilot.pause()
@@ -221,11 +218,7 @@ async def test_quitting_while_training_asks_and_stopping_writes_a_checkpoint(tmp
 
     from difflab.screens.dialogs import ConfirmQuitScreen
 
-    monkeypatch.chdir(tmp_path)
-    app = DifflabApp(tiny_recipe(tmp_path))
-    async with app.run_test(size=(100, 32)) as pilot:
-        await pilot.press("4")
-        screen = app.screen
+    async with on_the_training_screen(tmp_path, monkeypatch) as (app, pilot, screen):
         await pilot.press("ctrl+r")
         await until(pilot, lambda: screen.curve.steps, "a logged loss")
         await pilot.press("ctrl+q")
