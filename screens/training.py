@@ -443,7 +443,7 @@ class TrainingScreen(Screen):
         with self.query_one("#loss", LivePlot).redraw() as plot:
             self._plot_curve(plot)
 
-    def _plot_curve(self, plot: PlotWidget) -> None:
+    def _plot_curve(self, plot: LivePlot) -> None:
         plot.clear()
         # the plot's own y label has no room in a narrow margin: the title says the scale
         scale = "log₁₀ loss" if self._log_scale else "loss"
@@ -451,11 +451,12 @@ class TrainingScreen(Screen):
         if str(title.content) != (text := f"{scale}: logged · smoothed"):  # unchanged text: no layout pass
             title.update(text)
         if not self.curve.steps:
+            plot.set_xlimits_with_room(0, 1)
             return
         steps, raw, smooth = self.curve.points(plot.size.width, self._log_scale)
         plot.plot(steps, raw, line_style=RAW_STYLE, hires_mode=HiResMode.BRAILLE)
         plot.plot(steps, smooth, line_style=SMOOTH_STYLE, hires_mode=HiResMode.BRAILLE)
-        plot.set_xlimits(steps[0], max(steps[-1], steps[0] + 1))
+        plot.set_xlimits_with_room(steps[0], max(steps[-1], steps[0] + 1))
         plot.set_ylimits(*_y_range(raw + smooth))
 
     def on_screen_resume(self) -> None:

@@ -19,6 +19,7 @@ from textual.widgets import Input, Label, LoadingIndicator, Select, Static, Swit
 from textual_image.renderable.halfcell import Image as HalfcellRenderable
 from textual_hires_canvas import Canvas
 from textual_plot import PlotWidget
+from textual_plot.axis_formatter import NumericAxisFormatter
 from textual_image.widget import HalfcellImage, SixelImage, TGPImage
 
 from difflab.recipe import parse_toml_value
@@ -236,6 +237,7 @@ class LivePlot(PlotWidget):
     """
 
     _holding = False
+    _limits_with_room: tuple[float, float] | None = None
 
     def _rerender(self) -> None:
         if self._holding:
@@ -244,7 +246,7 @@ class LivePlot(PlotWidget):
             super()._rerender()
 
     @contextmanager
-    def redraw(self) -> Iterator[PlotWidget]:
+    def redraw(self) -> Iterator[LivePlot]:
         """Change the plot inside the block; it is drawn once, when the block ends."""
         self._holding = True
         try:
@@ -262,6 +264,31 @@ class LivePlot(PlotWidget):
                 batch.enter_context(canvas.batch_refresh())
             self._render_plot()
         self._needs_rerender = False
+
+
+    def on_resize(self) -> None:
+        if self._limits_with_room is not None:  # the ticks that fit depend on the width
+            self.set_xlimits_with_room(*self._limits_with_room)
+
+    def set_xlimits_with_room(self, low: float, high: float) -> None:
+        """set_xlimits, with only as many of textual-plot's ticks as have room for their labels.
+
+        textual-plot puts ~6 labels on the x axis whatever its width: at 80 columns the loss
+        plot is 17 cells wide and they ran together ("0.0 0.20.40.60.81.0").
+        """
+        self._limits_with_room = (low, high)
+        self.set_xlimits(low, high)
+        cells = self.size.width - self.margin_left
+        ticks = NumericAxisFormatter().get_ticks(low, high)
+        if cells <= 0 or len(ticks) < 2 or high <= low:
+            self.set_xticks(None)
+            return
+        for every in range(1, len(ticks)):
+            kept = ticks[::every]
+            widest = max(len(label) for label in NumericAxisFormatter().get_labels_for_ticks(kept))
+            if len(kept) < 2 or cells * (kept[1] - kept[0]) / (high - low) >= widest + 1:
+                break
+        self.set_xticks(kept)
 
 
 def margin_plot(plot_id: str, bottom: int, left: int) -> LivePlot:

@@ -4,6 +4,7 @@ change its learning rate, leave and come back, stop it, and recover from a faile
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from textual.widgets import Input, Static
 from difflab.recipe import load_recipe, save_recipe
 from difflab.screens.app import DifflabApp
 from difflab.screens.training import LossCurve, TrainingScreen
+from difflab.screens.widgets import LivePlot
 from tests.conftest import TINY, wait_for_probe
 
 pytestmark = pytest.mark.anyio
@@ -189,6 +191,22 @@ async def test_the_stats_ask_for_a_layout_only_when_they_wrap_to_another_number_
         assert True in layouts
         await pilot.pause()
         assert stats.size.height == 3
+
+
+async def test_the_loss_plot_keeps_only_the_x_labels_it_has_room_for():
+    app = DifflabApp()
+    for width, at_least in ((80, 2), (120, 5)):
+        async with app.run_test(size=(width, 24)) as pilot:
+            await pilot.press("4")
+            await pilot.pause(0.3)
+            plot = app.screen.query_one("#loss", LivePlot)
+            for low, high in ((0, 1), (10, 45), (100, 12_345)):
+                plot.set_xlimits_with_room(low, high)
+                await pilot.pause(0.1)
+                labels = plot.query_one("#margin-bottom").render_line(0).text.split()
+                assert len(labels) >= at_least, (width, labels)
+                assert all(re.fullmatch(r"[0-9.,]+", label) for label in labels), labels  # none ran together
+        app = DifflabApp()
 
 
 def test_the_loss_curve_is_smoothed_and_thinned_for_the_plot():
