@@ -41,6 +41,25 @@ def source_kind(path: str | Path) -> str:
     return "checkpoint" if (path / "model.safetensors").is_file() and (path / "state.json").is_file() else "run"
 
 
+def samplers_for(path: str | Path) -> tuple[str, ...]:
+    """The samplers that can sample a source: the toy sampler alone for a run on the toy schedule,
+    diffusers' for any other run or pipeline, and all of them while the folder is not a readable
+    run yet (the job then says what is wrong with it)."""
+    from difflab.errors import RecipeError
+    from difflab.recipe import SAMPLERS, load_recipe
+
+    diffusers_samplers = tuple(s for s in SAMPLERS if s != "toy")
+    path = Path(path).expanduser()
+    kind = source_kind(path)
+    if kind == "pipeline":
+        return diffusers_samplers
+    try:
+        recipe = load_recipe((path.parent.parent if kind == "checkpoint" else path) / "recipe.toml")
+    except RecipeError:
+        return SAMPLERS
+    return ("toy",) if recipe.schedule.kind == "toy" else diffusers_samplers
+
+
 class StepThroughJob:
     """Sample the same seed with each sampler and keep every step's x_t and predicted x0 as grids."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -19,7 +20,7 @@ from difflab.events import Event, JobError, JobFinished, PreviewReady, Progress
 from difflab.recipe import GUIDANCE_FUNCTIONS, SAMPLERS
 from difflab.screens.base import LabScreen
 from difflab.screens.widgets import TerminalImage
-from difflab.stepthrough import SaveStepThroughJob, StepThroughJob
+from difflab.stepthrough import SaveStepThroughJob, StepThroughJob, samplers_for
 
 NO_COMPARISON = "none"
 
@@ -50,13 +51,14 @@ class SamplingScreen(LabScreen):
     def fields(self):
         sample = self.app.recipe.sample
         yield Label("source: run or pipeline folder", classes="field-label")
-        yield Input(str(newest_run() or ""), placeholder="runs/my-run", id="source")
+        source = str(newest_run() or "")
+        yield Input(source, placeholder="runs/my-run", id="source")
+        self._samplers = _samplers_for(source)
         yield Label("sampler", classes="field-label")
-        ddpm_samplers = [(s, s) for s in SAMPLERS]
-        yield Select(ddpm_samplers, value="ddim" if sample.sampler == "toy" else sample.sampler,
+        yield Select([(s, s) for s in self._samplers], value=_fitting(sample.sampler, self._samplers),
                      allow_blank=False, id="sampler")
         yield Label("compare with (same seed)", classes="field-label")
-        yield Select([(NO_COMPARISON, NO_COMPARISON)] + ddpm_samplers, value=NO_COMPARISON,
+        yield Select([(s, s) for s in (NO_COMPARISON, *self._samplers)], value=NO_COMPARISON,
                      allow_blank=False, id="compare")
         with Horizontal(classes="numbers"):
             yield from _number("steps", sample.steps)
@@ -108,6 +110,19 @@ class SamplingScreen(LabScreen):
     def sampling(self) -> bool:
         """True while a step-through or a save runs on the worker (tests wait on this)."""
         return self._sampling_id is not None
+
+    @on(Input.Changed, "#source")
+    def _offer_the_sources_samplers(self, event: Input.Changed) -> None:
+        """A run trained on the toy schedule samples with the toy sampler only; others with diffusers'."""
+        samplers = _samplers_for(event.value)
+        if samplers == self._samplers:
+            return
+        self._samplers = samplers
+        for select_id, choices in (("#sampler", samplers), ("#compare", (NO_COMPARISON, *samplers))):
+            select = self.query_one(select_id, Select)
+            chosen = select.value
+            select.set_options([(s, s) for s in choices])
+            select.value = chosen if chosen in choices else _fitting(self.app.recipe.sample.sampler, choices)
 
     # ------------------------------------------------------------ actions
 
@@ -293,6 +308,15 @@ def _number(name: str, value, label: str = "", placeholder: str = "") -> Compose
     with Vertical(classes="number"):
         yield Label(label or name, classes="field-label")
         yield Input(str(value), id=name, select_on_focus=False, placeholder=placeholder)
+
+
+def _samplers_for(source: str) -> tuple[str, ...]:
+    return samplers_for(source) if source.strip() else SAMPLERS
+
+
+def _fitting(wanted: str, choices: tuple[str, ...]) -> str:
+    """`wanted` if it is offered, else DDIM (the course's usual sampler), else the first choice."""
+    return next(s for s in (wanted, "ddim", choices[0]) if s in choices)
 
 
 def newest_run(root: Path = Path("runs")) -> Path | None:

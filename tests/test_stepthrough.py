@@ -7,7 +7,7 @@ from PIL import Image
 
 from difflab.errors import InputError
 from difflab.events import JobError, JobFinished, Progress
-from difflab.stepthrough import SaveStepThroughJob, StepThroughJob, source_kind
+from difflab.stepthrough import SaveStepThroughJob, StepThroughJob, samplers_for, source_kind
 from difflab.worker import Worker
 from tests.conftest import TINY_DDPM, run_cli, tiny_args
 
@@ -20,6 +20,26 @@ def trained_ddpm_run(tmp_path_factory):
     assert run_cli("run", "ddpm-rgb-32", "--out", run, *tiny_args(
         "train.epochs=1", "sample.gif=false", "schedule.beta_schedule='linear'", base=TINY_DDPM)) == 0
     return run
+
+
+@pytest.fixture(scope="module")
+def trained_toy_run(tmp_path_factory):
+    """The tiny from-scratch run: the toy schedule, which only the toy sampler can sample."""
+    run = tmp_path_factory.mktemp("toy") / "run"
+    assert run_cli("run", "from-scratch", "--out", run, *tiny_args("train.epochs=1", "sample.gif=false")) == 0
+    return run
+
+
+def test_a_source_offers_the_samplers_that_can_sample_it(trained_toy_run, trained_ddpm_run, tmp_path):
+    from difflab.recipe import SAMPLERS
+
+    assert samplers_for(trained_toy_run) == ("toy",)
+    checkpoint = sorted((trained_toy_run / "checkpoints").iterdir())[-1]
+    assert samplers_for(checkpoint) == ("toy",)
+    ddpm = samplers_for(trained_ddpm_run)
+    assert "toy" not in ddpm and {"ddim", "ddpm", "dpm-solver++"} <= set(ddpm)
+    assert samplers_for(trained_ddpm_run / "pipeline") == ddpm
+    assert samplers_for(tmp_path / "not-a-run-yet") == SAMPLERS  # the job says what is wrong, not the list
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from textual.widgets import Input, Select, Static
 from difflab.screens.app import DifflabApp
 from difflab.screens.sampling import SamplingScreen
 from tests.conftest import wait_for_probe
-from tests.test_stepthrough import trained_ddpm_run  # noqa: F401  (a module-scoped fixture, trained once here)
+from tests.test_stepthrough import trained_ddpm_run, trained_toy_run  # noqa: F401  (module-scoped fixtures, trained once here)
 
 pytestmark = pytest.mark.anyio
 
@@ -42,6 +42,27 @@ async def wait_for_worker(pilot, timeout: float = 60.0) -> None:
         assert time.monotonic() < deadline, "the sampling job did not finish"
         await pilot.pause(0.1)
     await pilot.pause(0.1)
+
+
+async def test_a_toy_run_is_offered_the_toy_sampler_and_samples_with_it(trained_toy_run, trained_ddpm_run):  # noqa: F811
+    app = DifflabApp()  # the default recipe: from-scratch, the toy schedule, as trained_toy_run
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("5")
+        await wait_for_probe(pilot)
+        screen = app.screen
+        screen.query_one("#source", Input).value = str(trained_toy_run)
+        await pilot.pause(0.1)
+        sampler = screen.query_one("#sampler", Select)
+        assert sampler.value == "toy" and [o[0] for o in sampler._options] == ["toy"]
+        screen.query_one("#steps", Input).value = "4"
+        await pilot.press("ctrl+r")
+        await wait_for_worker(pilot)
+        assert errors(app) == [] and list(screen.result["samplers"]) == ["toy"]
+        assert step_label(app).startswith("step 1 / 4")
+
+        screen.query_one("#source", Input).value = str(trained_ddpm_run)  # a DDPM run: diffusers' samplers
+        await pilot.pause(0.1)
+        assert sampler.value == "ddim" and "toy" not in [o[0] for o in sampler._options]
 
 
 async def test_step_through_two_samplers_then_save_png_and_gif(trained_ddpm_run):  # noqa: F811
