@@ -121,17 +121,17 @@ def send_keys(app, key: str, count: int, sent: list[float], done: threading.Even
     done.set()
 
 
-async def in_app(path: Path, warmup: int, presses: int, probe_idle_exit: float | None = -1.0,
+async def in_app(path: Path, warmup: int, presses: int, keep_probe_thread: bool = False,
                  ) -> tuple[float, list[float], float]:
     """Train from the training screen while keys arrive; (img/s, latencies in ms, UI core share).
 
-    `probe_idle_exit` None: the probe worker's thread never ends, as before it idled out.
+    `keep_probe_thread`: the probe worker's thread never ends, as before it idled out.
     """
     from difflab.screens import bridge
     from difflab.screens.app import DifflabApp
 
     default_idle_exit = bridge.PROBE_IDLE_EXIT
-    if probe_idle_exit is None:
+    if keep_probe_thread:
         bridge.PROBE_IDLE_EXIT = None
     app = DifflabApp(path, device="cpu")
     app.bridge.probe_worker  # built now, with the idle exit asked for
@@ -204,7 +204,7 @@ def main() -> None:
                 si_ratios.append(si_rate / bare)
                 print(f"  switch interval {args.switch_interval}: {si_rate:6.1f} img/s {si_rate / bare:.3f}x bare, UI {si_share:.1%}")
             if args.persistent_probes:
-                kept_rate, _, kept_share = asyncio.run(in_app(path, args.warmup, args.presses, None))
+                kept_rate, _, kept_share = asyncio.run(in_app(path, args.warmup, args.presses, keep_probe_thread=True))
                 kept_ratios.append(kept_rate / bare)
                 print(f"  probe thread kept: {kept_rate:6.1f} img/s {kept_rate / bare:.3f}x bare, UI {kept_share:.1%}")
             ratios.append(app_rate / bare)

@@ -243,6 +243,12 @@ def _first_empty_mel_band(cfg: AudioConfig) -> int | None:
 
 
 SAMPLERS = ("toy", "ddpm", "ddim", "pndm", "dpm-solver++", "euler", "euler-ancestral", "heun", "lms", "unipc")
+DIFFUSERS_SAMPLERS = SAMPLERS[1:]  # every sampler but the toy one: diffusers' schedulers, for ddpm schedules
+
+
+def samplers_of_schedule(kind: str) -> tuple[str, ...]:
+    """The samplers a model trained on schedule `kind` can be sampled with (checked in Recipe)."""
+    return ("toy",) if kind == "toy" else DIFFUSERS_SAMPLERS
 # Refused on a schedule whose sigma_max is far beyond EDM's 80, such as the cosine one: the rule and
 # the measured reason are difflab.samplers.schedule_refusal's; named here so that only recipes with
 # one of them pay for building the schedule (diffusers takes seconds to import).
@@ -428,11 +434,11 @@ class Recipe(Section):
         if kind == "toy" and objective != "x0":
             raise ValueError(f"train.objective = '{objective}': the toy schedule has no noise level to "
                              f"predict against; use 'x0', or schedule.kind = 'ddpm'")
-        if kind == "toy" and sampler != "toy":
-            raise ValueError(f"sample.sampler = '{sampler}': diffusers samplers need schedule.kind = 'ddpm'")
-        if kind == "ddpm" and sampler == "toy":
+        if sampler not in samplers_of_schedule(kind):
+            if kind == "toy":
+                raise ValueError(f"sample.sampler = '{sampler}': diffusers samplers need schedule.kind = 'ddpm'")
             raise ValueError("sample.sampler = 'toy': the toy sampler belongs to the toy schedule; "
-                             f"with ddpm use one of: {', '.join(SAMPLERS[1:])}")
+                             f"with ddpm use one of: {', '.join(DIFFUSERS_SAMPLERS)}")
         if kind == "ddpm" and sampler in SAMPLERS_NEEDING_LOW_SIGMA_MAX:
             refusal = _schedule_refusal(self)
             if refusal is not None:  # refused before training, not when sampling after it

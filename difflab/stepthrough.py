@@ -46,18 +46,17 @@ def samplers_for(path: str | Path) -> tuple[str, ...]:
     diffusers' for any other run or pipeline, and all of them while the folder is not a readable
     run yet (the job then says what is wrong with it)."""
     from difflab.errors import RecipeError
-    from difflab.recipe import SAMPLERS, load_recipe
+    from difflab.recipe import DIFFUSERS_SAMPLERS, SAMPLERS, load_recipe, samplers_of_schedule
 
-    diffusers_samplers = tuple(s for s in SAMPLERS if s != "toy")
     path = Path(path).expanduser()
     kind = source_kind(path)
     if kind == "pipeline":
-        return diffusers_samplers
+        return DIFFUSERS_SAMPLERS
     try:
         recipe = load_recipe((path.parent.parent if kind == "checkpoint" else path) / "recipe.toml")
     except RecipeError:
         return SAMPLERS
-    return ("toy",) if recipe.schedule.kind == "toy" else diffusers_samplers
+    return samplers_of_schedule(recipe.schedule.kind)
 
 
 class StepThroughJob:

@@ -265,7 +265,6 @@ class LivePlot(PlotWidget):
             self._render_plot()
         self._needs_rerender = False
 
-
     def on_resize(self) -> None:
         if self._limits_with_room is not None:  # the ticks that fit depend on the width
             self.set_xlimits_with_room(*self._limits_with_room)
@@ -279,13 +278,14 @@ class LivePlot(PlotWidget):
         self._limits_with_room = (low, high)
         self.set_xlimits(low, high)
         cells = self.size.width - self.margin_left
-        ticks = NumericAxisFormatter().get_ticks(low, high)
+        formatter = NumericAxisFormatter()
+        ticks = formatter.get_ticks(low, high)
         if cells <= 0 or len(ticks) < 2 or high <= low:
             self.set_xticks(None)
             return
         for every in range(1, len(ticks)):
             kept = ticks[::every]
-            widest = max(len(label) for label in NumericAxisFormatter().get_labels_for_ticks(kept))
+            widest = max(len(label) for label in formatter.get_labels_for_ticks(kept))
             if len(kept) < 2 or cells * (kept[1] - kept[0]) / (high - low) >= widest + 1:
                 break
         self.set_xticks(kept)

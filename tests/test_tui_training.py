@@ -194,8 +194,8 @@ async def test_the_stats_ask_for_a_layout_only_when_they_wrap_to_another_number_
 
 
 async def test_the_loss_plot_keeps_only_the_x_labels_it_has_room_for():
-    app = DifflabApp()
     for width, at_least in ((80, 2), (120, 5)):
+        app = DifflabApp()
         async with app.run_test(size=(width, 24)) as pilot:
             await pilot.press("4")
             await pilot.pause(0.3)
@@ -206,7 +206,6 @@ async def test_the_loss_plot_keeps_only_the_x_labels_it_has_room_for():
                 labels = plot.query_one("#margin-bottom").render_line(0).text.split()
                 assert len(labels) >= at_least, (width, labels)
                 assert all(re.fullmatch(r"[0-9.,]+", label) for label in labels), labels  # none ran together
-        app = DifflabApp()
 
 
 def test_the_loss_curve_is_smoothed_and_thinned_for_the_plot():
