@@ -50,11 +50,11 @@ def load_loop(stop, ms: float, period: float) -> None:
 
 def train(path: Path, mode: str, ms: float, period: float) -> float:
     """img/s of one training job on a bare Worker with the given extra load."""
-    from difflab import events
+    from difflab.runtime import events
     from difflab.recipe import load_recipe
-    from difflab.runs import RunDir
-    from difflab.train import TrainingJob
-    from difflab.worker import Worker
+    from difflab.runtime.runs import RunDir
+    from difflab.jobs.training import TrainingJob
+    from difflab.runtime.worker import Worker
 
     recipe = load_recipe(path)
     worker = Worker("cpu")

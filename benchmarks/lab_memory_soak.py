@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        from difflab.catalog import find_recipe
+        from difflab.runtime.catalog import find_recipe
 
         recipe = load_recipe(find_recipe("from-scratch"), ["train.epochs=100000", "train.sample_every=50",
                                                            "train.checkpoint_every=500", "device='cpu'"])

@@ -37,13 +37,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from difflab import events  # noqa: E402
+from difflab.runtime import events  # noqa: E402
 from difflab.recipe import load_recipe, save_recipe  # noqa: E402
 
 
 def recipe_file(folder: Path, steps: int) -> Path:
     """from-scratch, cut to `steps` steps, no previews or checkpoints in the timed window."""
-    from difflab.catalog import find_recipe
+    from difflab.runtime.catalog import find_recipe
 
     recipe = load_recipe(find_recipe("from-scratch"), [
         f"train.max_steps={steps}", "train.sample_every=0", "train.checkpoint_every=0", "train.log_every=1",
@@ -65,10 +65,10 @@ def headless_rate(path: Path, warmup: int, report: bool = False) -> float:
     """img/s on a bare Worker, or (`report`) with the headless runner's live progress bar."""
     from rich.console import Console
 
-    from difflab.headless import Reporter
-    from difflab.runs import RunDir
-    from difflab.train import TrainingJob
-    from difflab.worker import Worker
+    from difflab.cli.report import Reporter
+    from difflab.runtime.runs import RunDir
+    from difflab.jobs.training import TrainingJob
+    from difflab.runtime.worker import Worker
 
     recipe = load_recipe(path)
     worker = Worker("cpu")

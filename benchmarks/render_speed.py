@@ -17,7 +17,7 @@ from PIL import Image
 from rich.console import Console
 from textual_image.renderable.halfcell import Image as HalfcellRenderable
 
-from difflab.render import terminal_image
+from difflab.diffusion.render import terminal_image
 
 
 def sample_grid(size: int = 242) -> Image.Image:

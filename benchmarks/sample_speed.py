@@ -61,9 +61,9 @@ import torch  # noqa: E402
 from machine import device_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 from difflab.recipe import ScheduleConfig  # noqa: E402
-from difflab.sample import Trajectory  # noqa: E402
-from difflab.samplers import diffusers_sample, sampler_scheduler  # noqa: E402
-from difflab.schedules import noise_scheduler  # noqa: E402
+from difflab.diffusion.sample import Trajectory  # noqa: E402
+from difflab.diffusion.samplers import diffusers_sample, sampler_scheduler  # noqa: E402
+from difflab.diffusion.schedules import noise_scheduler  # noqa: E402
 
 SEED = 0
 IMAGE_SIZE = 28
@@ -207,7 +207,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.steps, args.batch, args.rounds) < 1:
         parser.error("--steps, --batch and --rounds must be at least 1")
     from difflab.errors import InputError
-    from difflab.worker import resolve_device
+    from difflab.runtime.worker import resolve_device
 
     try:
         args.device = resolve_device(args.device)

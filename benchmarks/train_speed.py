@@ -80,8 +80,8 @@ import torch  # noqa: E402
 from machine import device_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 import torch.nn.functional as F  # noqa: E402
 
-from difflab import events  # noqa: E402
-from difflab.models import BasicUNet  # noqa: E402
+from difflab.runtime import events  # noqa: E402
+from difflab.diffusion.models import BasicUNet  # noqa: E402
 
 SEED = 0
 IMAGE_SIZE = 28
@@ -95,7 +95,7 @@ LR = 1e-3
 
 def load_digits_28():
     """The embedded digits as difflab loads them: (N, 1, 28, 28) float32 in 0..1."""
-    from difflab.data import load_dataset
+    from difflab.diffusion.data import load_dataset
     from difflab.recipe import DatasetConfig
 
     return load_dataset(DatasetConfig(source="digits", image_size=IMAGE_SIZE))
@@ -136,9 +136,9 @@ def batch_sizes(dataset_size: int, batch: int, first_step: int, steps: int) -> i
 def run_engine(device: str, batch: int, warmup: int, steps: int, workdir: Path, tag: str) -> dict:
     """One TrainingJob on a fresh Worker; seconds and images between StepLogged at W and at W+N."""
     from difflab.recipe import parse_recipe
-    from difflab.runs import RunDir
-    from difflab.train import TrainingJob
-    from difflab.worker import Worker
+    from difflab.runtime.runs import RunDir
+    from difflab.jobs.training import TrainingJob
+    from difflab.runtime.worker import Worker
 
     total = warmup + steps
     log_every = math.gcd(warmup, steps)  # divides both W and W+N, so both steps are logged
@@ -156,7 +156,7 @@ def run_engine(device: str, batch: int, warmup: int, steps: int, workdir: Path, 
     logged: dict[int, float] = {0: 0.0}  # the loop's clock starts at 0 when step 0 begins
     faults: dict[int, int] = {0: minor_faults()}
     final = None
-    for event in worker.iter_events(handle.job_id):  # as difflab.headless.run_job consumes them
+    for event in worker.iter_events(handle.job_id):  # as difflab.cli.report.run_job consumes them
         match event:
             case events.StepLogged():
                 logged[event.step] = event.elapsed
@@ -180,7 +180,7 @@ def run_reference(dataset, device: str, batch: int, warmup: int, steps: int) -> 
     """The course notebook's loop: DataLoader over a per-item-transformed dataset, loss.item() each step."""
     from torch.utils.data import DataLoader
 
-    from difflab.schedules import corrupt
+    from difflab.diffusion.schedules import corrupt
 
     def sync():
         if device == "cuda":
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from difflab.worker import resolve_device
+    from difflab.runtime.worker import resolve_device
 
     from difflab.errors import InputError
 

@@ -113,7 +113,7 @@ class DifflabApp(App):
         self.bridge.close()
 
     def _ask_device(self) -> None:
-        from difflab.probes import DeviceProbe
+        from difflab.jobs.probes import DeviceProbe
 
         self.bridge.submit(DeviceProbe(), self._on_device)
 
@@ -234,6 +234,6 @@ def _assign(data: dict, key: str, value: Any) -> None:
 
 def _is_builtin(path: Path) -> bool:
     # built-in recipes live in the installed package: saving over them would edit the install
-    from difflab.catalog import builtin_recipes
+    from difflab.runtime.catalog import builtin_recipes
 
     return any(path.resolve() == r.path.resolve() for r in builtin_recipes())

@@ -59,7 +59,7 @@ class AudioScreen(LabScreen):
         yield TerminalImage(id="generated-spectrogram")
 
     def make_probe(self):
-        from difflab.probes import AudioProbe
+        from difflab.jobs.probes import AudioProbe
 
         run = self.query_one("#run", Input).value.strip()
         return AudioProbe(self.app.recipe, self.app.recipe_dir, clip=self._clip_number(),

@@ -8,7 +8,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from difflab.events import Event, JobError, JobFinished
+from difflab.runtime.events import Event, JobError, JobFinished
 from difflab.screens.widgets import ProbeSpinner, RecipeField, ScreenBar, StatusLine
 
 PROBE_DELAY_S = 0.3  # typing "128" should start one probe, not three

@@ -13,8 +13,8 @@ from __future__ import annotations
 import queue
 from collections.abc import Callable
 
-from difflab.events import TERMINAL_EVENTS, Event, Progress
-from difflab.worker import Job, JobHandle, Worker
+from difflab.runtime.events import TERMINAL_EVENTS, Event, Progress
+from difflab.runtime.worker import Job, JobHandle, Worker
 
 EventHandler = Callable[[Event], None]
 # Each drain wakes the UI thread (~0.3 ms of Textual's timer machinery even with nothing to

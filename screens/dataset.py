@@ -36,7 +36,7 @@ class DatasetScreen(LabScreen):
         yield DataTable(id="classes", show_cursor=False, zebra_stripes=True)
 
     def make_probe(self):
-        from difflab.probes import DatasetProbe
+        from difflab.jobs.probes import DatasetProbe
 
         return DatasetProbe(self.app.recipe, self.app.recipe_dir, count=16)
 

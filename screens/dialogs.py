@@ -124,7 +124,7 @@ class RecipeBrowserScreen(ModalScreen[Path | None]):
     """
 
     def compose(self) -> ComposeResult:
-        from difflab.catalog import builtin_recipes
+        from difflab.runtime.catalog import builtin_recipes
 
         self.recipes = builtin_recipes()
         with Vertical():

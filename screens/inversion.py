@@ -16,7 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 
-from difflab.events import Event, JobError, JobFinished, JobStarted, Progress
+from difflab.runtime.events import Event, JobError, JobFinished, JobStarted, Progress
 from difflab.recipe import GUIDANCE_FUNCTIONS
 from difflab.screens.base import LabScreen
 from difflab.screens.sampling import newest_run
@@ -95,7 +95,7 @@ class InversionScreen(LabScreen):
             self.action_invert()
 
     def action_invert(self) -> None:
-        from difflab.probes import InversionLaunch
+        from difflab.jobs.probes import InversionLaunch
 
         if self.inverting:
             self.notify("still inverting; wait for it to finish", severity="warning")
@@ -113,7 +113,7 @@ class InversionScreen(LabScreen):
     def _recipe_base(self) -> Path:
         """Where the recipe's relative paths start: its folder, or here for a built-in or unsaved one
         (a built-in's folder is inside the installed package, where no run lives)."""
-        from difflab.catalog import is_builtin
+        from difflab.runtime.catalog import is_builtin
 
         path = self.app.recipe_path
         return Path.cwd() if path is None or is_builtin(path) else path.parent
@@ -160,7 +160,7 @@ class InversionScreen(LabScreen):
         self.query_one("#folder", Static).update(f"written to {table['folder']}/ (inversion.png, errors.json)")
 
     def _fill_table(self, table: dict) -> None:
-        from difflab.headless import inversion_table_rows
+        from difflab.cli.report import inversion_table_rows
 
         errors = self.query_one("#errors", DataTable)
         errors.clear(columns=True)

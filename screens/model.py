@@ -61,7 +61,7 @@ class ModelScreen(LabScreen):
             self.watch(field, "error", self._show_rejection, init=False)
 
     def make_probe(self):
-        from difflab.probes import ModelProbe
+        from difflab.jobs.probes import ModelProbe
 
         return ModelProbe(self.app.recipe)
 

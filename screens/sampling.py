@@ -16,11 +16,11 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
-from difflab.events import Event, JobError, JobFinished, PreviewReady, Progress
+from difflab.runtime.events import Event, JobError, JobFinished, PreviewReady, Progress
 from difflab.recipe import GUIDANCE_FUNCTIONS, SAMPLERS
 from difflab.screens.base import LabScreen
 from difflab.screens.widgets import TerminalImage
-from difflab.stepthrough import SaveStepThroughJob, StepThroughJob, samplers_for
+from difflab.jobs.stepthrough import SaveStepThroughJob, StepThroughJob, samplers_for
 
 NO_COMPARISON = "none"
 
@@ -134,7 +134,7 @@ class SamplingScreen(LabScreen):
 
     def action_sweep(self) -> None:
         """Sample one row per value of the sweep field into one labelled grid, saved beside the run."""
-        from difflab.probes import SweepLaunch
+        from difflab.jobs.probes import SweepLaunch
 
         if self._busy():
             return

@@ -76,7 +76,7 @@ class ScheduleScreen(LabScreen):
         yield Static(id="timesteps")
 
     def make_probe(self):
-        from difflab.probes import ScheduleProbe
+        from difflab.jobs.probes import ScheduleProbe
 
         self._probed = (self.app.recipe.schedule, self.comparison())
         return ScheduleProbe(self.app.recipe, compare=self._probed[1], recipe_dir=self.app.recipe_dir,

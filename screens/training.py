@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Label, RichLog, Sparkline, Static
 from textual_plot import HiResMode, PlotWidget
 
-from difflab import events
+from difflab.runtime import events
 from difflab.screens.widgets import LivePlot, RecipeField, ScreenBar, StatusLine, TerminalImage, margin_plot
 
 SMOOTHING = 0.1  # EMA weight of each new logged loss: ~10 log intervals of memory, as TensorBoard's 0.9
@@ -54,7 +54,7 @@ class LossCurve:
 
     def points(self, width: int, log: bool) -> tuple[list[int], list[float], list[float]]:
         """At most ~2 points per column (braille draws 2 per cell): long runs cost the same to draw."""
-        from difflab.probes import evenly_spaced
+        from difflab.jobs.probes import evenly_spaced
 
         picks = evenly_spaced(len(self.steps), max(2 * width, 2))
         scale = (lambda v: math.log10(max(v, 1e-12))) if log else (lambda v: v)
@@ -202,9 +202,9 @@ class TrainingScreen(Screen):
             self.notify("a training job is already running; stop it first (x)", severity="warning")
             return
         from difflab.errors import DifflabError
-        from difflab.headless import default_run_dir
-        from difflab.runs import RunDir
-        from difflab.probes import TrainingLaunch  # imports torch on the worker, not here
+        from difflab.cli.report import default_run_dir
+        from difflab.runtime.runs import RunDir
+        from difflab.jobs.probes import TrainingLaunch  # imports torch on the worker, not here
 
         app = self.app
         try:
@@ -230,8 +230,8 @@ class TrainingScreen(Screen):
     def continue_run(self, path: Path) -> None:
         """Resume a run folder from its newest checkpoint, with the recipe saved in it."""
         from difflab.errors import DifflabError
-        from difflab.probes import TrainingLaunch
-        from difflab.runs import RunDir
+        from difflab.jobs.probes import TrainingLaunch
+        from difflab.runtime.runs import RunDir
 
         try:
             run, recipe = RunDir.open(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from difflab.cli import main
+from difflab.cli.main import main
 
 
 def _share_the_cores() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from difflab import events
+from difflab.runtime import events
 from difflab.screens.bridge import EngineBridge, _coalesce
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.datasets import FashionMNIST
 
-from difflab.data import ImageDataset, load_dataset, to_unit
+from difflab.diffusion.data import ImageDataset, load_dataset, to_unit
 from difflab.errors import InputError
 from difflab.recipe import DatasetConfig
 

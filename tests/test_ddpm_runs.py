@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from difflab.recipe import load_recipe
-from difflab.runs import RunDir
+from difflab.runtime.runs import RunDir
 from tests.conftest import TINY_DDPM, read_losses, run_cli, tiny_args
 from tests.test_headless_run import stop_after
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from difflab.conditioning import drop_labels
+from difflab.diffusion.conditioning import drop_labels
 from difflab.errors import RecipeError
 from difflab.recipe import parse_recipe
 from tests.conftest import TINY_DDPM, read_losses, run_cli, tiny_args
@@ -32,7 +32,7 @@ def source_run(tmp_path_factory):
 
 
 def sample_setup(run, *overrides: str):
-    from difflab.sampling_job import run_setup
+    from difflab.jobs.sampling import run_setup
 
     return run_setup(run, list(overrides), "cpu")
 
@@ -85,8 +85,8 @@ def test_label_dropout_replaces_a_share_and_every_unlabelled_image_by_no_class()
 def test_a_class_conditional_run_trains_every_class_embedding_the_null_one_included(source_run):
     from diffusers import UNet2DModel
 
-    from difflab.models import build_model
-    from difflab.runs import RunDir
+    from difflab.diffusion.models import build_model
+    from difflab.runtime.runs import RunDir
 
     trained = UNet2DModel.from_pretrained(source_run / "model")
     assert trained.config.num_class_embeds == 4  # circle, square, triangle + "no class"
@@ -100,7 +100,7 @@ def test_a_class_conditional_run_trains_every_class_embedding_the_null_one_inclu
 
 
 def test_classifier_free_guidance_scale_changes_the_samples(source_run):
-    from difflab.generate import generate
+    from difflab.diffusion.generate import generate
 
     images = {scale: generate(sample_setup(source_run, f"sample.guidance_scale={scale}",
                                            "sample.class_labels=[1]"), 4, 4) for scale in (0, 1, 3)}
@@ -136,8 +136,8 @@ def test_conditioning_and_guidance_settings_are_validated(overrides, message):
 
 
 def test_colour_guidance_moves_the_mean_colour_toward_the_target_and_records_its_norm(source_run):
-    from difflab.data import to_unit
-    from difflab.generate import trajectory
+    from difflab.diffusion.data import to_unit
+    from difflab.diffusion.generate import trajectory
 
     target = torch.tensor([0.1, 0.9, 0.5]).view(1, 3, 1, 1)
     errors, paths = {}, {}
@@ -168,8 +168,8 @@ def test_a_colour_guided_run_measures_the_colour_error_with_and_without_guidance
 
 
 def test_guidance_through_the_model_also_pulls_toward_the_colour(source_run):
-    from difflab.data import to_unit
-    from difflab.generate import generate
+    from difflab.diffusion.data import to_unit
+    from difflab.diffusion.generate import generate
 
     target = torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1)
     errors = []
@@ -181,9 +181,9 @@ def test_guidance_through_the_model_also_pulls_toward_the_colour(source_run):
 
 
 def test_classifier_guidance_raises_the_share_of_the_target_class(source_run):
-    from difflab.data import load_dataset, to_unit
-    from difflab.generate import generate
-    from difflab.reference import predict, reference_classifier
+    from difflab.diffusion.data import load_dataset, to_unit
+    from difflab.diffusion.generate import generate
+    from difflab.diffusion.reference import predict, reference_classifier
 
     shares = {}
     for scale in (0, 0.1):  # guidance_scale 0: the unconditional model, so only the classifier pulls
@@ -226,7 +226,7 @@ def test_classifier_guidance_on_a_folder_without_classes_is_bad_input(source_run
 
 
 def test_every_guidance_function_a_recipe_may_name_is_registered():
-    from difflab.guidance import GUIDANCE
+    from difflab.diffusion.guidance import GUIDANCE
     from difflab.recipe import GUIDANCE_FUNCTIONS, GuidanceConfig
 
     assert set(GUIDANCE_FUNCTIONS) == {"none", *GUIDANCE}
@@ -239,9 +239,9 @@ def test_every_guidance_function_a_recipe_may_name_is_registered():
 def test_lora_trains_only_adapters_and_the_saved_adapter_reloads_to_identical_outputs(source_run, tmp_path):
     from diffusers import UNet2DModel
 
-    from difflab.finetune import load_lora
-    from difflab.models import denoise
-    from difflab.sampling_job import checkpoint_model
+    from difflab.diffusion.finetune import load_lora
+    from difflab.diffusion.models import denoise
+    from difflab.jobs.sampling import checkpoint_model
 
     run = tmp_path / "lora"
     assert run_cli("run", "ddpm-rgb-32", "--out", run, *cond_args(
@@ -274,8 +274,8 @@ def test_lora_trains_only_adapters_and_the_saved_adapter_reloads_to_identical_ou
 
 
 def test_saving_and_loading_an_adapter_gives_identical_outputs(tmp_path):
-    from difflab.finetune import add_lora, load_lora, save_lora
-    from difflab.models import build_model, denoise
+    from difflab.diffusion.finetune import add_lora, load_lora, save_lora
+    from difflab.diffusion.models import build_model, denoise
     from difflab.recipe import TrainConfig
 
     recipe = parse_recipe({k: v for k, v in _tiny_unet().items()})
@@ -300,8 +300,8 @@ def test_saving_and_loading_an_adapter_gives_identical_outputs(tmp_path):
 
 def test_lora_targets_that_match_no_layer_say_which_names_exist():
     from difflab.errors import InputError
-    from difflab.finetune import add_lora
-    from difflab.models import build_model
+    from difflab.diffusion.finetune import add_lora
+    from difflab.diffusion.models import build_model
     from difflab.recipe import TrainConfig
 
     with pytest.raises(InputError) as error:

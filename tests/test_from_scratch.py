@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from difflab.models import BasicUNet, build_model, count_parameters
+from difflab.diffusion.models import BasicUNet, build_model, count_parameters
 from difflab.recipe import parse_recipe
-from difflab.sample import Trajectory, starting_noise, toy_sample
-from difflab.schedules import corrupt
+from difflab.diffusion.sample import Trajectory, starting_noise, toy_sample
+from difflab.diffusion.schedules import corrupt
 
 
 def test_corruption_amount_zero_keeps_the_image_and_one_is_pure_noise():
@@ -85,8 +85,8 @@ def test_starting_noise_is_seeded_and_spans_the_value_range():
 
 
 def test_the_step_by_step_figure_keeps_first_and_last_steps():
-    from difflab.generate import figure_rows
-    from difflab.sample import Trajectory
+    from difflab.diffusion.generate import figure_rows
+    from difflab.diffusion.sample import Trajectory
 
     short = Trajectory(inputs=list(range(4)), predictions=list(range(4)))
     assert figure_rows(short, 5)[0] == [0, 1, 2, 3]  # fewer steps than rows: every step

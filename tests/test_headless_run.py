@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from difflab import events
-from difflab.models import BasicUNet
+from difflab.runtime import events
+from difflab.diffusion.models import BasicUNet
 from difflab.recipe import load_recipe
-from difflab.runs import RunDir
-from difflab.train import TrainingJob
-from difflab.worker import Worker
+from difflab.runtime.runs import RunDir
+from difflab.jobs.training import TrainingJob
+from difflab.runtime.worker import Worker
 from tests.conftest import paused_from_the_start, read_losses, run_cli, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def test_a_device_that_is_not_here_is_bad_input(tmp_path, capsys):
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
-    import difflab.runs as runs
+    import difflab.runtime.runs as runs
 
     run = tmp_path / "run"
     assert run_cli("run", "from-scratch", "--out", run, *tiny_args("train.epochs=1")) == 0
@@ -199,7 +199,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 
     monkeypatch.setattr(runs.torch if hasattr(runs, "torch") else torch, "save", disk_full)
     recipe = load_recipe(run / "recipe.toml")
-    from difflab.runs import Checkpoint
+    from difflab.runtime.runs import Checkpoint
 
     with pytest.raises(OSError):
         RunDir(run).save_checkpoint(Checkpoint(4, {"w": torch.zeros(1)}, {}, {"g": torch.zeros(1)}, {}), keep=1)
@@ -211,7 +211,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 
 
 def test_out_of_memory_fails_with_a_suggestion(tmp_path, capsys, monkeypatch):
-    import difflab.objectives as objectives
+    import difflab.diffusion.objectives as objectives
 
     def exhausted(self, model, x, generator, labels=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -224,7 +224,7 @@ def test_out_of_memory_fails_with_a_suggestion(tmp_path, capsys, monkeypatch):
 
 
 def test_two_runs_started_in_the_same_second_get_different_folders(tmp_path, monkeypatch):
-    from difflab.headless import default_run_dir
+    from difflab.cli.report import default_run_dir
 
     monkeypatch.chdir(tmp_path)
     first = default_run_dir(Path("from-scratch.toml"))
@@ -238,8 +238,8 @@ def test_log_lines_and_notes_print_square_brackets_verbatim():
 
     from rich.console import Console
 
-    from difflab import events
-    from difflab.headless import Reporter
+    from difflab.runtime import events
+    from difflab.cli.report import Reporter
 
     out = io.StringIO()
     Reporter(Console(file=out, width=200)).handle(

@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from difflab.data import load_dataset
+from difflab.diffusion.data import load_dataset
 from difflab.errors import RecipeError
-from difflab.inversion import (
+from difflab.diffusion.inversion import (
     Edit,
     InversionSettings,
     dataset_images,
@@ -19,7 +19,7 @@ from difflab.inversion import (
     random_noise_error,
 )
 from difflab.recipe import parse_recipe
-from difflab.sampling_job import run_setup
+from difflab.jobs.sampling import run_setup
 from tests.conftest import run_cli
 
 # Every test here reads ddim-inversion's smoke run (8 px class-conditional digits, ~320 steps,

@@ -10,8 +10,8 @@ import difflab
 
 
 def engine_modules() -> list[str]:
-    return [f"difflab.{m.name}" for m in pkgutil.iter_modules(difflab.__path__)
-            if m.name not in ("__main__", "screens", "recipes")]
+    return [m.name for m in pkgutil.walk_packages(difflab.__path__, "difflab.")
+            if not m.name.startswith(("difflab.__main__", "difflab.screens", "difflab.recipes"))]
 
 
 def python(code: str) -> subprocess.CompletedProcess:
@@ -20,7 +20,7 @@ def python(code: str) -> subprocess.CompletedProcess:
 
 def test_the_engine_never_imports_textual():
     modules = engine_modules()
-    assert "difflab.train" in modules and "difflab.worker" in modules
+    assert "difflab.jobs.training" in modules and "difflab.runtime.worker" in modules
     result = python(
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
@@ -33,7 +33,7 @@ def test_the_engine_never_imports_textual():
 def test_help_recipes_and_recipe_check_do_not_import_torch():
     result = python(
         "import sys, contextlib, io\n"
-        "from difflab.cli import main\n"
+        "from difflab.cli.main import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert main(['recipes']) == 0\n"
         "    assert main(['recipe', 'check', 'from-scratch']) == 0\n"

@@ -32,7 +32,7 @@ def test_the_wheel_installs_recipes_and_screens_inside_difflab(tmp_path):
         archive.extractall(target)
     env = {**os.environ, "PYTHONPATH": str(target)}
     listed = subprocess.run(
-        [sys.executable, "-c", "import difflab.catalog as c; print(c.__file__); "
+        [sys.executable, "-c", "import difflab.runtime.catalog as c; print(c.__file__); "
                                "print([r.name for r in c.builtin_recipes()])"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from difflab.catalog import builtin_recipes
-from difflab.data import load_dataset
+from difflab.runtime.catalog import builtin_recipes
+from difflab.diffusion.data import load_dataset
 from difflab.errors import RecipeError
-from difflab.eval_job import measure_model
-from difflab.evaluate import class_accuracy, evaluate_images
-from difflab.models import build_model
+from difflab.jobs.evaluation import measure_model
+from difflab.diffusion.quality import class_accuracy, evaluate_images
+from difflab.diffusion.models import build_model
 from difflab.recipe import Recipe, load_recipe
-from difflab.reference import reference_classifier
-from difflab.sampling_job import setup_for
+from difflab.diffusion.reference import reference_classifier
+from difflab.jobs.sampling import setup_for
 from tests.conftest import TINY_DDPM, run_cli, tiny_args
 
 DIGITS_16 = Recipe.model_validate({"dataset": {"image_size": 16}, "device": "cpu"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from difflab.catalog import builtin_recipes
+from difflab.runtime.catalog import builtin_recipes
 from difflab.errors import RecipeError
 from difflab.recipe import Recipe, load_recipe, parse_recipe, recipe_to_toml, save_recipe
 from tests.conftest import run_cli

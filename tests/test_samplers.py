@@ -8,17 +8,17 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 
-from difflab.animate import denoising_gif, frame_indices
+from difflab.diffusion.animate import denoising_gif, frame_indices
 from difflab.errors import InputError
 from difflab.recipe import SAMPLERS, ScheduleConfig
-from difflab.samplers import (
+from difflab.diffusion.samplers import (
     SCHEDULER_CLASSES,
     diffusers_sample,
     sample_trajectory,
     sampler_scheduler,
     timestep_alpha_bars,
 )
-from difflab.schedules import noise_scheduler
+from difflab.diffusion.schedules import noise_scheduler
 
 # diffusers' own numpy-2 deprecation noise from inside its schedulers' set_timesteps
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

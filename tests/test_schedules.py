@@ -8,7 +8,7 @@ from diffusers import DDPMScheduler
 
 from difflab.errors import InputError
 from difflab.recipe import ScheduleConfig
-from difflab.schedules import (
+from difflab.diffusion.schedules import (
     min_snr_weights,
     noise_scheduler,
     noised_strip,

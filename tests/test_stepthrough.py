@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from difflab.errors import InputError
-from difflab.events import JobError, JobFinished, Progress
-from difflab.stepthrough import SaveStepThroughJob, StepThroughJob, samplers_for, source_kind
-from difflab.worker import Worker
+from difflab.runtime.events import JobError, JobFinished, Progress
+from difflab.jobs.stepthrough import SaveStepThroughJob, StepThroughJob, samplers_for, source_kind
+from difflab.runtime.worker import Worker
 from tests.conftest import TINY_DDPM, run_cli, tiny_args
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
-from difflab.cli import main
+from difflab.cli.main import main
 from difflab.recipe import load_recipe, recipe_to_toml
 from difflab.screens.app import DifflabApp
 from difflab.screens.dataset import DatasetScreen

@@ -11,8 +11,8 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 from textual_plot import PlotWidget
 
-from difflab.audio import write_clips
-from difflab.catalog import find_recipe
+from difflab.diffusion.audio import write_clips
+from difflab.runtime.catalog import find_recipe
 from difflab.screens.app import DifflabApp
 from difflab.screens.audio import AudioScreen
 from difflab.screens.widgets import TerminalImage

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from difflab import events
+from difflab.runtime import events
 from difflab.recipe import load_recipe, parse_recipe
-from difflab.runs import RunDir
-from difflab.train import TrainingJob
-from difflab.worker import Worker
+from difflab.runtime.runs import RunDir
+from difflab.jobs.training import TrainingJob
+from difflab.runtime.worker import Worker
 from tests.conftest import TINY, paused_from_the_start
 
 
@@ -165,7 +165,7 @@ def test_jobs_submitted_back_to_back_all_run_on_an_idle_exit_worker():
 
 OPENMP_TEAM = """
 import os, torch
-from difflab.worker import Worker
+from difflab.runtime.worker import Worker
 from tests.test_worker import _wait_until
 
 def threads():

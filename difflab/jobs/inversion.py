@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from difflab import events
+from difflab.runtime import events
 from difflab.errors import InputError
-from difflab.generate import SamplingSetup
-from difflab.inversion import (
+from difflab.diffusion.generate import SamplingSetup
+from difflab.diffusion.inversion import (
     Edit,
     InversionSettings,
     ReconstructionError,
@@ -32,7 +32,7 @@ from difflab.inversion import (
     random_noise_error,
 )
 from difflab.recipe import InvertConfig, Recipe
-from difflab.worker import JobContext
+from difflab.runtime.worker import JobContext
 
 # Inverted latents are (nearly) standard Gaussian: +-3 sigma shows them without clipping most pixels.
 NOISE_RANGE = (-3.0, 3.0)
@@ -86,7 +86,7 @@ def model_calls(cfg: InvertConfig, conditional: bool) -> int:
 def run_inversion(setup: SamplingSetup, cfg: InvertConfig, inputs: InversionInputs, folder: Path,
                   progress: StepCounter | None = None, guidance=None) -> dict:
     """Invert, reconstruct, edit and sweep; write the grids and errors.json; return the summary's `invert`."""
-    from difflab.render import image_grid, labelled_rows, save_png
+    from difflab.diffusion.render import image_grid, labelled_rows, save_png
 
     conditional = setup.recipe.model.num_classes > 0
     _check_classes(cfg, setup)
@@ -197,15 +197,15 @@ class InvertJob:
         summary = {"status": "finished", "job": "invert", "run_dir": str(self.out), "device": ctx.device,
                    "invert": table}
         if self.run_dir is not None:  # a recipe's run: check its [expect] and keep the summary
-            from difflab.expect import as_records, check_expectations
+            from difflab.jobs.expectations import as_records, check_expectations
 
             summary["expectations"] = as_records(check_expectations(self.recipe.expect, summary))
             self.run_dir.write_summary(summary)
         return "finished", summary
 
     def _load(self, device: str):
-        from difflab.data import load_dataset
-        from difflab.sampling_job import pipeline_setup, run_setup
+        from difflab.diffusion.data import load_dataset
+        from difflab.jobs.sampling import pipeline_setup, run_setup
 
         if self.source.pipeline:
             setup = pipeline_setup(self.source.pipeline, [], device)
@@ -222,7 +222,7 @@ class InvertJob:
     def _loss_guidance(self, setup: SamplingSetup):
         if not self.cfg.edit_loss_guidance:
             return None
-        from difflab.guidance import make_guidance
+        from difflab.diffusion.guidance import make_guidance
 
         recipe = self.recipe or setup.recipe
         return make_guidance(recipe, setup.value_range, setup.device)

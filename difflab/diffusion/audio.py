@@ -156,8 +156,8 @@ def write_wav(path: Path, wave: torch.Tensor, sample_rate: int) -> Path:
 def write_clips(images: torch.Tensor, value_range: tuple[float, float], cfg: AudioConfig, folder: Path,
                 seed: int = 0) -> list[Path]:
     """Generated spectrogram images as folder/clip_NNN.wav plus clip_NNN.png (each spectrogram alone)."""
-    from difflab.data import to_unit
-    from difflab.render import image_grid, save_png
+    from difflab.diffusion.data import to_unit
+    from difflab.diffusion.render import image_grid, save_png
 
     unit = to_unit(images.detach().float().cpu(), value_range)
     waves = SpectrogramCodec(cfg, unit.shape[-1]).to_waves(unit, seed=seed)
@@ -236,8 +236,8 @@ def measure_settings(recipe, base_dir: Path | None, n_ffts: list[int], hops: lis
     """Round-trip `clips` of the recipe's sounds (spread over them) under every n_fft × hop × n_mels."""
     import itertools
 
-    from difflab.probes import evenly_spaced
-    from difflab.sounds import clip_source
+    from difflab.jobs.probes import evenly_spaced
+    from difflab.diffusion.sounds import clip_source
 
     source = clip_source(recipe.dataset, recipe.audio, base_dir, recipe.seed)
     waves = torch.stack([source.clip(i) for i in evenly_spaced(len(source), max(1, clips))])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from difflab.errors import DifflabError
-from difflab.events import TERMINAL_EVENTS, Event, JobError, JobFinished
+from difflab.runtime.events import TERMINAL_EVENTS, Event, JobError, JobFinished
 
 
 class JobControl:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from difflab.models import denoise, null_class
+from difflab.diffusion.models import denoise, null_class
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 

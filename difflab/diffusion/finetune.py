@@ -86,9 +86,9 @@ def source_weights(source: str, recipe: Recipe, base_dir: Path | None = None) ->
 
 
 def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.Tensor]:
-    from difflab.runs import RunDir
-    from difflab.sampling_job import checkpoint_model, load_model_folder
-    from difflab.stepthrough import source_kind
+    from difflab.runtime.runs import RunDir
+    from difflab.jobs.sampling import checkpoint_model, load_model_folder
+    from difflab.jobs.stepthrough import source_kind
 
     kind = source_kind(path)
     if kind == "pipeline":
@@ -109,7 +109,7 @@ def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.
 
 def _pipeline_unet(location: str, source: str) -> nn.Module:
     """The UNet of a pipeline folder or hub id (cache first, then the network), as `difflab sample` loads it."""
-    from difflab.sampling_job import load_pipeline
+    from difflab.jobs.sampling import load_pipeline
 
     return load_pipeline(location, f"train.init_from = '{source}'")[0]
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 
-from difflab.data import to_unit
+from difflab.diffusion.data import to_unit
 
 
 def image_grid(images: torch.Tensor, value_range: tuple[float, float], nrow: int | None = None,

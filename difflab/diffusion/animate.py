@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from difflab.files import atomic_write_bytes
-from difflab.render import image_grid
+from difflab.diffusion.render import image_grid
 
 FINAL_HOLD = 15
 """The last frame (the result) stays up this many frame times before the loop restarts."""
@@ -22,7 +22,7 @@ FINAL_HOLD = 15
 
 def frame_indices(steps: int, max_frames: int) -> list[int]:
     """At most `max_frames` step indices spread evenly over 0..steps-1, the last one always included."""
-    from difflab.probes import evenly_spaced
+    from difflab.jobs.probes import evenly_spaced
 
     return evenly_spaced(steps, max_frames)
 

@@ -269,8 +269,8 @@ def decode_image(file: Path, size: int, mode: str, what: str = "dataset.path") -
 
 def _load_audio(cfg: DatasetConfig, base_dir: Path | None, seed: int, audio: AudioConfig) -> _Decoded:
     """Sound clips (generated, or a folder of WAV files) as 0..1 mel spectrogram images."""
-    from difflab.audio import SpectrogramCodec
-    from difflab.sounds import clip_source, load_waves
+    from difflab.diffusion.audio import SpectrogramCodec
+    from difflab.diffusion.sounds import clip_source, load_waves
 
     source = clip_source(cfg, audio, base_dir, seed)
     waves, labels = load_waves(source)

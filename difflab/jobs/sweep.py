@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from difflab import events
+from difflab.runtime import events
 from difflab.errors import InputError
 from difflab.recipe import apply_overrides, parse_recipe, parse_toml_value
-from difflab.sampling_job import SampleSource
-from difflab.worker import JobContext
+from difflab.jobs.sampling import SampleSource
+from difflab.runtime.worker import JobContext
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ class SweepJob:
         self.overrides, self.device = list(overrides), device
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
-        from difflab.generate import generate
-        from difflab.render import labelled_rows, save_png
-        from difflab.sampling_job import SamplingProgress
+        from difflab.diffusion.generate import generate
+        from difflab.diffusion.render import labelled_rows, save_png
+        from difflab.jobs.sampling import SamplingProgress
 
         started = time.perf_counter()
         rows = self._rows(ctx.device)
@@ -95,7 +95,7 @@ class SweepJob:
 
     def _rows(self, device: str) -> list[tuple[str, Any]]:
         """(label, sampling setup) per row; the model is loaded once unless checkpoints are swept."""
-        from difflab.sampling_job import pipeline_setup, run_setup
+        from difflab.jobs.sampling import pipeline_setup, run_setup
 
         if self.sweep.key == "checkpoint":
             return _checkpoint_setups(Path(self.source.run_dir), list(self.sweep.values), self.overrides, device)
@@ -110,7 +110,7 @@ class SweepJob:
 
 
 def _class_rows(base, values, run_dir: Path | None) -> list[tuple[str, Any]]:
-    from difflab.conditioning import run_class_names
+    from difflab.diffusion.conditioning import run_class_names
 
     classes = base.recipe.model.num_classes
     if not classes:
@@ -129,9 +129,9 @@ def _class_rows(base, values, run_dir: Path | None) -> list[tuple[str, Any]]:
 
 
 def _checkpoint_setups(run_dir: Path, values: list, overrides: list[str], device: str) -> list[tuple[str, Any]]:
-    from difflab.runs import CHECKPOINT_PATTERN, RunDir
-    from difflab.sampling_job import run_setup
-    from difflab.stepthrough import checkpoint_setup
+    from difflab.runtime.runs import CHECKPOINT_PATTERN, RunDir
+    from difflab.jobs.sampling import run_setup
+    from difflab.jobs.stepthrough import checkpoint_setup
 
     run, _ = RunDir.open(run_dir)
     found = {int(CHECKPOINT_PATTERN.match(p.name).group(1)): p for p in run.list_checkpoints()}
@@ -163,8 +163,8 @@ def _with(base, overrides: list[str]):
 
 def _row_numbers(images: torch.Tensor, setup) -> dict:
     """Per-row figures: the mean of each channel (0..1) and the recipe's guidance loss, if it names one."""
-    from difflab.data import to_unit
-    from difflab.guidance import GUIDANCE
+    from difflab.diffusion.data import to_unit
+    from difflab.diffusion.guidance import GUIDANCE
 
     numbers = {"mean": [round(v, 4) for v in to_unit(images, setup.value_range).mean(dim=(0, 2, 3)).tolist()]}
     cfg = setup.recipe.guidance

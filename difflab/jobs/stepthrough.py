@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from difflab import events
+from difflab.runtime import events
 from difflab.errors import InputError
-from difflab.worker import JobContext
+from difflab.runtime.worker import JobContext
 
 
 
@@ -30,7 +30,7 @@ class SamplerSteps:
     inputs: list[Any]  # PIL images, one per model call
     predictions: list[Any]
     final: Any
-    trajectory: Any  # difflab.sample.Trajectory, CPU tensors, for the GIF
+    trajectory: Any  # difflab.diffusion.sample.Trajectory, CPU tensors, for the GIF
 
 
 def source_kind(path: str | Path) -> str:
@@ -106,7 +106,7 @@ class StepThroughJob:
                 f"sample.num_images={self.num_images}", f"sample.eta={self.eta}", *self.extra_overrides]
 
     def setup(self, sampler: str, device: str):
-        from difflab.sampling_job import pipeline_setup, run_setup
+        from difflab.jobs.sampling import pipeline_setup, run_setup
 
         if self.pipeline:
             return pipeline_setup(self.pipeline, self.overrides(sampler), device)
@@ -119,7 +119,7 @@ class StepThroughJob:
         return run_setup(folder, self.overrides(sampler), device)
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
-        from difflab.sampling_job import SamplingProgress
+        from difflab.jobs.sampling import SamplingProgress
 
         total = self.steps * len(self.samplers)
         ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, total))
@@ -142,7 +142,7 @@ def checkpoint_setup(folder: Path, overrides: list[str], device: str):
 
     A run that kept an EMA samples with the EMA weights, as its exported model does.
     """
-    from difflab.sampling_job import checkpoint_model, run_recipe, setup_for
+    from difflab.jobs.sampling import checkpoint_model, run_recipe, setup_for
 
     _, recipe = run_recipe(folder.parent.parent, overrides)
     return setup_for(checkpoint_model(folder, recipe), recipe, device)
@@ -159,9 +159,9 @@ def _with_sampler(recipe, sampler: str):
 
 def _sample_steps(setup, count: int, steps: int, progress) -> SamplerSteps:
     """Sample with `setup` (its own seed, so every sampler starts from the same noise) and grid each step."""
-    from difflab.generate import generate
-    from difflab.render import image_grid
-    from difflab.sample import Trajectory
+    from difflab.diffusion.generate import generate
+    from difflab.diffusion.render import image_grid
+    from difflab.diffusion.sample import Trajectory
 
     path = Trajectory()
 
@@ -180,8 +180,8 @@ def save_outputs(result: dict, folder: Path) -> list[Path]:
     """Write each sampler's final grid (PNG, upscaled 2x) and denoising GIF into `folder`; returns the paths."""
     from PIL import Image
 
-    from difflab.animate import denoising_gif
-    from difflab.render import save_png
+    from difflab.diffusion.animate import denoising_gif
+    from difflab.diffusion.render import save_png
 
     folder = Path(folder)
     written = []

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from difflab.data import ImageDataset, to_unit
+from difflab.diffusion.data import ImageDataset, to_unit
 from difflab.errors import InputError
 from difflab.files import atomic_dir
 

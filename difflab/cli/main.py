@@ -17,7 +17,7 @@ from rich.console import Console
 
 from difflab import __version__
 from difflab.errors import DifflabError, InputError
-from difflab.headless import print_error
+from difflab.cli.report import print_error
 
 EXIT_BAD_INPUT = 2
 
@@ -163,7 +163,7 @@ COMMANDS = ("run", "recipe", "recipes", "sample", "eval", "invert", "model", "pr
 
 def open_lab(recipe: str | None) -> int:
     """`difflab [RECIPE]`: the lab in the terminal, on the given recipe or a fresh one."""
-    from difflab.catalog import find_recipe
+    from difflab.runtime.catalog import find_recipe
 
     try:
         path = find_recipe(recipe) if recipe else None
@@ -183,7 +183,7 @@ def open_lab(recipe: str | None) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from difflab.catalog import builtin_recipes
+    from difflab.runtime.catalog import builtin_recipes
 
     table = Table("recipe", "what it does", title="built-in recipes (difflab run NAME)")
     for recipe in builtin_recipes():
@@ -193,7 +193,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
-    from difflab.catalog import find_recipe
+    from difflab.runtime.catalog import find_recipe
     from difflab.errors import RecipeError
     from difflab.recipe import load_recipe, recipe_to_toml
 
@@ -215,7 +215,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from difflab.headless import run_job
+    from difflab.cli.report import run_job
 
     job, run, fresh = _prepare_training(args)
     if args.device:
@@ -228,8 +228,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from difflab.headless import run_job
-    from difflab.sampling_job import SampleJob, SampleSource
+    from difflab.cli.report import run_job
+    from difflab.jobs.sampling import SampleJob, SampleSource
 
     if bool(args.run_dir) == bool(args.pipeline):
         raise InputError("difflab sample: give either a run directory or --pipeline PATH_OR_HUB_ID")
@@ -247,7 +247,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         out = args.out or args.run_dir / "samples"
         source = SampleSource(run_dir=args.run_dir)
     if args.sweep or args.grid:
-        from difflab.sweep import Sweep, SweepJob, parse_sweep
+        from difflab.jobs.sweep import Sweep, SweepJob, parse_sweep
 
         sweep = parse_sweep(args.sweep) if args.sweep else Sweep("class", ("all",))
         job = SweepJob(source, out, sweep, overrides, args.device)
@@ -257,8 +257,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from difflab.eval_job import EvalJob
-    from difflab.headless import run_job
+    from difflab.jobs.evaluation import EvalJob
+    from difflab.cli.report import run_job
 
     flags = {"sampler": args.sampler, "steps": args.steps}
     overrides = [*args.overrides, *(f"sample.{k}={v!r}" if isinstance(v, str) else f"sample.{k}={v}"
@@ -273,10 +273,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
-    from difflab.headless import run_job
-    from difflab.inversion_job import InvertJob
+    from difflab.cli.report import run_job
+    from difflab.jobs.inversion import InvertJob
     from difflab.recipe import InvertConfig
-    from difflab.sampling_job import SampleSource
+    from difflab.jobs.sampling import SampleSource
 
     if bool(args.run_dir) == bool(args.pipeline):
         raise InputError("difflab invert: give either a run directory or --pipeline PATH")
@@ -284,7 +284,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
         base, source = InvertConfig(), SampleSource(pipeline=args.pipeline)
         out = args.out or Path(f"inversion-{Path(args.pipeline).name}")
     else:
-        from difflab.runs import RunDir
+        from difflab.runtime.runs import RunDir
 
         base, source, out = RunDir.open(args.run_dir)[1].invert, SampleSource(run_dir=args.run_dir), args.run_dir
     flags = {"steps": args.steps, "start_step": args.start_step, "images": args.images,
@@ -335,7 +335,7 @@ def _step_counts(text: str, flag: str = "--sweep-steps") -> list[int]:
 def cmd_preview(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
-    from difflab.render import terminal_image
+    from difflab.diffusion.render import terminal_image
 
     try:
         with Image.open(args.image) as image:
@@ -352,8 +352,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_model(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from difflab.catalog import find_recipe
-    from difflab.models import dry_run
+    from difflab.runtime.catalog import find_recipe
+    from difflab.diffusion.models import dry_run
     from difflab.recipe import load_recipe
 
     recipe = load_recipe(find_recipe(args.recipe), args.overrides)
@@ -372,8 +372,8 @@ def cmd_audio(args: argparse.Namespace) -> int:
     """`difflab audio roundtrip`: spectral convergence and log-spectral distance per mel setting."""
     from rich.table import Table
 
-    from difflab.audio import measure_settings
-    from difflab.catalog import find_recipe
+    from difflab.diffusion.audio import measure_settings
+    from difflab.runtime.catalog import find_recipe
     from difflab.recipe import load_recipe
 
     path = find_recipe(args.recipe)
@@ -401,11 +401,11 @@ def cmd_audio(args: argparse.Namespace) -> int:
 
 
 def _prepare_training(args: argparse.Namespace):
-    from difflab.catalog import find_recipe
-    from difflab.headless import default_run_dir
+    from difflab.runtime.catalog import find_recipe
+    from difflab.cli.report import default_run_dir
     from difflab.recipe import load_recipe
-    from difflab.runs import RunDir
-    from difflab.train import TrainingJob
+    from difflab.runtime.runs import RunDir
+    from difflab.jobs.training import TrainingJob
 
     if args.resume:
         if args.recipe or args.overrides or args.out or args.profile:
@@ -434,9 +434,9 @@ def _prepare_training(args: argparse.Namespace):
 
 def _inversion_run(recipe, path: Path, out: Path):
     """`difflab run` of a recipe whose invert.source names the model: invert it instead of training."""
-    from difflab.inversion_job import InvertJob
-    from difflab.runs import RunDir
-    from difflab.sampling_job import SampleSource
+    from difflab.jobs.inversion import InvertJob
+    from difflab.runtime.runs import RunDir
+    from difflab.jobs.sampling import SampleSource
 
     folder = Path(_init_source(recipe.invert.source, path)).expanduser()
     if not folder.is_dir():
@@ -454,7 +454,7 @@ def _init_source(source: str, recipe_path: Path) -> str:
     Relative to the recipe's folder, or to the current folder for a built-in recipe (whose
     folder is inside the installed package, where no run lives). A hub id stays as it is.
     """
-    from difflab.catalog import is_builtin
+    from difflab.runtime.catalog import is_builtin
 
     if Path(source).expanduser().is_absolute():
         return source

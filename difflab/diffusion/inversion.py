@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from diffusers import DDIMInverseScheduler
 
-from difflab.data import decode_image, to_unit
+from difflab.diffusion.data import decode_image, to_unit
 from difflab.errors import InputError
-from difflab.generate import SamplingSetup
-from difflab.guidance import LossGuidance
-from difflab.sample import StepCallback
+from difflab.diffusion.generate import SamplingSetup
+from difflab.diffusion.guidance import LossGuidance
+from difflab.diffusion.sample import StepCallback
 
 
 @dataclass
@@ -64,7 +64,7 @@ def inverse_scheduler(setup: SamplingSetup) -> DDIMInverseScheduler:
     inverse, and measured on a small digits model clipping made the error grow with more steps
     (with DDIM's clipped step as samplers.py then took it, the model's unclipped eps kept).
     """
-    from difflab.samplers import schedule_config
+    from difflab.diffusion.samplers import schedule_config
 
     if setup.train_scheduler is None:
         raise InputError("DDIM inversion needs a model trained with a noise schedule "
@@ -77,7 +77,7 @@ def forward_scheduler(setup: SamplingSetup):
     """The deterministic DDIM sampler with the same configuration (and no clipping), for the way back."""
     from diffusers import DDIMScheduler
 
-    from difflab.samplers import schedule_config
+    from difflab.diffusion.samplers import schedule_config
 
     return DDIMScheduler.from_config(setup.train_scheduler.config, **schedule_config(setup.train_scheduler),
                                      clip_sample=False)
@@ -91,8 +91,8 @@ def invert(setup: SamplingSetup, images: torch.Tensor, labels: torch.Tensor | No
     Its noise level is the one the forward sampler reaches after `steps - depth` of its
     steps, so `sample_from` continues from there. Depth 0 returns the images unchanged.
     """
-    from difflab.conditioning import guided_model_fn
-    from difflab.sample import SampleStep
+    from difflab.diffusion.conditioning import guided_model_fn
+    from difflab.diffusion.sample import SampleStep
 
     setup.model.eval()
     model_fn = guided_model_fn(setup.model, labels, settings.guidance_scale)
@@ -114,8 +114,8 @@ def sample_from(setup: SamplingSetup, latent: torch.Tensor, labels: torch.Tensor
                 settings: InversionSettings, guidance: LossGuidance | None = None,
                 callback: StepCallback | None = None) -> torch.Tensor:
     """Forward DDIM from a latent `invert` made with the same steps and depth, back to images."""
-    from difflab.conditioning import guided_model_fn
-    from difflab.samplers import diffusers_sample
+    from difflab.diffusion.conditioning import guided_model_fn
+    from difflab.diffusion.samplers import diffusers_sample
 
     model_fn = guided_model_fn(setup.model, labels, settings.guidance_scale)
     first = settings.steps - settings.depth
@@ -210,7 +210,7 @@ def file_images(paths: list[Path], size: int, channels: int, value_range: tuple[
 
 def conditioning_labels(setup: SamplingSetup, labels: torch.Tensor | None, count: int) -> torch.Tensor | None:
     """Class labels for a class-conditional model: the images' own (unlabelled -1 -> 'no class'), else None."""
-    from difflab.models import null_class
+    from difflab.diffusion.models import null_class
 
     null = null_class(setup.model)
     if null is None:

@@ -102,7 +102,7 @@ class RunDir:
 
     def save_image(self, image, name: str) -> Path:
         """Save a PIL image under samples/ atomically."""
-        from difflab.render import save_png
+        from difflab.diffusion.render import save_png
 
         return save_png(image, self.samples / name)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from difflab.recipe import Recipe, ScheduleConfig
-from difflab.worker import JobContext
+from difflab.runtime.worker import JobContext
 
 
 def evenly_spaced(count: int, keep: int) -> list[int]:
@@ -40,8 +40,8 @@ class DatasetProbe:
     device: str = "cpu"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        from difflab.data import load_dataset
-        from difflab.render import image_grid
+        from difflab.diffusion.data import load_dataset
+        from difflab.diffusion.render import image_grid
 
         data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed, self.recipe.audio)
         grid = image_grid(data.images[: self.count], data.value_range, scale=1)
@@ -61,9 +61,9 @@ class ScheduleProbe:
     device: str = "cpu"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        from difflab.data import load_dataset
-        from difflab.render import image_grid
-        from difflab.schedules import noised_strip
+        from difflab.diffusion.data import load_dataset
+        from difflab.diffusion.render import image_grid
+        from difflab.diffusion.schedules import noised_strip
 
         ddpm = self.recipe.schedule.model_copy(update={"kind": "ddpm"})
         toy = self.recipe.schedule.model_copy(update={"kind": "toy"})
@@ -81,7 +81,7 @@ class ScheduleProbe:
         return "finished", {"curves": curves, "timesteps": steps, "strips": strips}
 
     def _curves(self, cfg: ScheduleConfig) -> dict[str, tuple[list[float], list[float]]]:
-        from difflab.schedules import schedule_curves
+        from difflab.diffusion.schedules import schedule_curves
 
         c = schedule_curves(cfg)
         t = c.timesteps.tolist()
@@ -109,7 +109,7 @@ class ModelProbe:
     device: str = "auto"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        from difflab.models import build_model, dry_run
+        from difflab.diffusion.models import build_model, dry_run
 
         report = dry_run(self.recipe, "cpu")
         size, channels = self.recipe.dataset.image_size, self.recipe.dataset.channels
@@ -127,7 +127,7 @@ def _fastest_step(model, batch: int, channels: int, size: int, device: str, repe
     """Seconds for one forward+backward pass: the fastest of a few (a busy machine only adds time)."""
     import torch
 
-    from difflab.models import denoise
+    from difflab.diffusion.models import denoise
 
     x = torch.randn(batch, channels, size, size, device=device)
     t = torch.zeros(batch, dtype=torch.long, device=device)
@@ -173,7 +173,7 @@ class TrainingLaunch:
     """
 
     recipe: Recipe
-    run_dir: Any  # difflab.runs.RunDir
+    run_dir: Any  # difflab.runtime.runs.RunDir
     recipe_dir: Path | None = None
     resume: bool = False  # continue the run from its newest checkpoint
     name: str = "train"
@@ -183,28 +183,28 @@ class TrainingLaunch:
         return self.recipe.device
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        from difflab.train import TrainingJob
+        from difflab.jobs.training import TrainingJob
 
         return TrainingJob(self.recipe, self.run_dir, self.recipe_dir, resume=self.resume).run(ctx)
 
 
 @dataclass
 class SweepLaunch:
-    """A sampling sweep (difflab.sweep) from the sampling screen: parsed and run on the worker.
+    """A sampling sweep (difflab.jobs.sweep) from the sampling screen: parsed and run on the worker.
 
     `sweep` is the CLI's text (`guidance_scale=0,1,3,7`, `class=all`, `checkpoint=all`);
     the sweep module imports torch, so even parsing waits for the worker. The source, the
     output folder and the sampling settings are those of the screen's step-through job.
     """
 
-    step_through: Any  # difflab.stepthrough.StepThroughJob
+    step_through: Any  # difflab.jobs.stepthrough.StepThroughJob
     sweep: str
     name: str = "sweep"
     device: str = "auto"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        from difflab.sampling_job import SampleSource
-        from difflab.sweep import SweepJob, parse_sweep
+        from difflab.jobs.sampling import SampleSource
+        from difflab.jobs.sweep import SweepJob, parse_sweep
 
         job = self.step_through
         source = SampleSource(run_dir=job.run_dir, pipeline=job.pipeline)
@@ -235,9 +235,9 @@ class AudioProbe:
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
         import torch
 
-        from difflab.audio import SpectrogramCodec, waveform_points
-        from difflab.render import image_grid
-        from difflab.sounds import clip_source
+        from difflab.diffusion.audio import SpectrogramCodec, waveform_points
+        from difflab.diffusion.render import image_grid
+        from difflab.diffusion.sounds import clip_source
 
         cfg = self.recipe.audio
         source = clip_source(self.recipe.dataset, cfg, self.recipe_dir, self.recipe.seed)
@@ -305,8 +305,8 @@ class InversionLaunch:
         from PIL import Image
 
         from difflab.errors import InputError
-        from difflab.inversion_job import InvertJob
-        from difflab.sampling_job import SampleSource
+        from difflab.jobs.inversion import InvertJob
+        from difflab.jobs.sampling import SampleSource
 
         cfg = self.recipe.invert
         if not cfg.images and not cfg.image_paths:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from difflab import events
+from difflab.runtime import events
 from difflab.errors import InputError
 from difflab.recipe import Recipe, parse_recipe
-from difflab.runs import RunDir
-from difflab.worker import JobContext
+from difflab.runtime.runs import RunDir
+from difflab.runtime.worker import JobContext
 
 
 @dataclass
@@ -31,7 +31,7 @@ class SampleSource:
     @classmethod
     def of_folder(cls, folder: Path) -> SampleSource:
         """A pipeline when the folder holds model_index.json, else a run or one of its checkpoints."""
-        from difflab.stepthrough import source_kind
+        from difflab.jobs.stepthrough import source_kind
 
         return cls(pipeline=str(folder)) if source_kind(folder) == "pipeline" else cls(run_dir=folder)
 
@@ -45,7 +45,7 @@ class SampleJob:
         self.source, self.out, self.overrides, self.device = source, Path(out), list(overrides), device
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
-        from difflab.generate import write_samples
+        from difflab.diffusion.generate import write_samples
 
         setup = self._setup(ctx.device)
         s = setup.recipe.sample
@@ -104,9 +104,9 @@ def run_recipe(run_dir: Path, overrides: list[str]) -> tuple[RunDir, Recipe]:
 
 def setup_for(model: torch.nn.Module, recipe: Recipe, device: str):
     """Everything sampling needs, for a model trained with `recipe`."""
-    from difflab.generate import SamplingSetup
+    from difflab.diffusion.generate import SamplingSetup
     from difflab.recipe import VALUE_RANGES
-    from difflab.schedules import training_noise_scheduler
+    from difflab.diffusion.schedules import training_noise_scheduler
 
     shape = (recipe.dataset.channels, recipe.dataset.image_size, recipe.dataset.image_size)
     return SamplingSetup(model.to(device), recipe, shape, VALUE_RANGES[recipe.dataset.value_range], device,
@@ -124,7 +124,7 @@ def load_model_folder(folder: Path, kind: str, what: str):
     """A model saved with save_pretrained: BasicUNet or UNet2DModel by the recipe's model.kind."""
     from diffusers import UNet2DModel
 
-    from difflab.models import BasicUNet
+    from difflab.diffusion.models import BasicUNet
 
     cls = BasicUNet if kind == "basic-unet" else UNet2DModel
     try:
@@ -138,15 +138,15 @@ def checkpoint_model(folder: Path, recipe: Recipe | None = None):
 
     `recipe` defaults to the run's own; a LoRA run's checkpoint holds its adapters too.
     """
-    from difflab.models import build_model
-    from difflab.runs import load_checkpoint
+    from difflab.diffusion.models import build_model
+    from difflab.runtime.runs import load_checkpoint
 
     if recipe is None:
         _, recipe = RunDir.open(folder.parent.parent)
     checkpoint = load_checkpoint(folder)
     model = build_model(recipe)
     if recipe.train.lora_rank:
-        from difflab.finetune import add_lora
+        from difflab.diffusion.finetune import add_lora
 
         add_lora(model, recipe.train)
     try:
@@ -158,7 +158,7 @@ def checkpoint_model(folder: Path, recipe: Recipe | None = None):
         if (ema := checkpoint.tensors.get(f"ema.{i}")) is not None:
             parameter.data.copy_(ema)
     if recipe.train.lora_rank:
-        from difflab.finetune import merged_state_dict
+        from difflab.diffusion.finetune import merged_state_dict
 
         plain = build_model(recipe)
         plain.load_state_dict(merged_state_dict(model))
@@ -168,7 +168,7 @@ def checkpoint_model(folder: Path, recipe: Recipe | None = None):
 
 def pipeline_setup(source: str, overrides: list[str], device: str):
     """Sampling setup for any unconditional UNet2DModel pipeline on disk or on the hub."""
-    from difflab.generate import SamplingSetup
+    from difflab.diffusion.generate import SamplingSetup
     from difflab.recipe import apply_overrides
 
     unet, scheduler = load_pipeline(source)

@@ -67,8 +67,8 @@ def color_loss(recipe: Recipe, value_range: tuple[float, float], device: str, da
           summed=True)
 def classifier_loss(recipe: Recipe, value_range: tuple[float, float], device: str, data_dir: Path | None
                     ) -> GuidanceLoss:
-    from difflab.data import load_dataset
-    from difflab.reference import missing_reason, reference_classifier
+    from difflab.diffusion.data import load_dataset
+    from difflab.diffusion.reference import missing_reason, reference_classifier
 
     target_class = recipe.guidance.target_class
     data = load_dataset(recipe.dataset, data_dir, recipe.seed)
@@ -135,7 +135,7 @@ def guidance_effect(setup, guided, steps: int) -> dict | None:
     None when the recipe has no guidance (make_guidance's rule)."""
     from dataclasses import replace
 
-    from difflab.generate import generate
+    from difflab.diffusion.generate import generate
 
     guidance = setup.guidance()
     if guidance is None:

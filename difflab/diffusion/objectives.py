@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from dataclasses import dataclass
 
-from difflab.models import denoise
+from difflab.diffusion.models import denoise
 from difflab.recipe import Recipe
-from difflab.schedules import corrupt
+from difflab.diffusion.schedules import corrupt
 
 
 @dataclass
@@ -54,7 +54,7 @@ class DDPMObjective:
 
     def loss(self, model, x: torch.Tensor, generator: torch.Generator,
              labels: torch.Tensor | None = None) -> BatchLoss:
-        from difflab.schedules import add_noise, min_snr_weights, training_target
+        from difflab.diffusion.schedules import add_noise, min_snr_weights, training_target
 
         noise = torch.randn(x.shape, generator=generator, device=x.device)
         steps = self.scheduler.config.num_train_timesteps

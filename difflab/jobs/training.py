@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from difflab import events
+from difflab.runtime import events
 from difflab.errors import InputError, JobFailed
-from difflab.expect import as_records, check_expectations, loss_drop_factor
-from difflab.models import count_parameters
+from difflab.jobs.expectations import as_records, check_expectations, loss_drop_factor
+from difflab.diffusion.models import count_parameters
 from difflab.recipe import Recipe
-from difflab.runs import Checkpoint, RunDir
-from difflab.worker import JobContext
+from difflab.runtime.runs import Checkpoint, RunDir
+from difflab.runtime.worker import JobContext
 
 
 
@@ -108,7 +108,7 @@ class TrainingJob:
     # ------------------------------------------------------------ the job
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
-        from difflab.data import load_dataset
+        from difflab.diffusion.data import load_dataset
 
         emit = ctx.emit
         emit(events.LogLine(ctx.job_id, f"loading dataset '{self.recipe.dataset.source}'"))
@@ -183,9 +183,9 @@ class _Session:
     def start(cls, job: TrainingJob, ctx: JobContext, data) -> _Session:
         from diffusers.optimization import get_scheduler
 
-        from difflab.models import build_model
-        from difflab.objectives import make_objective
-        from difflab.schedules import training_noise_scheduler
+        from difflab.diffusion.models import build_model
+        from difflab.diffusion.objectives import make_objective
+        from difflab.diffusion.schedules import training_noise_scheduler
 
         accelerator = _accelerator(job.recipe, ctx.device)
         session = cls(job, ctx, data, accelerator)
@@ -211,7 +211,7 @@ class _Session:
 
     def prepare_model(self, model) -> None:
         """Start from train.init_from's weights (a fresh run only: a resume restores its own), add LoRA."""
-        from difflab.finetune import add_lora, load_initial_weights
+        from difflab.diffusion.finetune import add_lora, load_initial_weights
 
         log = lambda text: self.ctx.emit(events.LogLine(self.ctx.job_id, text))
         if self.cfg.init_from and not self.job.resume:
@@ -288,7 +288,7 @@ class _Session:
         classes = self.recipe.model.num_classes
         if not classes:
             return None
-        from difflab.conditioning import drop_labels
+        from difflab.diffusion.conditioning import drop_labels
 
         labels = self.data.labels[indices].to(self.device, non_blocking=True)
         return drop_labels(labels, self.cfg.label_dropout, classes, self.generator)
@@ -367,7 +367,7 @@ class _Session:
     # ------------------------------------------------------------ samples
 
     def sampling_setup(self):
-        from difflab.generate import SamplingSetup
+        from difflab.diffusion.generate import SamplingSetup
 
         return SamplingSetup(self.unwrapped, self.recipe, tuple(self.data.images.shape[1:]),
                              self.data.value_range, self.device, self.noise_scheduler,
@@ -388,8 +388,8 @@ class _Session:
             self.model.train()
 
     def preview(self) -> None:
-        from difflab.generate import generate
-        from difflab.render import image_grid
+        from difflab.diffusion.generate import generate
+        from difflab.diffusion.render import image_grid
 
         if not self.main:
             return
@@ -481,7 +481,7 @@ class _Session:
 
     def evaluate(self) -> dict:
         """The samples' quality against the dataset's reference classifier (recipe [eval])."""
-        from difflab.eval_job import job_logger, measure_model
+        from difflab.jobs.evaluation import job_logger, measure_model
 
         if not self.recipe.eval.enabled:
             return {"eval_skipped": "eval.enabled = false"}
@@ -489,7 +489,7 @@ class _Session:
 
     def guidance_effect(self, final_images) -> dict:
         """[guidance]: its loss on the final samples, and on the same noise without it (summary `guidance`)."""
-        from difflab.guidance import guidance_effect
+        from difflab.diffusion.guidance import guidance_effect
 
         g, s = self.recipe.guidance, self.recipe.sample
         effect = guidance_effect(self.sampling_setup(), final_images, s.steps)
@@ -504,7 +504,7 @@ class _Session:
         """The recipe's [invert]: DDIM inversion of its images with the model just trained (RUN/inversion)."""
         if not self.recipe.invert.enabled:
             return {}
-        from difflab.inversion_job import inversion_inputs, log_errors, run_inversion
+        from difflab.jobs.inversion import inversion_inputs, log_errors, run_inversion
 
         cfg, setup = self.recipe.invert, self.sampling_setup()
         guidance = setup.guidance() if cfg.edit_loss_guidance else None
@@ -525,8 +525,8 @@ class _Session:
 
         model = self.unwrapped
         if self.cfg.lora_rank:
-            from difflab.finetune import merged_state_dict, save_lora
-            from difflab.models import build_model
+            from difflab.diffusion.finetune import merged_state_dict, save_lora
+            from difflab.diffusion.models import build_model
 
             save_lora(model, self.cfg, self.run.lora_dir)
             model = build_model(self.recipe).to(self.device)
@@ -541,12 +541,12 @@ class _Session:
                     tmp, safe_serialization=True)
 
     def write_samples(self):
-        from difflab.generate import write_samples
+        from difflab.diffusion.generate import write_samples
 
         return write_samples(self.sampling_setup(), self.run.samples)
 
     def summary(self, status: str) -> dict:
-        from difflab.versions import versions
+        from difflab.runtime.versions import versions
 
         return {
             "status": status, "job": "train", "run_dir": str(self.run.path), "device": self.device,

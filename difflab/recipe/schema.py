@@ -250,7 +250,7 @@ def samplers_of_schedule(kind: str) -> tuple[str, ...]:
     """The samplers a model trained on schedule `kind` can be sampled with (checked in Recipe)."""
     return ("toy",) if kind == "toy" else DIFFUSERS_SAMPLERS
 # Refused on a schedule whose sigma_max is far beyond EDM's 80, such as the cosine one: the rule and
-# the measured reason are difflab.samplers.schedule_refusal's; named here so that only recipes with
+# the measured reason are difflab.diffusion.samplers.schedule_refusal's; named here so that only recipes with
 # one of them pay for building the schedule (diffusers takes seconds to import).
 SAMPLERS_NEEDING_LOW_SIGMA_MAX = ("heun",)
 
@@ -277,7 +277,7 @@ class SampleConfig(Section):
         "0 = unconditional, 1 = the class alone, above 1 = pushed further toward the class")
 
 
-GUIDANCE_FUNCTIONS = ("none", "color", "classifier")  # the names difflab.guidance registers
+GUIDANCE_FUNCTIONS = ("none", "color", "classifier")  # the names difflab.diffusion.guidance registers
 
 # Classes of the built-in labelled sources (a folder's are known only once it is read).
 SOURCE_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "shapes": 3}
@@ -526,8 +526,8 @@ def _nearest_multiple(value: int, factor: int) -> int:
 
 def _schedule_refusal(recipe: Recipe) -> str | None:
     """samplers.schedule_refusal for the recipe's sampler on the schedule its model will train with."""
-    from difflab.samplers import schedule_refusal
-    from difflab.schedules import training_noise_scheduler
+    from difflab.diffusion.samplers import schedule_refusal
+    from difflab.diffusion.schedules import training_noise_scheduler
 
     return schedule_refusal(recipe.sample.sampler, training_noise_scheduler(recipe))
 

@@ -20,8 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
     TimeRemainingColumn
 from rich.table import Table
 
-from difflab import events
-from difflab.worker import Worker
+from difflab.runtime import events
+from difflab.runtime.worker import Worker
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
 
@@ -94,7 +94,7 @@ class Reporter:
                 table.add_row(key, _fmt(summary[key]))
         self.console.print(table)
         if self.live and self.final_image is not None and summary.get("status") == "finished":
-            from difflab.render import terminal_image
+            from difflab.diffusion.render import terminal_image
 
             self.console.print(f"final samples ({summary.get('samples')}):")
             print(terminal_image(self.final_image, width=min(64, self.console.width)))
@@ -175,7 +175,7 @@ def inversion_table_rows(inv: dict) -> list[tuple[str, str, str, str, str]]:
 
 def show_expectations(console: Console, records: list[dict]) -> bool:
     """One pass/fail line per `[expect]` line; True when all hold."""
-    from difflab.expect import ExpectationResult
+    from difflab.jobs.expectations import ExpectationResult
 
     results = [ExpectationResult(**record) for record in records]
     for result in results:

@@ -71,7 +71,7 @@ class WavFolder:
         return self.labels[index]
 
     def clip(self, index: int) -> torch.Tensor:
-        from difflab.audio import read_wav
+        from difflab.diffusion.audio import read_wav
 
         return read_wav(self.files[index], self.sample_rate, self.num_samples)
 
@@ -81,7 +81,7 @@ def clip_source(dataset: DatasetConfig, audio: AudioConfig, base_dir: Path | Non
     """The recipe's clips: the WAV files under dataset.path for an audio source with a path, else generated."""
     if dataset.source != "audio" or not dataset.path:
         return GeneratedClips(dataset.num_images, audio.sample_rate, audio.num_samples, seed)
-    from difflab.data import _class_of, _resolve_path, _subset
+    from difflab.diffusion.data import _class_of, _resolve_path, _subset
 
     root = _resolve_path(dataset, base_dir)
     if not root.is_dir():

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from difflab import events
-from difflab.data import ImageDataset, load_dataset, to_unit
+from difflab.runtime import events
+from difflab.diffusion.data import ImageDataset, load_dataset, to_unit
 from difflab.errors import InputError
-from difflab.evaluate import evaluate_images
-from difflab.expect import as_records, check_expectations
-from difflab.reference import Reference, missing_reason, reference_classifier
-from difflab.worker import JobContext
+from difflab.diffusion.quality import evaluate_images
+from difflab.jobs.expectations import as_records, check_expectations
+from difflab.diffusion.reference import Reference, missing_reason, reference_classifier
+from difflab.runtime.worker import JobContext
 
 # torch-fidelity's file name for the FID Inception weights (in torch hub's checkpoints/ folder).
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
@@ -27,7 +27,7 @@ INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
 def generated_images(setup, count: int, steps: int, callback=None) -> torch.Tensor:
     """`count` samples of the setup's model in 0..1 on the CPU."""
-    from difflab.generate import generate
+    from difflab.diffusion.generate import generate
 
     return to_unit(generate(setup, count, steps, callback).cpu(), setup.value_range)
 
@@ -94,8 +94,8 @@ class EvalJob:
         self.sweep_steps, self.inception, self.device = list(sweep_steps), inception, device
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
-        from difflab.runs import RunDir
-        from difflab.sampling_job import SamplingProgress, run_recipe, run_setup
+        from difflab.runtime.runs import RunDir
+        from difflab.jobs.sampling import SamplingProgress, run_recipe, run_setup
 
         if self.sweep_steps:  # the largest step count must suit the schedule, as sample.steps must
             run_recipe(self.run_dir, [*self.overrides, f"sample.steps={max(self.sweep_steps)}"])
