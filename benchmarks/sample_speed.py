@@ -207,7 +207,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.steps, args.batch, args.rounds) < 1:
         parser.error("--steps, --batch and --rounds must be at least 1")
     from difflab.errors import InputError
-    from difflab.runtime.worker import resolve_device
+    from difflab.jobs.devices import resolve_device
 
     try:
         args.device = resolve_device(args.device)

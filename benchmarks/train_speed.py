@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from difflab.runtime.worker import resolve_device
+    from difflab.jobs.devices import resolve_device
 
     from difflab.errors import InputError
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 from collections.abc import Callable
 
+from difflab.jobs.devices import resolve_device
 from difflab.runtime.events import TERMINAL_EVENTS, Event, Progress
 from difflab.runtime.worker import Job, JobHandle, Worker
 
@@ -40,7 +41,7 @@ class EngineBridge:
     def worker(self) -> Worker:
         """The device worker (started on first use: the first frame needs no thread, no torch)."""
         if self._worker is None:
-            self._worker = Worker(self.device)
+            self._worker = Worker(self.device, resolve_device=resolve_device)
         return self._worker
 
     @property

@@ -160,7 +160,7 @@ class InversionScreen(LabScreen):
         self.query_one("#folder", Static).update(f"written to {table['folder']}/ (inversion.png, errors.json)")
 
     def _fill_table(self, table: dict) -> None:
-        from difflab.cli.report import inversion_table_rows
+        from difflab.jobs.inversion import inversion_table_rows
 
         errors = self.query_one("#errors", DataTable)
         errors.clear(columns=True)

@@ -54,7 +54,7 @@ class LossCurve:
 
     def points(self, width: int, log: bool) -> tuple[list[int], list[float], list[float]]:
         """At most ~2 points per column (braille draws 2 per cell): long runs cost the same to draw."""
-        from difflab.jobs.probes import evenly_spaced
+        from difflab.runtime.sequences import evenly_spaced
 
         picks = evenly_spaced(len(self.steps), max(2 * width, 2))
         scale = (lambda v: math.log10(max(v, 1e-12))) if log else (lambda v: v)
@@ -202,7 +202,7 @@ class TrainingScreen(Screen):
             self.notify("a training job is already running; stop it first (x)", severity="warning")
             return
         from difflab.errors import DifflabError
-        from difflab.cli.report import default_run_dir
+        from difflab.runtime.runs import default_run_dir
         from difflab.runtime.runs import RunDir
         from difflab.jobs.probes import TrainingLaunch  # imports torch on the worker, not here
 
@@ -237,7 +237,7 @@ class TrainingScreen(Screen):
             run, recipe = RunDir.open(path)
             newest = run.list_checkpoints()
             if not newest:
-                run.load_latest_checkpoint()  # raises the "no checkpoint to resume from" message
+                run.latest_checkpoint()  # raises the "no checkpoint to resume from" message
             history = run.read_metrics()
         except (DifflabError, OSError, ValueError) as error:
             self.notify(str(error), title="cannot continue training", severity="error", timeout=10)

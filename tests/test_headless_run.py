@@ -188,7 +188,7 @@ def test_a_device_that_is_not_here_is_bad_input(tmp_path, capsys):
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
-    import difflab.runtime.runs as runs
+    import difflab.diffusion.checkpoints as checkpoints
 
     run = tmp_path / "run"
     assert run_cli("run", "from-scratch", "--out", run, *tiny_args("train.epochs=1")) == 0
@@ -197,12 +197,12 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs.torch if hasattr(runs, "torch") else torch, "save", disk_full)
+    monkeypatch.setattr(checkpoints.torch, "save", disk_full)
     recipe = load_recipe(run / "recipe.toml")
-    from difflab.runtime.runs import Checkpoint
+    from difflab.diffusion.checkpoints import Checkpoint, save_checkpoint
 
     with pytest.raises(OSError):
-        RunDir(run).save_checkpoint(Checkpoint(4, {"w": torch.zeros(1)}, {}, {"g": torch.zeros(1)}, {}), keep=1)
+        save_checkpoint(RunDir(run), Checkpoint(4, {"w": torch.zeros(1)}, {}, {"g": torch.zeros(1)}, {}), keep=1)
     latest = RunDir(run).list_checkpoints()
     assert [p.name for p in latest] == ["step_000004"]
     assert {p.name: p.read_bytes() for p in latest[-1].iterdir()} == before

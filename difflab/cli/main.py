@@ -402,7 +402,7 @@ def cmd_audio(args: argparse.Namespace) -> int:
 
 def _prepare_training(args: argparse.Namespace):
     from difflab.runtime.catalog import find_recipe
-    from difflab.cli.report import default_run_dir
+    from difflab.runtime.runs import default_run_dir
     from difflab.recipe import load_recipe
     from difflab.runtime.runs import RunDir
     from difflab.jobs.training import TrainingJob

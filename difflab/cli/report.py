@@ -21,6 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from difflab.runtime import events
+from difflab.jobs.inversion import inversion_table_rows
+from difflab.jobs.devices import resolve_device
 from difflab.runtime.worker import Worker
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
@@ -102,7 +104,7 @@ class Reporter:
 
 def run_job(job, device: str, console: Console) -> RunOutcome:
     """Run one job on a fresh worker, reporting its events; Ctrl-C stops it with a checkpoint."""
-    worker = Worker(device)
+    worker = Worker(device, resolve_device=resolve_device)
     handle = worker.submit(job)
     with _stop_on_ctrl_c(handle.control, console), Reporter(console) as reporter:
         for event in worker.iter_events(handle.job_id):
@@ -163,16 +165,6 @@ def show_inversion(console: Console, summary: dict) -> None:
     console.print(table)
 
 
-def inversion_table_rows(inv: dict) -> list[tuple[str, str, str, str, str]]:
-    """errors.json as table rows (setting, steps, guidance, MSE, PSNR), for the CLI and the inversion screen."""
-    rows = [("reconstruction", inv["steps"], inv["guidance_scale"], inv["mse"], inv["psnr"]),
-            ("random noise instead", inv["steps"], inv["guidance_scale"], inv["random_noise_mse"],
-             inv["random_noise_psnr"])]
-    for name, sweep in (("step sweep", inv["sweep_steps"]), ("guidance sweep", inv["sweep_guidance"])):
-        rows += [(name, row["steps"], row["guidance_scale"], row["mse"], row["psnr"]) for row in sweep]
-    return [(name, str(steps), f"{scale:g}", f"{mse:.5f}", f"{psnr:.2f}") for name, steps, scale, mse, psnr in rows]
-
-
 def show_expectations(console: Console, records: list[dict]) -> bool:
     """One pass/fail line per `[expect]` line; True when all hold."""
     from difflab.jobs.expectations import ExpectationResult
@@ -228,15 +220,3 @@ def _fmt(value) -> str:
     if isinstance(value, list):
         return ", ".join(_fmt(v) for v in value)
     return str(value)
-
-
-def default_run_dir(recipe_path: Path) -> Path:
-    """runs/<recipe name>-<date>-<time> under the current folder; -2, -3… when two starts share a second."""
-    import time
-
-    path = Path("runs") / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate

@@ -22,7 +22,7 @@ FINAL_HOLD = 15
 
 def frame_indices(steps: int, max_frames: int) -> list[int]:
     """At most `max_frames` step indices spread evenly over 0..steps-1, the last one always included."""
-    from difflab.jobs.probes import evenly_spaced
+    from difflab.runtime.sequences import evenly_spaced
 
     return evenly_spaced(steps, max_frames)
 

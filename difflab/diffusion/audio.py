@@ -236,7 +236,7 @@ def measure_settings(recipe, base_dir: Path | None, n_ffts: list[int], hops: lis
     """Round-trip `clips` of the recipe's sounds (spread over them) under every n_fft × hop × n_mels."""
     import itertools
 
-    from difflab.jobs.probes import evenly_spaced
+    from difflab.runtime.sequences import evenly_spaced
     from difflab.diffusion.sounds import clip_source
 
     source = clip_source(recipe.dataset, recipe.audio, base_dir, recipe.seed)

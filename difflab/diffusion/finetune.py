@@ -88,7 +88,7 @@ def source_weights(source: str, recipe: Recipe, base_dir: Path | None = None) ->
 def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.Tensor]:
     from difflab.runtime.runs import RunDir
     from difflab.jobs.sampling import checkpoint_model, load_model_folder
-    from difflab.jobs.stepthrough import source_kind
+    from difflab.runtime.runs import source_kind
 
     kind = source_kind(path)
     if kind == "pipeline":

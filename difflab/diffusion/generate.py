@@ -94,7 +94,7 @@ def trajectory(setup: SamplingSetup, count: int, steps: int) -> Trajectory:
 
 def figure_rows(path: Trajectory, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """`rows` evenly spaced steps of a trajectory (first and last included) for the figure."""
-    from difflab.jobs.probes import evenly_spaced
+    from difflab.runtime.sequences import evenly_spaced
 
     picks = evenly_spaced(len(path.inputs), rows)
     return [path.inputs[i] for i in picks], [path.predictions[i] for i in picks]

@@ -226,3 +226,23 @@ class InvertJob:
 
         recipe = self.recipe or setup.recipe
         return make_guidance(recipe, setup.value_range, setup.device)
+
+
+def inversion_table_rows(inv: dict) -> list[tuple[str, str, str, str, str]]:
+    """errors.json as table rows (setting, steps, guidance, MSE, PSNR), for the CLI and the inversion screen."""
+    rows = [("reconstruction", inv["steps"], inv["guidance_scale"], inv["mse"], inv["psnr"]),
+            ("random noise instead", inv["steps"], inv["guidance_scale"], inv["random_noise_mse"],
+             inv["random_noise_psnr"])]
+    for name, sweep in (("step sweep", inv["sweep_steps"]), ("guidance sweep", inv["sweep_guidance"])):
+        rows += [(name, row["steps"], row["guidance_scale"], row["mse"], row["psnr"]) for row in sweep]
+    return [(name, str(steps), f"{scale:g}", f"{mse:.5f}", f"{psnr:.2f}") for name, steps, scale, mse, psnr in rows]
+
+
+def inversion_table_rows(inv: dict) -> list[tuple[str, str, str, str, str]]:
+    """errors.json as table rows (setting, steps, guidance, MSE, PSNR), for the CLI and the inversion screen."""
+    rows = [("reconstruction", inv["steps"], inv["guidance_scale"], inv["mse"], inv["psnr"]),
+            ("random noise instead", inv["steps"], inv["guidance_scale"], inv["random_noise_mse"],
+             inv["random_noise_psnr"])]
+    for name, sweep in (("step sweep", inv["sweep_steps"]), ("guidance sweep", inv["sweep_guidance"])):
+        rows += [(name, row["steps"], row["guidance_scale"], row["mse"], row["psnr"]) for row in sweep]
+    return [(name, str(steps), f"{scale:g}", f"{mse:.5f}", f"{psnr:.2f}") for name, steps, scale, mse, psnr in rows]

@@ -11,16 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from difflab.recipe import Recipe, ScheduleConfig
+from difflab.runtime.sequences import evenly_spaced
 from difflab.runtime.worker import JobContext
-
-
-def evenly_spaced(count: int, keep: int) -> list[int]:
-    """At most `keep` indices spread evenly over 0..count-1, the first and last included."""
-    if count <= keep:
-        return list(range(count))
-    if keep <= 1:
-        return [count - 1]
-    return [round(i * (count - 1) / (keep - 1)) for i in range(keep)]  # distinct: the step exceeds 1
 
 
 def decimate(xs: list[float], ys: list[float], points: int) -> tuple[list[float], list[float]]:

@@ -31,7 +31,7 @@ class SampleSource:
     @classmethod
     def of_folder(cls, folder: Path) -> SampleSource:
         """A pipeline when the folder holds model_index.json, else a run or one of its checkpoints."""
-        from difflab.jobs.stepthrough import source_kind
+        from difflab.runtime.runs import source_kind
 
         return cls(pipeline=str(folder)) if source_kind(folder) == "pipeline" else cls(run_dir=folder)
 
@@ -139,7 +139,7 @@ def checkpoint_model(folder: Path, recipe: Recipe | None = None):
     `recipe` defaults to the run's own; a LoRA run's checkpoint holds its adapters too.
     """
     from difflab.diffusion.models import build_model
-    from difflab.runtime.runs import load_checkpoint
+    from difflab.diffusion.checkpoints import load_checkpoint
 
     if recipe is None:
         _, recipe = RunDir.open(folder.parent.parent)

@@ -19,6 +19,7 @@ from typing import Any
 
 from difflab.runtime import events
 from difflab.errors import InputError
+from difflab.runtime.runs import source_kind
 from difflab.runtime.worker import JobContext
 
 
@@ -31,14 +32,6 @@ class SamplerSteps:
     predictions: list[Any]
     final: Any
     trajectory: Any  # difflab.diffusion.sample.Trajectory, CPU tensors, for the GIF
-
-
-def source_kind(path: str | Path) -> str:
-    """"pipeline" (model_index.json inside), "checkpoint" (RUN/checkpoints/step_N) or "run"."""
-    path = Path(path).expanduser()
-    if (path / "model_index.json").is_file():
-        return "pipeline"
-    return "checkpoint" if (path / "model.safetensors").is_file() and (path / "state.json").is_file() else "run"
 
 
 def samplers_for(path: str | Path) -> tuple[str, ...]:

@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from difflab.diffusion.checkpoints import Checkpoint, load_latest_checkpoint, save_checkpoint
 from difflab.runtime import events
 from difflab.errors import InputError, JobFailed
 from difflab.jobs.expectations import as_records, check_expectations, loss_drop_factor
 from difflab.diffusion.models import count_parameters
 from difflab.recipe import Recipe
-from difflab.runtime.runs import Checkpoint, RunDir
+from difflab.runtime.runs import RunDir
 from difflab.runtime.worker import JobContext
 
 
@@ -206,7 +207,7 @@ class _Session:
         session.generator = torch.Generator(device=session.device).manual_seed(
             recipe.seed + 1 + accelerator.process_index)
         if job.resume:
-            session.restore(job.run_dir.load_latest_checkpoint())
+            session.restore(load_latest_checkpoint(job.run_dir))
         return session
 
     def prepare_model(self, model) -> None:
@@ -389,7 +390,7 @@ class _Session:
 
     def preview(self) -> None:
         from difflab.diffusion.generate import generate
-        from difflab.diffusion.render import image_grid
+        from difflab.diffusion.render import image_grid, save_png
 
         if not self.main:
             return
@@ -397,7 +398,7 @@ class _Session:
         with self.sampling_weights():
             images = generate(self.sampling_setup(), self.cfg.preview_images, self.recipe.sample.steps)
         grid = image_grid(images, self.data.value_range, scale=2)
-        path = self.run.save_image(grid, f"step_{self.state.step:06d}.png")
+        path = save_png(grid, self.run.samples / f"step_{self.state.step:06d}.png")
         self.ctx.emit(events.PreviewReady(self.ctx.job_id, self.state.step, grid, path))
 
     # ------------------------------------------------------------ checkpoints
@@ -420,7 +421,7 @@ class _Session:
         checkpoint = Checkpoint(step=state.step, model=self.unwrapped.state_dict(),
                                 optimizer={"optimizer": self.optimizer.state_dict(), **extra},
                                 tensors=tensors, counters=counters)
-        path = self.run.save_checkpoint(checkpoint, self.cfg.keep_checkpoints)
+        path = save_checkpoint(self.run, checkpoint, self.cfg.keep_checkpoints)
         self.ctx.emit(events.CheckpointSaved(self.ctx.job_id, state.step, path))
 
     def restore(self, checkpoint: Checkpoint) -> None:

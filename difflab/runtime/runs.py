@@ -16,29 +16,16 @@ through safetensors, the optimizer state through torch.load(weights_only=True).
 from __future__ import annotations
 
 import json
-import pickle
 import re
-import shutil
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
 from difflab.errors import InputError
-from difflab.files import atomic_dir, atomic_write_bytes, atomic_write_text
+from difflab.files import atomic_write_text
 from difflab.recipe import Recipe, load_recipe, save_recipe
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})$")
-
-
-@dataclass
-class Checkpoint:
-    """Everything a resumed run needs; tensors stay tensors, counters stay plain."""
-
-    step: int
-    model: dict[str, Any]          # state_dict
-    optimizer: dict[str, Any]      # optimizer.state_dict()
-    tensors: dict[str, Any]        # RNG states and on-device accumulators
-    counters: dict[str, Any]       # epoch, position, elapsed, epoch losses, ...
 
 
 class RunDir:
@@ -100,12 +87,6 @@ class RunDir:
 
     # ------------------------------------------------------------ images, summary
 
-    def save_image(self, image, name: str) -> Path:
-        """Save a PIL image under samples/ atomically."""
-        from difflab.diffusion.render import save_png
-
-        return save_png(image, self.samples / name)
-
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str) + "\n")
 
@@ -124,20 +105,12 @@ class RunDir:
 
     # ------------------------------------------------------------ checkpoints
 
-    def save_checkpoint(self, checkpoint: Checkpoint, keep: int) -> Path:
-        """Write checkpoints/step_NNNNNN atomically, then prune to the newest `keep`."""
-        import torch
-        from safetensors.torch import save_file
-
-        target = self.checkpoints / f"step_{checkpoint.step:06d}"
-        with atomic_dir(target) as tmp:
-            save_file(_contiguous(checkpoint.model), tmp / "model.safetensors")
-            save_file(_contiguous(checkpoint.tensors), tmp / "state.safetensors")
-            torch.save(checkpoint.optimizer, tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": checkpoint.step, **checkpoint.counters}))
-        for old in self.list_checkpoints()[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        return target
+    def latest_checkpoint(self) -> Path:
+        """The newest complete checkpoint folder, or a clear InputError when there is none."""
+        found = self.list_checkpoints()
+        if not found:
+            raise InputError(f"{self.path}: no checkpoint to resume from (checkpoints/ is empty or missing)")
+        return found[-1]
 
     def list_checkpoints(self) -> list[Path]:
         """Complete checkpoint folders, oldest first."""
@@ -146,46 +119,26 @@ class RunDir:
         found = [p for p in self.checkpoints.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
         return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
 
-    def load_latest_checkpoint(self) -> Checkpoint:
-        """The newest checkpoint, or a clear InputError when none is usable."""
-        found = self.list_checkpoints()
-        if not found:
-            raise InputError(f"{self.path}: no checkpoint to resume from (checkpoints/ is empty or missing)")
-        return load_checkpoint(found[-1])
-
-
-def load_checkpoint(folder: Path) -> Checkpoint:
-    """Read one checkpoint folder; a missing, truncated or corrupt file is an InputError naming it."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    current = folder
-    try:
-        current = folder / "state.json"
-        counters = json.loads(current.read_text())
-        current = folder / "model.safetensors"
-        model = load_file(current)
-        current = folder / "state.safetensors"
-        tensors = load_file(current)
-        current = folder / "optimizer.pt"
-        optimizer = torch.load(current, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError, SafetensorError, EOFError, KeyError,
-            pickle.UnpicklingError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise InputError(f"{current}: unreadable or truncated checkpoint file ({reason}); "
-                         f"delete {folder} to resume from an earlier checkpoint") from None
-    step = counters.pop("step")
-    return Checkpoint(step=step, model=model, optimizer=optimizer, tensors=tensors, counters=counters)
-
-
-def _contiguous(tensors: dict[str, Any]) -> dict[str, Any]:
-    # safetensors refuses non-contiguous or shared-memory tensors; a copy per entry avoids both.
-    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-
-
 def _parsed_step(line: str) -> int:
     try:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return 1 << 62  # an unreadable line is dropped along with later ones
+
+
+def source_kind(path: str | Path) -> str:
+    """"pipeline" (model_index.json inside), "checkpoint" (RUN/checkpoints/step_N) or "run"."""
+    path = Path(path).expanduser()
+    if (path / "model_index.json").is_file():
+        return "pipeline"
+    return "checkpoint" if (path / "model.safetensors").is_file() and (path / "state.json").is_file() else "run"
+
+
+def default_run_dir(recipe_path: Path) -> Path:
+    """runs/<recipe name>-<date>-<time> under the current folder; -2, -3… when two starts share a second."""
+    path = Path("runs") / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from difflab.errors import DifflabError
+from difflab.errors import DifflabError, InputError
 from difflab.runtime.events import TERMINAL_EVENTS, Event, JobError, JobFinished
 
 
@@ -107,20 +107,10 @@ class JobHandle:
     control: JobControl
 
 
-def resolve_device(requested: str = "auto") -> str:
-    """cuda, then mps, then cpu for "auto"; a requested device that is absent is bad input."""
-    import torch
-
-    from difflab.errors import InputError
-
+def named_device(requested: str) -> str:
+    """The device as named. "auto" needs a resolver that can ask torch: difflab.jobs.devices.resolve_device."""
     if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError("device = 'cuda': no CUDA device is available here (use cpu or auto)")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise InputError("device = 'mps': no Apple MPS device is available here (use cpu or auto)")
+        raise InputError("device = 'auto': this worker has no device resolver; name the device (cpu, cuda or mps)")
     return requested
 
 
@@ -133,8 +123,10 @@ class Worker:
 
     _ids = itertools.count(1)  # shared by every worker: a job id names one job in the process
 
-    def __init__(self, device: str = "auto", name: str = "difflab-worker", idle_exit: float | None = None) -> None:
+    def __init__(self, device: str = "auto", name: str = "difflab-worker", idle_exit: float | None = None,
+                 resolve_device: Callable[[str], str] = named_device) -> None:
         self.requested_device = device
+        self.resolve_device = resolve_device  # the runtime knows no torch: the jobs layer says what "auto" is
         self.name = name
         self.idle_exit = idle_exit
         self.events: queue.Queue[Event] = queue.Queue()
@@ -208,7 +200,7 @@ class Worker:
 
     def _run_one(self, job: Job, handle: JobHandle) -> None:
         try:
-            device = resolve_device(self.requested_device if getattr(job, "device", None) in (None, "auto")
+            device = self.resolve_device(self.requested_device if getattr(job, "device", None) in (None, "auto")
                                     else job.device)
             status, summary = job.run(JobContext(handle.job_id, device, handle.control, self.events.put))
             self.events.put(JobFinished(handle.job_id, status, summary))
