@@ -50,10 +50,10 @@ def load_loop(stop, ms: float, period: float) -> None:
 
 def train(path: Path, mode: str, ms: float, period: float) -> float:
     """img/s of one training job on a bare Worker with the given extra load."""
-    from difflab.runtime import events
-    from difflab.recipe import load_recipe
-    from difflab.runtime.runs import RunDir
     from difflab.jobs.training import TrainingJob
+    from difflab.recipe import load_recipe
+    from difflab.runtime import events
+    from difflab.runtime.runs import RunDir
     from difflab.runtime.worker import Worker
 
     recipe = load_recipe(path)

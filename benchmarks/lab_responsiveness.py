@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from difflab.runtime import events  # noqa: E402
 from difflab.recipe import load_recipe, save_recipe  # noqa: E402
+from difflab.runtime import events  # noqa: E402
 
 
 def recipe_file(folder: Path, steps: int) -> Path:
@@ -66,8 +66,8 @@ def headless_rate(path: Path, warmup: int, report: bool = False) -> float:
     from rich.console import Console
 
     from difflab.cli.report import Reporter
-    from difflab.runtime.runs import RunDir
     from difflab.jobs.training import TrainingJob
+    from difflab.runtime.runs import RunDir
     from difflab.runtime.worker import Worker
 
     recipe = load_recipe(path)

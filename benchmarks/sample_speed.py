@@ -60,10 +60,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 from machine import device_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 
-from difflab.recipe import ScheduleConfig  # noqa: E402
 from difflab.diffusion.sample import Trajectory  # noqa: E402
 from difflab.diffusion.samplers import diffusers_sample, sampler_scheduler  # noqa: E402
 from difflab.diffusion.schedules import noise_scheduler  # noqa: E402
+from difflab.recipe import ScheduleConfig  # noqa: E402
 
 SEED = 0
 IMAGE_SIZE = 28

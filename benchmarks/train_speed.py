@@ -77,11 +77,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
-from machine import device_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 import torch.nn.functional as F  # noqa: E402
+from machine import device_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 
-from difflab.runtime import events  # noqa: E402
 from difflab.diffusion.models import BasicUNet  # noqa: E402
+from difflab.runtime import events  # noqa: E402
 
 SEED = 0
 IMAGE_SIZE = 28
@@ -135,9 +135,9 @@ def batch_sizes(dataset_size: int, batch: int, first_step: int, steps: int) -> i
 
 def run_engine(device: str, batch: int, warmup: int, steps: int, workdir: Path, tag: str) -> dict:
     """One TrainingJob on a fresh Worker; seconds and images between StepLogged at W and at W+N."""
+    from difflab.jobs.training import TrainingJob
     from difflab.recipe import parse_recipe
     from difflab.runtime.runs import RunDir
-    from difflab.jobs.training import TrainingJob
     from difflab.runtime.worker import Worker
 
     total = warmup + steps
@@ -248,9 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from difflab.jobs.devices import resolve_device
-
     from difflab.errors import InputError
+    from difflab.jobs.devices import resolve_device
 
     try:
         device = resolve_device(args.device)

@@ -17,16 +17,26 @@ from textual.command import Hit, Hits, Provider
 from textual.reactive import reactive
 
 from difflab.errors import DifflabError, RecipeError
+from difflab.jobs import launch
 from difflab.recipe import Recipe, load_recipe, parse_recipe, save_recipe
-from difflab.screens.bridge import DRAIN_HZ, EngineBridge
-from difflab.screens.audio import AudioScreen
-from difflab.screens.dataset import DatasetScreen
-from difflab.screens.dialogs import ConfirmQuitScreen, HelpScreen, OpenRecipeScreen, RecipeBrowserScreen, SaveAsScreen
-from difflab.screens.inversion import InversionScreen
-from difflab.screens.model import ModelScreen
-from difflab.screens.sampling import SamplingScreen
-from difflab.screens.schedule import ScheduleScreen
-from difflab.screens.training import TrainingScreen
+from difflab.runtime.catalog import is_builtin
+
+from .audio import AudioScreen
+from .bridge import DRAIN_HZ, EngineBridge
+from .dataset import DatasetScreen
+from .dialogs import (
+    ConfirmQuitScreen,
+    HelpScreen,
+    OpenRecipeScreen,
+    RecipeBrowserScreen,
+    SaveAsScreen,
+)
+from .inversion import InversionScreen
+from .model import ModelScreen
+from .sampling import SamplingScreen
+from .schedule import ScheduleScreen
+from .training import TrainingScreen
+from .widgets import SCREENS
 
 
 class DifflabCommands(Provider):
@@ -40,17 +50,13 @@ class DifflabCommands(Provider):
             ("Save recipe as…", app.action_save_recipe_as, "save under a new name"),
             ("Built-in recipes…", app.action_browse_recipes, "start from a course experiment"),
             ("Help", app.action_help, "what each screen teaches"),
-        ] + [(f"Go to {label[2:]} screen", partial(app.switch_mode, name), "") for name, label in _screens()]
+        ] + [(f"Go to {label[2:]} screen", partial(app.switch_mode, name), "") for name, label in SCREENS]
         matcher = self.matcher(query)
         for name, callback, help_text in commands:
             if (score := matcher.match(name)) > 0:
                 yield Hit(score, matcher.highlight(name), callback, help=help_text)
 
 
-def _screens():
-    from difflab.screens.widgets import SCREENS
-
-    return SCREENS
 
 
 class DifflabApp(App):
@@ -113,9 +119,7 @@ class DifflabApp(App):
         self.bridge.close()
 
     def _ask_device(self) -> None:
-        from difflab.jobs.probes import DeviceProbe
-
-        self.bridge.submit(DeviceProbe(), self._on_device)
+        self.bridge.submit(launch.probe("DeviceProbe"), self._on_device)
 
     def _on_device(self, event) -> None:
         summary = getattr(event, "summary", None)
@@ -212,7 +216,7 @@ class DifflabApp(App):
                          lambda path: path and self.open_recipe(path))
 
     def action_save_recipe(self) -> None:
-        if self.recipe_path is None or _is_builtin(self.recipe_path):
+        if self.recipe_path is None or is_builtin(self.recipe_path):
             self.action_save_recipe_as()
         else:
             self.save_to(self.recipe_path)
@@ -230,10 +234,3 @@ def _assign(data: dict, key: str, value: Any) -> None:
     for part in parts[:-1]:
         data = data.setdefault(part, {})
     data[parts[-1]] = value
-
-
-def _is_builtin(path: Path) -> bool:
-    # built-in recipes live in the installed package: saving over them would edit the install
-    from difflab.runtime.catalog import builtin_recipes
-
-    return any(path.resolve() == r.path.resolve() for r in builtin_recipes())

@@ -13,14 +13,16 @@ from pathlib import Path
 
 from textual import on
 from textual.app import ComposeResult
-from textual.markup import escape
 from textual.containers import Vertical
+from textual.markup import escape
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Label, Static
 from textual_plot import HiResMode, PlotWidget
 
-from difflab.screens.base import LabScreen
-from difflab.screens.widgets import RecipeField, TerminalImage, margin_plot
+from difflab.jobs import launch
+
+from .base import LabScreen
+from .widgets import RecipeField, TerminalImage, margin_plot
 
 WAVE_COLOUR = "#4fc3f7"
 
@@ -59,11 +61,9 @@ class AudioScreen(LabScreen):
         yield TerminalImage(id="generated-spectrogram")
 
     def make_probe(self):
-        from difflab.jobs.probes import AudioProbe
-
         run = self.query_one("#run", Input).value.strip()
-        return AudioProbe(self.app.recipe, self.app.recipe_dir, clip=self._clip_number(),
-                          run_dir=Path(run).expanduser() if run else None)
+        return launch.probe("AudioProbe", recipe=self.app.recipe, recipe_dir=self.app.recipe_dir,
+                            clip=self._clip_number(), run_dir=Path(run).expanduser() if run else None)
 
     def _clip_number(self) -> int:
         text = self.query_one("#clip", Input).value.strip()

@@ -9,7 +9,8 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from difflab.runtime.events import Event, JobError, JobFinished
-from difflab.screens.widgets import ProbeSpinner, RecipeField, ScreenBar, StatusLine
+
+from .widgets import ProbeSpinner, RecipeField, ScreenBar, StatusLine
 
 PROBE_DELAY_S = 0.3  # typing "128" should start one probe, not three
 

@@ -6,8 +6,10 @@ from textual.app import ComposeResult
 from textual.markup import escape
 from textual.widgets import DataTable, Label, Static
 
-from difflab.screens.base import LabScreen
-from difflab.screens.widgets import RecipeField, TerminalImage
+from difflab.jobs import launch
+
+from .base import LabScreen
+from .widgets import RecipeField, TerminalImage
 
 
 class DatasetScreen(LabScreen):
@@ -36,9 +38,7 @@ class DatasetScreen(LabScreen):
         yield DataTable(id="classes", show_cursor=False, zebra_stripes=True)
 
     def make_probe(self):
-        from difflab.jobs.probes import DatasetProbe
-
-        return DatasetProbe(self.app.recipe, self.app.recipe_dir, count=16)
+        return launch.probe("DatasetProbe", recipe=self.app.recipe, recipe_dir=self.app.recipe_dir, count=16)
 
     def show_result(self, summary: dict) -> None:
         info = summary["summary"]

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, DirectoryTree, Input, Label, Markdown, OptionList
 from textual.widgets.option_list import Option
+
+from difflab.runtime.catalog import builtin_recipes
 
 HELP = """\
 # difflab
@@ -124,8 +126,6 @@ class RecipeBrowserScreen(ModalScreen[Path | None]):
     """
 
     def compose(self) -> ComposeResult:
-        from difflab.runtime.catalog import builtin_recipes
-
         self.recipes = builtin_recipes()
         with Vertical():
             yield Label("Built-in recipes: one per course experiment")
@@ -150,8 +150,6 @@ class ConfirmQuitScreen(ModalScreen[bool]):
     """
 
     def compose(self) -> ComposeResult:
-        from textual.containers import Horizontal
-
         with Vertical():
             yield Label("A training job is running. Stop it (a checkpoint is written first, "
                         "so `difflab run --resume` can continue it) and quit?")

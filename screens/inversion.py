@@ -16,11 +16,14 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 
-from difflab.runtime.events import Event, JobError, JobFinished, JobStarted, Progress
+from difflab.jobs import launch
 from difflab.recipe import GUIDANCE_FUNCTIONS
-from difflab.screens.base import LabScreen
-from difflab.screens.sampling import newest_run
-from difflab.screens.widgets import RecipeField, TerminalImage
+from difflab.runtime.catalog import is_builtin
+from difflab.runtime.events import Event, JobError, JobFinished, JobStarted, Progress
+
+from .base import LabScreen
+from .sampling import newest_run
+from .widgets import RecipeField, TerminalImage
 
 # The grids InversionLaunch returns, in the order of the figure, with their row labels.
 ROWS = [("originals", "original"), ("inverted-noise", "inverted noise (shown ±3σ)"),
@@ -95,8 +98,6 @@ class InversionScreen(LabScreen):
             self.action_invert()
 
     def action_invert(self) -> None:
-        from difflab.jobs.probes import InversionLaunch
-
         if self.inverting:
             self.notify("still inverting; wait for it to finish", severity="warning")
             return
@@ -107,14 +108,12 @@ class InversionScreen(LabScreen):
             return
         self.query_one("#progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#progress").display = True
-        launch = InversionLaunch(self.app.recipe, source, self._recipe_base())
-        self._inversion_id = self.app.bridge.submit(launch, self._on_event_of_inversion).job_id
+        job = launch.inversion(self.app.recipe, source, self._recipe_base())
+        self._inversion_id = self.app.bridge.submit(job, self._on_event_of_inversion).job_id
 
     def _recipe_base(self) -> Path:
         """Where the recipe's relative paths start: its folder, or here for a built-in or unsaved one
         (a built-in's folder is inside the installed package, where no run lives)."""
-        from difflab.runtime.catalog import is_builtin
-
         path = self.app.recipe_path
         return Path.cwd() if path is None or is_builtin(path) else path.parent
 
@@ -156,16 +155,14 @@ class InversionScreen(LabScreen):
             f"[b]DDIM inversion[/b] of {table['images']} images, {table['steps']} steps: "
             f"MSE [b]{table['mse']:.5f}[/b], PSNR [b]{table['psnr']:.1f} dB[/b] "
             f"(from random noise instead: MSE {table['random_noise_mse']:.5f})")
-        self._fill_table(table)
+        self._fill_table(summary["table_rows"])
         self.query_one("#folder", Static).update(f"written to {table['folder']}/ (inversion.png, errors.json)")
 
-    def _fill_table(self, table: dict) -> None:
-        from difflab.jobs.inversion import inversion_table_rows
-
+    def _fill_table(self, rows: list[tuple[str, ...]]) -> None:
         errors = self.query_one("#errors", DataTable)
         errors.clear(columns=True)
         errors.add_columns("setting", "steps", "CFG", "MSE", "PSNR (dB)")
-        errors.add_rows(inversion_table_rows(table))
+        errors.add_rows(rows)
         self.query("#errors-title, #errors").set(display=True)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Label, Static
 
-from difflab.screens.base import LabScreen
-from difflab.screens.widgets import RecipeField
+from difflab.jobs import launch
+
+from .base import LabScreen
+from .widgets import RecipeField
 
 KINDS = {"basic-unet": "BasicUNet", "unet2d": "UNet2DModel"}
 
@@ -61,9 +63,7 @@ class ModelScreen(LabScreen):
             self.watch(field, "error", self._show_rejection, init=False)
 
     def make_probe(self):
-        from difflab.jobs.probes import ModelProbe
-
-        return ModelProbe(self.app.recipe)
+        return launch.probe("ModelProbe", recipe=self.app.recipe)
 
     def show_result(self, summary: dict) -> None:
         estimate = summary["estimate"]

@@ -16,11 +16,13 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 
-from difflab.runtime.events import Event, JobError, JobFinished, PreviewReady, Progress
-from difflab.recipe import GUIDANCE_FUNCTIONS, SAMPLERS
-from difflab.screens.base import LabScreen
-from difflab.screens.widgets import TerminalImage
+from difflab.jobs import launch
 from difflab.jobs.stepthrough import SaveStepThroughJob, StepThroughJob, samplers_for
+from difflab.recipe import GUIDANCE_FUNCTIONS, SAMPLERS
+from difflab.runtime.events import Event, JobError, JobFinished, PreviewReady, Progress
+
+from .base import LabScreen
+from .widgets import TerminalImage
 
 NO_COMPARISON = "none"
 
@@ -134,8 +136,6 @@ class SamplingScreen(LabScreen):
 
     def action_sweep(self) -> None:
         """Sample one row per value of the sweep field into one labelled grid, saved beside the run."""
-        from difflab.jobs.probes import SweepLaunch
-
         if self._busy():
             return
         try:
@@ -146,10 +146,10 @@ class SamplingScreen(LabScreen):
         except ValueError as error:
             self.notify(str(error), title="sampling: cannot sweep", severity="error", timeout=10)
             return
-        launch = SweepLaunch(job, sweep)
+        sweep_job = launch.sweep(job, sweep)
         self.query_one("#progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#progress").display = True
-        self._sampling_id = self.app.bridge.submit(launch, self._on_swept).job_id
+        self._sampling_id = self.app.bridge.submit(sweep_job, self._on_swept).job_id
 
     def _on_swept(self, event: Event) -> None:
         if isinstance(event, Progress):

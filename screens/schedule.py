@@ -14,9 +14,11 @@ from textual.widget import Widget
 from textual.widgets import Label, Select, Static
 from textual_plot import HiResMode, PlotWidget
 
+from difflab.jobs import launch
 from difflab.recipe import ScheduleConfig
-from difflab.screens.base import LabScreen
-from difflab.screens.widgets import RecipeField, TerminalImage
+
+from .base import LabScreen
+from .widgets import RecipeField, TerminalImage
 
 BETA_SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"]
 TOO_LITTLE_NOISE = "too little noise"
@@ -76,11 +78,9 @@ class ScheduleScreen(LabScreen):
         yield Static(id="timesteps")
 
     def make_probe(self):
-        from difflab.jobs.probes import ScheduleProbe
-
         self._probed = (self.app.recipe.schedule, self.comparison())
-        return ScheduleProbe(self.app.recipe, compare=self._probed[1], recipe_dir=self.app.recipe_dir,
-                             strip_steps=8, points=PLOT_POINTS)
+        return launch.probe("ScheduleProbe", recipe=self.app.recipe, compare=self._probed[1],
+                            recipe_dir=self.app.recipe_dir, strip_steps=8, points=PLOT_POINTS)
 
     def comparison(self) -> ScheduleConfig | None:
         """The schedule chosen for comparison, with the recipe's T so both share the t axis."""

@@ -17,10 +17,23 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Label, RichLog, Sparkline, Static
-from textual_plot import HiResMode, PlotWidget
+from textual_plot import HiResMode
 
+from difflab.errors import DifflabError
+from difflab.jobs import launch
 from difflab.runtime import events
-from difflab.screens.widgets import LivePlot, RecipeField, ScreenBar, StatusLine, TerminalImage, margin_plot
+from difflab.runtime.runs import RunDir, default_run_dir
+from difflab.runtime.sequences import evenly_spaced
+
+from .dialogs import RunFolderScreen
+from .widgets import (
+    LivePlot,
+    RecipeField,
+    ScreenBar,
+    StatusLine,
+    TerminalImage,
+    margin_plot,
+)
 
 SMOOTHING = 0.1  # EMA weight of each new logged loss: ~10 log intervals of memory, as TensorBoard's 0.9
 # While a job trains, each millisecond of the UI thread is taken from torch's threads (on 2
@@ -54,8 +67,6 @@ class LossCurve:
 
     def points(self, width: int, log: bool) -> tuple[list[int], list[float], list[float]]:
         """At most ~2 points per column (braille draws 2 per cell): long runs cost the same to draw."""
-        from difflab.runtime.sequences import evenly_spaced
-
         picks = evenly_spaced(len(self.steps), max(2 * width, 2))
         scale = (lambda v: math.log10(max(v, 1e-12))) if log else (lambda v: v)
         return ([self.steps[i] for i in picks], [scale(self.raw[i]) for i in picks],
@@ -201,11 +212,6 @@ class TrainingScreen(Screen):
         if self.running:
             self.notify("a training job is already running; stop it first (x)", severity="warning")
             return
-        from difflab.errors import DifflabError
-        from difflab.runtime.runs import default_run_dir
-        from difflab.runtime.runs import RunDir
-        from difflab.jobs.probes import TrainingLaunch  # imports torch on the worker, not here
-
         app = self.app
         try:
             run = RunDir.create(default_run_dir(app.recipe_path or Path("lab.toml")), app.recipe)
@@ -213,7 +219,7 @@ class TrainingScreen(Screen):
             self.notify(str(error), title="cannot start training", severity="error", timeout=10)
             return
         self._start_fresh(run.path)
-        self._launch(TrainingLaunch(app.recipe, run, app.recipe_dir))
+        self._launch(launch.training(app.recipe, run, app.recipe_dir))
 
     def action_continue_run(self) -> None:
         """Continue the run this screen stopped; with none, ask which run folder to continue."""
@@ -222,17 +228,11 @@ class TrainingScreen(Screen):
         elif self.run_path is not None and self.checkpoints:
             self.continue_run(self.run_path)
         else:
-            from difflab.screens.dialogs import RunFolderScreen
-
             self.app.push_screen(RunFolderScreen(Path.cwd() / "runs"),
                                  lambda path: path and self.continue_run(path))
 
     def continue_run(self, path: Path) -> None:
         """Resume a run folder from its newest checkpoint, with the recipe saved in it."""
-        from difflab.errors import DifflabError
-        from difflab.jobs.probes import TrainingLaunch
-        from difflab.runtime.runs import RunDir
-
         try:
             run, recipe = RunDir.open(path)
             newest = run.list_checkpoints()
@@ -247,7 +247,7 @@ class TrainingScreen(Screen):
         for row in history:  # the curve so far; steps after the checkpoint are trained again
             if row.get("step", resumed_at + 1) <= resumed_at and "loss" in row:
                 self.curve.add(row["step"], row["loss"])
-        self._launch(TrainingLaunch(recipe, run, run.path, resume=True))
+        self._launch(launch.training(recipe, run, run.path, resume=True))
 
     def _launch(self, launch) -> None:
         self._handle = self.app.bridge.submit(launch, self._on_event)

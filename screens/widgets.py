@@ -11,16 +11,24 @@ from typing import Any
 
 from rich.console import Console
 from rich.segment import Segments
-
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
-from textual.widgets import Input, Label, LoadingIndicator, Select, Static, Switch, Tab, Tabs
-from textual_image.renderable.halfcell import Image as HalfcellRenderable
+from textual.widgets import (
+    Input,
+    Label,
+    LoadingIndicator,
+    Select,
+    Static,
+    Switch,
+    Tab,
+    Tabs,
+)
 from textual_hires_canvas import Canvas
+from textual_image.renderable.halfcell import Image as HalfcellRenderable
+from textual_image.widget import HalfcellImage, SixelImage, TGPImage
 from textual_plot import PlotWidget
 from textual_plot.axis_formatter import NumericAxisFormatter
-from textual_image.widget import HalfcellImage, SixelImage, TGPImage
 
 from difflab.recipe import parse_toml_value
 

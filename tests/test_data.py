@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from torchvision.datasets import FashionMNIST
 
-from difflab.diffusion.data import ImageDataset, load_dataset, to_unit
+from difflab.diffusion.data import ImageDataset, load_dataset
+from difflab.diffusion.render import to_unit
 from difflab.errors import InputError
 from difflab.recipe import DatasetConfig
 

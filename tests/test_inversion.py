@@ -19,7 +19,7 @@ from difflab.diffusion.inversion import (
     random_noise_error,
 )
 from difflab.recipe import parse_recipe
-from difflab.jobs.sampling import run_setup
+from difflab.diffusion.loading import run_setup
 from tests.conftest import run_cli
 
 # Every test here reads ddim-inversion's smoke run (8 px class-conditional digits, ~320 steps,

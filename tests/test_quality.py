@@ -17,7 +17,7 @@ from difflab.diffusion.quality import class_accuracy, evaluate_images
 from difflab.diffusion.models import build_model
 from difflab.recipe import Recipe, load_recipe
 from difflab.diffusion.reference import reference_classifier
-from difflab.jobs.sampling import setup_for
+from difflab.diffusion.loading import setup_for
 from tests.conftest import TINY_DDPM, run_cli, tiny_args
 
 DIGITS_16 = Recipe.model_validate({"dataset": {"image_size": 16}, "device": "cpu"})

@@ -12,17 +12,21 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from difflab.runtime import events
-from difflab.jobs.inversion import inversion_table_rows
 from difflab.jobs.devices import resolve_device
+from difflab.runtime import events
 from difflab.runtime.worker import Worker
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
@@ -155,6 +159,8 @@ def show_quality(console: Console, summary: dict) -> None:
 
 def show_inversion(console: Console, summary: dict) -> None:
     """The DDIM inversion's error table: the run's setting, random noise for scale, and the sweeps."""
+    from difflab.jobs.inversion import inversion_table_rows  # keeps torch off `difflab --help`
+
     inv = summary.get("invert")
     if not inv:
         return

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from difflab.files import atomic_write_bytes
 from difflab.diffusion.render import image_grid
+from difflab.files import atomic_write_bytes
 
 FINAL_HOLD = 15
 """The last frame (the result) stays up this many frame times before the loop restarts."""

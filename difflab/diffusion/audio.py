@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from difflab.diffusion.render import to_unit
 from difflab.errors import InputError
 from difflab.recipe import AudioConfig
 
@@ -156,7 +157,6 @@ def write_wav(path: Path, wave: torch.Tensor, sample_rate: int) -> Path:
 def write_clips(images: torch.Tensor, value_range: tuple[float, float], cfg: AudioConfig, folder: Path,
                 seed: int = 0) -> list[Path]:
     """Generated spectrogram images as folder/clip_NNN.wav plus clip_NNN.png (each spectrogram alone)."""
-    from difflab.diffusion.data import to_unit
     from difflab.diffusion.render import image_grid, save_png
 
     unit = to_unit(images.detach().float().cpu(), value_range)
@@ -231,16 +231,3 @@ class SettingsReport:
     griffin_lim_only: RoundTripError
 
 
-def measure_settings(recipe, base_dir: Path | None, n_ffts: list[int], hops: list[int], mels: list[int],
-                     clips: int) -> SettingsReport:
-    """Round-trip `clips` of the recipe's sounds (spread over them) under every n_fft × hop × n_mels."""
-    import itertools
-
-    from difflab.runtime.sequences import evenly_spaced
-    from difflab.diffusion.sounds import clip_source
-
-    source = clip_source(recipe.dataset, recipe.audio, base_dir, recipe.seed)
-    waves = torch.stack([source.clip(i) for i in evenly_spaced(len(source), max(1, clips))])
-    settings = [{"n_fft": f, "hop_length": h, "n_mels": m} for f, h, m in itertools.product(n_ffts, hops, mels)]
-    rows = compare_settings(recipe.audio, recipe.dataset.image_size, waves, settings)
-    return SettingsReport(source.name, len(waves), rows, griffin_lim_only(recipe.audio, waves))

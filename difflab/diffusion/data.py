@@ -23,6 +23,9 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 from sklearn.datasets import load_digits
 from torchvision.datasets import MNIST, FashionMNIST
 
+from difflab.diffusion.audio import SpectrogramCodec
+from difflab.diffusion.folders import class_of_file, resolve_data_path, seeded_subset
+from difflab.diffusion.sounds import clip_source, load_waves
 from difflab.errors import InputError
 from difflab.recipe import VALUE_RANGES, AudioConfig, DatasetConfig
 
@@ -94,19 +97,13 @@ def load_dataset(cfg: DatasetConfig, base_dir: Path | None = None, seed: int = 0
     return _finish(decoded, cfg, seed)
 
 
-def to_unit(x: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
-    """Map images from `value_range` to 0..1, clamped (for saving and showing them)."""
-    low, high = value_range
-    return ((x - low) / (high - low)).clamp(0.0, 1.0)
-
-
 # ---------------------------------------------------------------- finishing
 
 
 def _finish(decoded: _Decoded, cfg: DatasetConfig, seed: int) -> ImageDataset:
     """Subset, channels, size and value range: the same last steps for every source."""
     images, labels = decoded.images, decoded.labels
-    keep = _subset(len(images), cfg.limit, seed)
+    keep = seeded_subset(len(images), cfg.limit, seed)
     if keep is not None:  # before resizing, so only the kept images are resized
         images, labels = images[keep], labels[keep]
     images = _resize(_to_channels(images, cfg.channels), cfg.image_size)
@@ -114,14 +111,6 @@ def _finish(decoded: _Decoded, cfg: DatasetConfig, seed: int) -> ImageDataset:
     images = (images * (high - low) + low).to(torch.float32).contiguous()
     return ImageDataset(images, labels.to(torch.int64).contiguous(), decoded.class_names,
                         decoded.name, (low, high))
-
-
-def _subset(n: int, limit: int, seed: int) -> torch.Tensor | None:
-    """Sorted indices of a seeded random `limit` of `n` items, or None to keep all."""
-    if not 0 < limit < n:
-        return None
-    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
-    return chosen.sort().values  # sorted, so the dataset keeps its own order
 
 
 def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -187,7 +176,7 @@ def _random_colour(rng: random.Random, value: tuple[float, float]) -> tuple[int,
 def _load_mnist(cfg: DatasetConfig, base_dir: Path | None, seed: int) -> _Decoded:
     """MNIST or Fashion-MNIST from IDX files under cfg.path, read whole (no per-item transform)."""
     kind = MNIST if cfg.source == "mnist" else FashionMNIST
-    root = _resolve_path(cfg, base_dir)
+    root = resolve_data_path(cfg, base_dir)
     raw = root / kind.__name__ / "raw"
     try:
         dataset = kind(str(root), train=cfg.split == "train", download=cfg.download)
@@ -211,16 +200,16 @@ def _mnist_missing(cfg: DatasetConfig, raw: Path, error: RuntimeError) -> str:
 
 def _load_folder(cfg: DatasetConfig, base_dir: Path | None, seed: int) -> _Decoded:
     """Every image under cfg.path; first-level subfolders are classes, loose images unlabelled."""
-    root = _resolve_path(cfg, base_dir)
+    root = resolve_data_path(cfg, base_dir)
     _check_folder(cfg, root)
     files = _image_files(root)
     if not files:
         raise InputError(f"dataset.path = {cfg.path!r}: no images ({', '.join(IMAGE_SUFFIXES)}) found in {root}")
-    owners = [_class_of(f, root) for f in files]
+    owners = [class_of_file(f, root) for f in files]
     names = sorted({owner for owner in owners if owner is not None})
     index = {name: i for i, name in enumerate(names)}
     labels = [index.get(owner, -1) for owner in owners]
-    keep = _subset(len(files), cfg.limit, seed)
+    keep = seeded_subset(len(files), cfg.limit, seed)
     if keep is not None:  # choose before decoding, so a limit also saves the decoding time
         files, labels = [files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
     mode = "L" if cfg.channels == 1 else "RGB"
@@ -247,12 +236,6 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
-def _class_of(file: Path, root: Path) -> str | None:
-    """The first-level subfolder holding `file`, or None for an image directly in `root`."""
-    parts = file.relative_to(root).parts
-    return parts[0] if len(parts) > 1 else None
-
-
 def decode_image(file: Path, size: int, mode: str, what: str = "dataset.path") -> np.ndarray:
     """Decode one image, upright, in `mode`, shorter side scaled to `size` and centre-cropped square.
 
@@ -269,30 +252,12 @@ def decode_image(file: Path, size: int, mode: str, what: str = "dataset.path") -
 
 def _load_audio(cfg: DatasetConfig, base_dir: Path | None, seed: int, audio: AudioConfig) -> _Decoded:
     """Sound clips (generated, or a folder of WAV files) as 0..1 mel spectrogram images."""
-    from difflab.diffusion.audio import SpectrogramCodec
-    from difflab.diffusion.sounds import clip_source, load_waves
-
     source = clip_source(cfg, audio, base_dir, seed)
     waves, labels = load_waves(source)
     images, _ = SpectrogramCodec(audio, cfg.image_size).to_images(waves)
     return _Decoded(images, labels, list(source.names), source.name)
 
 
-def _resolve_path(cfg: DatasetConfig, base_dir: Path | None) -> Path:
-    """cfg.path as an absolute path: `~` expanded, relative to `base_dir` (else the working folder)."""
-    if not cfg.path:
-        raise InputError(f"dataset.path: source {cfg.source!r} needs a root folder "
-                         f"({_ROOT_HINTS[cfg.source]}), e.g. path = \"data\"")
-    path = Path(cfg.path).expanduser()
-    if not path.is_absolute():
-        path = (base_dir if base_dir is not None else Path.cwd()) / path
-    return path.resolve()
-
-
-_ROOT_HINTS = {
-    "mnist": "the folder holding MNIST/raw", "fashion-mnist": "the folder holding FashionMNIST/raw",
-    "folder": "a folder of images",
-}
 _LOADERS = {
     "digits": _load_digits, "shapes": _load_shapes, "mnist": _load_mnist,
     "fashion-mnist": _load_mnist, "folder": _load_folder,

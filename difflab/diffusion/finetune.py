@@ -1,37 +1,27 @@
-"""Fine-tuning: start from trained weights, and LoRA adapters through peft.
+"""Fine-tuning: start a run from trained weights (`train.init_from`).
 
 `train.init_from` names where the weights come from: a run folder (its exported
 model, else its latest checkpoint), a checkpoint folder, a diffusers pipeline or
 model folder, or a hub id. The recipe's own [model] must build the same network;
 when it does not, the error lists the tensors that differ.
-
-LoRA (`train.lora_rank > 0`) injects low-rank adapters into the named layers with
-peft's `inject_adapter_in_model` (what diffusers' own `add_adapter` calls; diffusers
-0.42's UNet2DModel has no adapter mixin of its own), which freezes every other
-weight. The run saves only the adapter (peft's `get_peft_model_state_dict`, as
-safetensors) and, for plain diffusers, a model with the adapter merged in.
+LoRA adapters are lora.py's.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from difflab.diffusion.loading import checkpoint_model, load_model_folder, load_pipeline
 from difflab.errors import InputError
-from difflab.recipe import Recipe, TrainConfig
+from difflab.recipe import Recipe
+from difflab.runtime.runs import RunDir, source_kind
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 # owner/name: what a hub id looks like (a local path that does not exist may look the same)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-# ---------------------------------------------------------------- init_from
 
 
 def load_initial_weights(model: nn.Module, recipe: Recipe, base_dir: Path | None = None) -> str:
@@ -86,10 +76,6 @@ def source_weights(source: str, recipe: Recipe, base_dir: Path | None = None) ->
 
 
 def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.Tensor]:
-    from difflab.runtime.runs import RunDir
-    from difflab.jobs.sampling import checkpoint_model, load_model_folder
-    from difflab.runtime.runs import source_kind
-
     kind = source_kind(path)
     if kind == "pipeline":
         return _pipeline_unet(str(path), source).state_dict()
@@ -109,98 +95,4 @@ def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.
 
 def _pipeline_unet(location: str, source: str) -> nn.Module:
     """The UNet of a pipeline folder or hub id (cache first, then the network), as `difflab sample` loads it."""
-    from difflab.jobs.sampling import load_pipeline
-
     return load_pipeline(location, f"train.init_from = '{source}'")[0]
-
-
-# ---------------------------------------------------------------- LoRA
-
-
-@dataclass(frozen=True)
-class LoraReport:
-    """What LoRA did to a model: adapted layers, trainable and total parameters."""
-
-    layers: int
-    trainable: int
-    total: int
-
-    def line(self, rank: int) -> str:
-        share = 100 * self.trainable / max(self.total, 1)
-        return (f"LoRA rank {rank} on {self.layers} layers: {self.trainable:,} trainable of "
-                f"{self.total:,} parameters ({share:.1f}%)")
-
-
-def lora_config(cfg: TrainConfig):
-    from peft import LoraConfig
-
-    # B starts at zero (peft's default), so the adapted model starts exactly as the base.
-    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets))
-
-
-def add_lora(model: nn.Module, cfg: TrainConfig, config=None) -> LoraReport:
-    """Inject LoRA adapters (peft) into `model` in place; only they stay trainable."""
-    from peft import inject_adapter_in_model
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    try:
-        inject_adapter_in_model(config or lora_config(cfg), model)
-    except ValueError as error:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))})
-        raise InputError(f"train.lora_targets = {list(cfg.lora_targets)}: {str(error).splitlines()[0]} "
-                         f"(this model's linear and convolution layers end in: {', '.join(names)})") from None
-    layers = sum(1 for m in model.modules() if isinstance(m, BaseTunerLayer))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return LoraReport(layers, trainable, sum(p.numel() for p in model.parameters()))
-
-
-def save_lora(model: nn.Module, cfg: TrainConfig, folder: Path) -> Path:
-    """Write only the adapter weights (safetensors) and their peft config into `folder`, atomically."""
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    from difflab.files import atomic_dir
-
-    weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    with atomic_dir(folder) as tmp:
-        save_file(weights, tmp / ADAPTER_WEIGHTS)
-        lora_config(cfg).save_pretrained(tmp)  # adapter_config.json, peft's own format
-    return folder
-
-
-def load_lora(model: nn.Module, folder: str | Path) -> LoraReport:
-    """Put a saved adapter (save_lora's folder) onto a base model in place."""
-    from peft import LoraConfig, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    try:
-        config = LoraConfig.from_pretrained(folder)
-        weights = load_file(folder / ADAPTER_WEIGHTS)
-    except (OSError, ValueError, json.JSONDecodeError) as error:
-        raise InputError(f"{folder}: not a LoRA adapter folder ({str(error).splitlines()[0]})") from None
-    report = add_lora(model, TrainConfig(lora_rank=config.r, lora_alpha=float(config.lora_alpha),
-                                         lora_targets=sorted(config.target_modules)), config)
-    result = set_peft_model_state_dict(model, weights)
-    if result.unexpected_keys:
-        raise InputError(f"{folder}: the adapter does not fit this model ({result.unexpected_keys[:3]})")
-    return report
-
-
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The base model's state dict with every adapter's delta (peft's get_delta_weight) added in."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    merged = {}
-    lora_layers = {name: m for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
-    for name, module in lora_layers.items():
-        base = module.get_base_layer()
-        merged[f"{name}.weight"] = base.weight.detach() + sum(
-            module.get_delta_weight(adapter) for adapter in module.active_adapters).detach()
-        if base.bias is not None:
-            merged[f"{name}.bias"] = base.bias.detach()
-    for key, value in model.state_dict().items():
-        owner = key.split(".base_layer.")[0] if ".base_layer." in key else None
-        if owner is None and not any(key.startswith(f"{n}.lora_") for n in lora_layers):
-            merged[key] = value
-    return merged

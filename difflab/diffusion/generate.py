@@ -10,14 +10,20 @@ image's class with classifier-free guidance (conditioning.py), and the recipe's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from difflab.diffusion.guidance import GUIDANCE, make_guidance
+from difflab.diffusion.sample import (
+    StepCallback,
+    Trajectory,
+    starting_noise,
+    toy_sample,
+)
 from difflab.recipe import Recipe
-from difflab.diffusion.sample import StepCallback, Trajectory, starting_noise, toy_sample
 
 
 @dataclass
@@ -59,8 +65,6 @@ class SamplingSetup:
         return sampler_scheduler(self.recipe.sample.sampler, self.train_scheduler)
 
     def guidance(self):
-        from difflab.diffusion.guidance import make_guidance
-
         return make_guidance(self.recipe, self.value_range, self.device, self.data_dir)
 
 
@@ -126,3 +130,24 @@ def write_samples(setup: SamplingSetup, folder: Path, prefix: str = "") -> tuple
 
         denoising_gif(whole.inputs, whole.predictions, value_range, folder / f"{prefix}denoising.gif")
     return final, images
+
+
+def guidance_effect(setup, guided, steps: int) -> dict | None:
+    """The recipe's guidance loss (per image) on `guided`, samples made with it, and on as many
+    sampled from the same noise without it: what `expect.guidance_loss_ratio_below` checks.
+    None when the recipe has no guidance (make_guidance's rule)."""
+    guidance = setup.guidance()
+    if guidance is None:
+        return None
+    cfg, loss = setup.recipe.guidance, guidance.loss
+    function = GUIDANCE[cfg.function]
+    unguided = setup.recipe.model_copy(update={"guidance": cfg.model_copy(update={"scale": 0.0})})
+
+    def per_image(images) -> float:
+        return float(loss(images.float())) / (len(images) if function.summed else 1)
+
+    count = len(guided)
+    off, on = per_image(generate(replace(setup, recipe=unguided, progress=None), count, steps)), per_image(guided)
+    return {"function": cfg.function, "scale": cfg.scale, "images": count, "steps": steps,
+            "loss_unguided": round(off, 5), "loss_guided": round(on, 5),
+            "loss_ratio": round(on / off, 4) if off else None}

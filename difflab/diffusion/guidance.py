@@ -127,28 +127,3 @@ def make_guidance(recipe: Recipe, value_range: tuple[float, float], device: str,
         return None
     loss = GUIDANCE[cfg.function].build(recipe, value_range, device, data_dir)
     return LossGuidance(loss, cfg.scale, cfg.through_model)
-
-
-def guidance_effect(setup, guided, steps: int) -> dict | None:
-    """The recipe's guidance loss (per image) on `guided`, samples made with it, and on as many
-    sampled from the same noise without it: what `expect.guidance_loss_ratio_below` checks.
-    None when the recipe has no guidance (make_guidance's rule)."""
-    from dataclasses import replace
-
-    from difflab.diffusion.generate import generate
-
-    guidance = setup.guidance()
-    if guidance is None:
-        return None
-    cfg, loss = setup.recipe.guidance, guidance.loss
-    function = GUIDANCE[cfg.function]
-    unguided = setup.recipe.model_copy(update={"guidance": cfg.model_copy(update={"scale": 0.0})})
-
-    def per_image(images) -> float:
-        return float(loss(images.float())) / (len(images) if function.summed else 1)
-
-    count = len(guided)
-    off, on = per_image(generate(replace(setup, recipe=unguided, progress=None), count, steps)), per_image(guided)
-    return {"function": cfg.function, "scale": cfg.scale, "images": count, "steps": steps,
-            "loss_unguided": round(off, 5), "loss_guided": round(on, 5),
-            "loss_ratio": round(on / off, 4) if off else None}

@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from diffusers import DDIMInverseScheduler
 
-from difflab.diffusion.data import decode_image, to_unit
-from difflab.errors import InputError
+from difflab.diffusion.data import decode_image
 from difflab.diffusion.generate import SamplingSetup
 from difflab.diffusion.guidance import LossGuidance
+from difflab.diffusion.render import to_unit
 from difflab.diffusion.sample import StepCallback
+from difflab.errors import InputError
 
 
 @dataclass

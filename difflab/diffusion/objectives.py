@@ -10,14 +10,14 @@ checkpoints save: that is what makes a resumed run exact.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from dataclasses import dataclass
-
 from difflab.diffusion.models import denoise
-from difflab.recipe import Recipe
 from difflab.diffusion.schedules import corrupt
+from difflab.recipe import Recipe
 
 
 @dataclass
@@ -54,7 +54,11 @@ class DDPMObjective:
 
     def loss(self, model, x: torch.Tensor, generator: torch.Generator,
              labels: torch.Tensor | None = None) -> BatchLoss:
-        from difflab.diffusion.schedules import add_noise, min_snr_weights, training_target
+        from difflab.diffusion.schedules import (
+            add_noise,
+            min_snr_weights,
+            training_target,
+        )
 
         noise = torch.randn(x.shape, generator=generator, device=x.device)
         steps = self.scheduler.config.num_train_timesteps

@@ -19,7 +19,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from difflab.diffusion.reference import Reference, ReferenceClassifier, classify_accuracy, predict
+from difflab.diffusion.reference import (
+    Reference,
+    ReferenceClassifier,
+    classify_accuracy,
+    predict,
+)
 
 # Below this many samples a Fréchet distance over the classifier's 64 features moves a lot
 # from one seed to the next (measured: see README); compare only numbers of the same count.

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from difflab.diffusion.data import ImageDataset, to_unit
+from difflab.diffusion.data import ImageDataset
+from difflab.diffusion.render import to_unit
 from difflab.errors import InputError
 from difflab.files import atomic_dir
 

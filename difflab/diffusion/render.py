@@ -15,7 +15,11 @@ from PIL import Image, ImageDraw
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 
-from difflab.diffusion.data import to_unit
+
+def to_unit(x: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
+    """Map images from `value_range` to 0..1, clamped (for saving and showing them)."""
+    low, high = value_range
+    return ((x - low) / (high - low)).clamp(0.0, 1.0)
 
 
 def image_grid(images: torch.Tensor, value_range: tuple[float, float], nrow: int | None = None,

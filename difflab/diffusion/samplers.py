@@ -28,10 +28,10 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from difflab.errors import InputError
 from difflab.diffusion.guidance import LossGuidance
-from difflab.recipe import SAMPLERS_NEEDING_LOW_SIGMA_MAX
 from difflab.diffusion.sample import SampleStep, StepCallback, Trajectory
+from difflab.errors import InputError
+from difflab.recipe import SAMPLERS_NEEDING_LOW_SIGMA_MAX
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """model_fn(x_scaled, t) -> the model's output (noise, clean image or v), e.g. lambda x, t: unet(x, t).sample"""

@@ -8,14 +8,23 @@ draw one clip without making the thousand before it.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from difflab.diffusion.audio import (
+    SettingsReport,
+    compare_settings,
+    griffin_lim_only,
+    read_wav,
+)
+from difflab.diffusion.folders import class_of_file, resolve_data_path, seeded_subset
 from difflab.errors import InputError
 from difflab.recipe import AudioConfig, DatasetConfig
+from difflab.runtime.sequences import evenly_spaced
 
 FAMILIES = ["tone", "chord", "chirp", "hit", "melody"]
 TIMBRES = {  # harmonic k's amplitude, k = 1, 2, 3, ...
@@ -71,8 +80,6 @@ class WavFolder:
         return self.labels[index]
 
     def clip(self, index: int) -> torch.Tensor:
-        from difflab.diffusion.audio import read_wav
-
         return read_wav(self.files[index], self.sample_rate, self.num_samples)
 
 
@@ -81,9 +88,7 @@ def clip_source(dataset: DatasetConfig, audio: AudioConfig, base_dir: Path | Non
     """The recipe's clips: the WAV files under dataset.path for an audio source with a path, else generated."""
     if dataset.source != "audio" or not dataset.path:
         return GeneratedClips(dataset.num_images, audio.sample_rate, audio.num_samples, seed)
-    from difflab.diffusion.data import _class_of, _resolve_path, _subset
-
-    root = _resolve_path(dataset, base_dir)
+    root = resolve_data_path(dataset, base_dir)
     if not root.is_dir():
         raise InputError(f"dataset.path = {dataset.path!r}: folder of WAV files not found (resolved to {root})")
     files = sorted((p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
@@ -91,10 +96,10 @@ def clip_source(dataset: DatasetConfig, audio: AudioConfig, base_dir: Path | Non
                    key=lambda p: p.relative_to(root).parts)
     if not files:
         raise InputError(f"dataset.path = {dataset.path!r}: no {', '.join(AUDIO_SUFFIXES)} files found in {root}")
-    keep = _subset(len(files), dataset.limit, seed)
+    keep = seeded_subset(len(files), dataset.limit, seed)
     if keep is not None:
         files = [files[i] for i in keep.tolist()]
-    owners = [_class_of(f, root) for f in files]
+    owners = [class_of_file(f, root) for f in files]
     names = sorted({o for o in owners if o is not None})
     labels = [names.index(o) if o is not None else -1 for o in owners]
     return WavFolder(files, labels, names, audio.sample_rate, audio.num_samples, f"wav:{root}")
@@ -186,3 +191,13 @@ def _melody(rng, t, sr):
 
 
 _SYNTHS = {"tone": _tone, "chord": _chord, "chirp": _chirp, "hit": _hit, "melody": _melody}
+
+
+def measure_settings(recipe, base_dir: Path | None, n_ffts: list[int], hops: list[int], mels: list[int],
+                     clips: int) -> SettingsReport:
+    """Round-trip `clips` of the recipe's sounds (spread over them) under every n_fft × hop × n_mels."""
+    source = clip_source(recipe.dataset, recipe.audio, base_dir, recipe.seed)
+    waves = torch.stack([source.clip(i) for i in evenly_spaced(len(source), max(1, clips))])
+    settings = [{"n_fft": f, "hop_length": h, "n_mels": m} for f, h, m in itertools.product(n_ffts, hops, mels)]
+    rows = compare_settings(recipe.audio, recipe.dataset.image_size, waves, settings)
+    return SettingsReport(source.name, len(waves), rows, griffin_lim_only(recipe.audio, waves))

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from difflab.runtime import events
-from difflab.diffusion.data import ImageDataset, load_dataset, to_unit
-from difflab.errors import InputError
+from difflab.diffusion.data import ImageDataset, load_dataset
 from difflab.diffusion.quality import evaluate_images
-from difflab.jobs.expectations import as_records, check_expectations
 from difflab.diffusion.reference import Reference, missing_reason, reference_classifier
+from difflab.diffusion.render import to_unit
+from difflab.errors import InputError
+from difflab.jobs.expectations import as_records, check_expectations
+from difflab.runtime import events
 from difflab.runtime.worker import JobContext
 
 # torch-fidelity's file name for the FID Inception weights (in torch hub's checkpoints/ folder).
@@ -94,8 +95,9 @@ class EvalJob:
         self.sweep_steps, self.inception, self.device = list(sweep_steps), inception, device
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
+        from difflab.diffusion.loading import run_recipe, run_setup
+        from difflab.jobs.sampling import SamplingProgress
         from difflab.runtime.runs import RunDir
-        from difflab.jobs.sampling import SamplingProgress, run_recipe, run_setup
 
         if self.sweep_steps:  # the largest step count must suit the schedule, as sample.steps must
             run_recipe(self.run_dir, [*self.overrides, f"sample.steps={max(self.sweep_steps)}"])

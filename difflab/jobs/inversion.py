@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from difflab.runtime import events
-from difflab.errors import InputError
 from difflab.diffusion.generate import SamplingSetup
 from difflab.diffusion.inversion import (
     Edit,
@@ -31,7 +30,10 @@ from difflab.diffusion.inversion import (
     invert_and_reconstruct,
     random_noise_error,
 )
+from difflab.errors import InputError
+from difflab.jobs.sampling import SampleSource
 from difflab.recipe import InvertConfig, Recipe
+from difflab.runtime import events
 from difflab.runtime.worker import JobContext
 
 # Inverted latents are (nearly) standard Gaussian: +-3 sigma shows them without clipping most pixels.
@@ -205,7 +207,7 @@ class InvertJob:
 
     def _load(self, device: str):
         from difflab.diffusion.data import load_dataset
-        from difflab.jobs.sampling import pipeline_setup, run_setup
+        from difflab.diffusion.loading import pipeline_setup, run_setup
 
         if self.source.pipeline:
             setup = pipeline_setup(self.source.pipeline, [], device)
@@ -238,11 +240,34 @@ def inversion_table_rows(inv: dict) -> list[tuple[str, str, str, str, str]]:
     return [(name, str(steps), f"{scale:g}", f"{mse:.5f}", f"{psnr:.2f}") for name, steps, scale, mse, psnr in rows]
 
 
-def inversion_table_rows(inv: dict) -> list[tuple[str, str, str, str, str]]:
-    """errors.json as table rows (setting, steps, guidance, MSE, PSNR), for the CLI and the inversion screen."""
-    rows = [("reconstruction", inv["steps"], inv["guidance_scale"], inv["mse"], inv["psnr"]),
-            ("random noise instead", inv["steps"], inv["guidance_scale"], inv["random_noise_mse"],
-             inv["random_noise_psnr"])]
-    for name, sweep in (("step sweep", inv["sweep_steps"]), ("guidance sweep", inv["sweep_guidance"])):
-        rows += [(name, row["steps"], row["guidance_scale"], row["mse"], row["psnr"]) for row in sweep]
-    return [(name, str(steps), f"{scale:g}", f"{mse:.5f}", f"{psnr:.2f}") for name, steps, scale, mse, psnr in rows]
+INVERSION_GRIDS = ("originals", "inverted-noise", "reconstructions", "edits")
+
+
+class FolderInversionJob:
+    """The inversion screen's job: `recipe.invert` run on a run or pipeline folder.
+
+    InvertJob does the work and writes SOURCE/inversion/ (a run) or ./inversion-NAME/
+    (a pipeline), as `difflab invert` does; the summary adds the four grids it wrote, as
+    pictures, so the screen shows exactly the files, and the error table's rows (`table_rows`).
+    [guidance] comes from `recipe`.
+    """
+
+    name = "invert"
+
+    def __init__(self, recipe: Recipe, source: Path, recipe_dir: Path | None = None) -> None:
+        self.recipe, self.source, self.recipe_dir = recipe, Path(source), recipe_dir
+
+    def run(self, ctx: JobContext) -> tuple[str, dict]:
+        cfg = self.recipe.invert
+        if not cfg.images and not cfg.image_paths:
+            raise InputError("invert.images = []: give dataset indices or invert.image_paths to invert")
+        if not self.source.is_dir():
+            raise InputError(f"invert.source = '{self.source}': no such folder (give a run or a pipeline folder)")
+        source = SampleSource.of_folder(self.source)
+        out = Path(f"inversion-{self.source.name}") if source.pipeline else self.source
+        status, summary = InvertJob(cfg, source, out, self.recipe, self.recipe_dir).run(ctx)
+        grids = {}
+        for grid in INVERSION_GRIDS:
+            with Image.open(out / "inversion" / f"{grid}.png") as image:
+                grids[grid] = image.copy()
+        return status, {**summary, "grids": grids, "table_rows": inversion_table_rows(summary["invert"])}

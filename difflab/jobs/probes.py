@@ -157,53 +157,6 @@ class DeviceProbe:
 
 
 @dataclass
-class TrainingLaunch:
-    """A training job whose heavy module (torch, diffusers) is imported on the worker.
-
-    The TUI submits this instead of TrainingJob, so pressing start never stalls the
-    UI thread on an import.
-    """
-
-    recipe: Recipe
-    run_dir: Any  # difflab.runtime.runs.RunDir
-    recipe_dir: Path | None = None
-    resume: bool = False  # continue the run from its newest checkpoint
-    name: str = "train"
-
-    @property
-    def device(self) -> str:
-        return self.recipe.device
-
-    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        from difflab.jobs.training import TrainingJob
-
-        return TrainingJob(self.recipe, self.run_dir, self.recipe_dir, resume=self.resume).run(ctx)
-
-
-@dataclass
-class SweepLaunch:
-    """A sampling sweep (difflab.jobs.sweep) from the sampling screen: parsed and run on the worker.
-
-    `sweep` is the CLI's text (`guidance_scale=0,1,3,7`, `class=all`, `checkpoint=all`);
-    the sweep module imports torch, so even parsing waits for the worker. The source, the
-    output folder and the sampling settings are those of the screen's step-through job.
-    """
-
-    step_through: Any  # difflab.jobs.stepthrough.StepThroughJob
-    sweep: str
-    name: str = "sweep"
-    device: str = "auto"
-
-    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        from difflab.jobs.sampling import SampleSource
-        from difflab.jobs.sweep import SweepJob, parse_sweep
-
-        job = self.step_through
-        source = SampleSource(run_dir=job.run_dir, pipeline=job.pipeline)
-        return SweepJob(source, job.samples_dir, parse_sweep(self.sweep), job.overrides(job.samplers[0])).run(ctx)
-
-
-@dataclass
 class GeneratedClip:
     """A sampled clip of a run: its WAV file, length and spectrogram image."""
 
@@ -275,41 +228,3 @@ def generated_clips(run_dir: Path) -> list[GeneratedClip]:
     return found
 
 
-INVERSION_GRIDS = ("originals", "inverted-noise", "reconstructions", "edits")
-
-
-@dataclass
-class InversionLaunch:
-    """DDIM inversion from the inversion screen: `recipe.invert` run on a run or pipeline folder.
-
-    InvertJob does the work and writes SOURCE/inversion/ (a run) or ./inversion-NAME/
-    (a pipeline), as `difflab invert` does; the summary adds the four grids it wrote, as
-    pictures, so the screen shows exactly the files. [guidance] comes from `recipe`.
-    """
-
-    recipe: Recipe
-    source: Path
-    recipe_dir: Path | None = None
-    name: str = "invert"
-    device: str = "auto"
-
-    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        from PIL import Image
-
-        from difflab.errors import InputError
-        from difflab.jobs.inversion import InvertJob
-        from difflab.jobs.sampling import SampleSource
-
-        cfg = self.recipe.invert
-        if not cfg.images and not cfg.image_paths:
-            raise InputError("invert.images = []: give dataset indices or invert.image_paths to invert")
-        if not self.source.is_dir():
-            raise InputError(f"invert.source = '{self.source}': no such folder (give a run or a pipeline folder)")
-        source = SampleSource.of_folder(self.source)
-        out = Path(f"inversion-{self.source.name}") if source.pipeline else self.source
-        status, summary = InvertJob(cfg, source, out, self.recipe, self.recipe_dir).run(ctx)
-        grids = {}
-        for grid in INVERSION_GRIDS:
-            with Image.open(out / "inversion" / f"{grid}.png") as image:
-                grids[grid] = image.copy()
-        return status, {**summary, "grids": grids}

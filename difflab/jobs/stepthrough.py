@@ -17,11 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from difflab.errors import InputError, RecipeError
+from difflab.recipe import (
+    DIFFUSERS_SAMPLERS,
+    SAMPLERS,
+    load_recipe,
+    parse_recipe,
+    samplers_of_schedule,
+)
 from difflab.runtime import events
-from difflab.errors import InputError
 from difflab.runtime.runs import source_kind
 from difflab.runtime.worker import JobContext
-
 
 
 @dataclass
@@ -38,9 +46,6 @@ def samplers_for(path: str | Path) -> tuple[str, ...]:
     """The samplers that can sample a source: the toy sampler alone for a run on the toy schedule,
     diffusers' for any other run or pipeline, and all of them while the folder is not a readable
     run yet (the job then says what is wrong with it)."""
-    from difflab.errors import RecipeError
-    from difflab.recipe import DIFFUSERS_SAMPLERS, SAMPLERS, load_recipe, samplers_of_schedule
-
     path = Path(path).expanduser()
     kind = source_kind(path)
     if kind == "pipeline":
@@ -99,7 +104,11 @@ class StepThroughJob:
                 f"sample.num_images={self.num_images}", f"sample.eta={self.eta}", *self.extra_overrides]
 
     def setup(self, sampler: str, device: str):
-        from difflab.jobs.sampling import pipeline_setup, run_setup
+        from difflab.diffusion.loading import (  # on the worker: the sampling screen imports this module on the UI thread
+            checkpoint_setup,
+            pipeline_setup,
+            run_setup,
+        )
 
         if self.pipeline:
             return pipeline_setup(self.pipeline, self.overrides(sampler), device)
@@ -112,7 +121,9 @@ class StepThroughJob:
         return run_setup(folder, self.overrides(sampler), device)
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
-        from difflab.jobs.sampling import SamplingProgress
+        from difflab.jobs.sampling import (
+            SamplingProgress,  # on the worker: the sampling screen imports this module on the UI thread
+        )
 
         total = self.steps * len(self.samplers)
         ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, total))
@@ -130,21 +141,8 @@ class StepThroughJob:
                             "seed": self.seed, "samples_dir": self.samples_dir}
 
 
-def checkpoint_setup(folder: Path, overrides: list[str], device: str):
-    """Sampling setup for RUN/checkpoints/step_N: the run's recipe, the checkpoint's weights.
-
-    A run that kept an EMA samples with the EMA weights, as its exported model does.
-    """
-    from difflab.jobs.sampling import checkpoint_model, run_recipe, setup_for
-
-    _, recipe = run_recipe(folder.parent.parent, overrides)
-    return setup_for(checkpoint_model(folder, recipe), recipe, device)
-
-
 def _with_sampler(recipe, sampler: str):
     """The recipe with another sampler, validated (the toy sampler is refused on a DDPM schedule)."""
-    from difflab.recipe import parse_recipe
-
     data = recipe.model_dump(mode="json")
     data["sample"]["sampler"] = sampler
     return parse_recipe(data, f"second sampler {sampler!r}")
@@ -152,7 +150,9 @@ def _with_sampler(recipe, sampler: str):
 
 def _sample_steps(setup, count: int, steps: int, progress) -> SamplerSteps:
     """Sample with `setup` (its own seed, so every sampler starts from the same noise) and grid each step."""
-    from difflab.diffusion.generate import generate
+    from difflab.diffusion.generate import (
+        generate,  # on the worker: the sampling screen imports this module on the UI thread
+    )
     from difflab.diffusion.render import image_grid
     from difflab.diffusion.sample import Trajectory
 
@@ -171,9 +171,9 @@ def _sample_steps(setup, count: int, steps: int, progress) -> SamplerSteps:
 
 def save_outputs(result: dict, folder: Path) -> list[Path]:
     """Write each sampler's final grid (PNG, upscaled 2x) and denoising GIF into `folder`; returns the paths."""
-    from PIL import Image
-
-    from difflab.diffusion.animate import denoising_gif
+    from difflab.diffusion.animate import (
+        denoising_gif,  # on the worker: the sampling screen imports this module on the UI thread
+    )
     from difflab.diffusion.render import save_png
 
     folder = Path(folder)

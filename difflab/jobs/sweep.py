@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from difflab.runtime import events
 from difflab.errors import InputError
-from difflab.recipe import apply_overrides, parse_recipe, parse_toml_value
 from difflab.jobs.sampling import SampleSource
+from difflab.recipe import apply_overrides, parse_recipe, parse_toml_value
+from difflab.runtime import events
 from difflab.runtime.worker import JobContext
 
 
@@ -64,6 +64,14 @@ class SweepJob:
         self.source, self.out, self.sweep = source, Path(out), sweep
         self.overrides, self.device = list(overrides), device
 
+    @classmethod
+    def of_step_through(cls, step_through, sweep: str) -> SweepJob:
+        """The sampling screen's sweep: `sweep` is the CLI's text (`guidance_scale=0,1,3,7`,
+        `class=all`, `checkpoint=all`); source, folder and settings are the step-through job's."""
+        job = step_through
+        source = SampleSource(run_dir=job.run_dir, pipeline=job.pipeline)
+        return cls(source, job.samples_dir, parse_sweep(sweep), job.overrides(job.samplers[0]))
+
     def run(self, ctx: JobContext) -> tuple[str, dict]:
         from difflab.diffusion.generate import generate
         from difflab.diffusion.render import labelled_rows, save_png
@@ -95,7 +103,7 @@ class SweepJob:
 
     def _rows(self, device: str) -> list[tuple[str, Any]]:
         """(label, sampling setup) per row; the model is loaded once unless checkpoints are swept."""
-        from difflab.jobs.sampling import pipeline_setup, run_setup
+        from difflab.diffusion.loading import pipeline_setup, run_setup
 
         if self.sweep.key == "checkpoint":
             return _checkpoint_setups(Path(self.source.run_dir), list(self.sweep.values), self.overrides, device)
@@ -129,9 +137,8 @@ def _class_rows(base, values, run_dir: Path | None) -> list[tuple[str, Any]]:
 
 
 def _checkpoint_setups(run_dir: Path, values: list, overrides: list[str], device: str) -> list[tuple[str, Any]]:
+    from difflab.diffusion.loading import checkpoint_setup, run_setup
     from difflab.runtime.runs import CHECKPOINT_PATTERN, RunDir
-    from difflab.jobs.sampling import run_setup
-    from difflab.jobs.stepthrough import checkpoint_setup
 
     run, _ = RunDir.open(run_dir)
     found = {int(CHECKPOINT_PATTERN.match(p.name).group(1)): p for p in run.list_checkpoints()}
@@ -163,8 +170,8 @@ def _with(base, overrides: list[str]):
 
 def _row_numbers(images: torch.Tensor, setup) -> dict:
     """Per-row figures: the mean of each channel (0..1) and the recipe's guidance loss, if it names one."""
-    from difflab.diffusion.data import to_unit
     from difflab.diffusion.guidance import GUIDANCE
+    from difflab.diffusion.render import to_unit
 
     numbers = {"mean": [round(v, 4) for v in to_unit(images, setup.value_range).mean(dim=(0, 2, 3)).tolist()]}
     cfg = setup.recipe.guidance

@@ -1,0 +1,42 @@
+"""Where a dataset's files are: its path resolved against the recipe's folder, the class
+each file's subfolder names, and the seeded subset that dataset.limit keeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from difflab.errors import InputError
+from difflab.recipe import DatasetConfig
+
+
+def resolve_data_path(cfg: DatasetConfig, base_dir: Path | None) -> Path:
+    """cfg.path as an absolute path: `~` expanded, relative to `base_dir` (else the working folder)."""
+    if not cfg.path:
+        raise InputError(f"dataset.path: source {cfg.source!r} needs a root folder "
+                         f"({ROOT_HINTS[cfg.source]}), e.g. path = \"data\"")
+    path = Path(cfg.path).expanduser()
+    if not path.is_absolute():
+        path = (base_dir if base_dir is not None else Path.cwd()) / path
+    return path.resolve()
+
+
+ROOT_HINTS = {
+    "mnist": "the folder holding MNIST/raw", "fashion-mnist": "the folder holding FashionMNIST/raw",
+    "folder": "a folder of images",
+}
+
+
+def class_of_file(file: Path, root: Path) -> str | None:
+    """The first-level subfolder holding `file`, or None for an image directly in `root`."""
+    parts = file.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else None
+
+
+def seeded_subset(n: int, limit: int, seed: int) -> torch.Tensor | None:
+    """Sorted indices of a seeded random `limit` of `n` items, or None to keep all."""
+    if not 0 < limit < n:
+        return None
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit]
+    return chosen.sort().values  # sorted, so the dataset keeps its own order

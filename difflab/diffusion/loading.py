@@ -1,0 +1,160 @@
+"""Loading trained models to sample from: a run's exported model, one of its checkpoints
+(with its EMA weights, LoRA merged in), or any saved DDPM-style diffusers pipeline.
+
+Each loader returns a SamplingSetup (generate.py): the model with the recipe it was
+trained with, so the sampler, the schedule and the data's shape carry over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DDPMPipeline, UNet2DModel
+
+from difflab.diffusion.checkpoints import load_checkpoint
+from difflab.diffusion.generate import SamplingSetup
+from difflab.diffusion.lora import add_lora, merged_state_dict
+from difflab.diffusion.models import BasicUNet, build_model
+from difflab.diffusion.schedules import training_noise_scheduler
+from difflab.errors import InputError
+from difflab.recipe import VALUE_RANGES, Recipe, apply_overrides, parse_recipe
+from difflab.runtime.runs import RunDir
+
+
+def run_setup(run_dir: Path, overrides: list[str], device: str):
+    """Sampling setup for a finished run directory (its model/ folder)."""
+    run, recipe = run_recipe(run_dir, overrides)
+    setup = setup_for(_load_run_model(run, recipe), recipe, device)
+    setup.data_dir = Path(run_dir)  # as `difflab eval` reads the run's data
+    return setup
+
+
+def run_recipe(run_dir: Path, overrides: list[str]) -> tuple[RunDir, Recipe]:
+    """A run's recipe with `key=value` overrides applied and validated."""
+    run, recipe = RunDir.open(run_dir)
+    data = recipe.model_dump(mode="json")
+    apply_overrides(data, overrides, str(run.recipe_path))
+    return run, parse_recipe(data, str(run.recipe_path))
+
+
+def setup_for(model: torch.nn.Module, recipe: Recipe, device: str):
+    """Everything sampling needs, for a model trained with `recipe`."""
+    shape = (recipe.dataset.channels, recipe.dataset.image_size, recipe.dataset.image_size)
+    return SamplingSetup(model.to(device), recipe, shape, VALUE_RANGES[recipe.dataset.value_range], device,
+                         training_noise_scheduler(recipe))
+
+
+def _load_run_model(run: RunDir, recipe: Recipe):
+    if not (run.model_dir / "config.json").is_file():
+        raise InputError(f"{run.model_dir}: no trained model yet (the run has not finished; "
+                         f"resume it with `difflab run --resume {run.path}`)")
+    return load_model_folder(run.model_dir, recipe.model.kind, str(run.model_dir))
+
+
+def load_model_folder(folder: Path, kind: str, what: str):
+    """A model saved with save_pretrained: BasicUNet or UNet2DModel by the recipe's model.kind."""
+    cls = BasicUNet if kind == "basic-unet" else UNet2DModel
+    try:
+        return cls.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise InputError(f"{what}: cannot load the model in {folder} ({str(error).splitlines()[0]})") from None
+
+
+def checkpoint_model(folder: Path, recipe: Recipe | None = None):
+    """The network of RUN/checkpoints/step_N (with its EMA weights when the run kept an EMA).
+
+    `recipe` defaults to the run's own; a LoRA run's checkpoint holds its adapters too.
+    """
+    if recipe is None:
+        _, recipe = RunDir.open(folder.parent.parent)
+    checkpoint = load_checkpoint(folder)
+    model = build_model(recipe)
+    if recipe.train.lora_rank:
+        add_lora(model, recipe.train)
+    try:
+        model.load_state_dict(checkpoint.model)
+    except RuntimeError as error:
+        raise InputError(f"{folder}: the checkpoint does not fit its run's recipe "
+                         f"({str(error).splitlines()[0]})") from None
+    for i, parameter in enumerate(model.parameters()):
+        if (ema := checkpoint.tensors.get(f"ema.{i}")) is not None:
+            parameter.data.copy_(ema)
+    if recipe.train.lora_rank:
+        plain = build_model(recipe)
+        plain.load_state_dict(merged_state_dict(model))
+        return plain
+    return model
+
+
+def pipeline_setup(source: str, overrides: list[str], device: str):
+    """Sampling setup for any unconditional UNet2DModel pipeline on disk or on the hub."""
+    unet, scheduler = load_pipeline(source)
+    cfg = unet.config
+    prediction = scheduler.config.get("prediction_type", "epsilon")
+    objective = {"sample": "x0"}.get(prediction, prediction)
+    data = {
+        "schedule": {"kind": "ddpm", "num_train_timesteps": scheduler.config.num_train_timesteps,
+                     "beta_schedule": scheduler.config.beta_schedule,
+                     "beta_start": scheduler.config.beta_start, "beta_end": scheduler.config.beta_end},
+        "dataset": {"image_size": _size(cfg.sample_size), "channels": cfg.in_channels, "value_range": "-1..1"},
+        "model": {"kind": "unet2d", "block_out_channels": list(cfg.block_out_channels),
+                  "down_block_types": list(cfg.down_block_types), "up_block_types": list(cfg.up_block_types),
+                  "layers_per_block": cfg.layers_per_block, "norm_num_groups": cfg.norm_num_groups},
+        "train": {"objective": objective},
+        "sample": {"sampler": "ddim", "steps": 50},
+    }
+    apply_overrides(data, overrides, source)
+    recipe = parse_recipe(data, f"{source} (pipeline)")
+    if recipe.train.objective != objective:
+        raise InputError(f"train.objective = '{recipe.train.objective}': the pipeline's scheduler predicts "
+                         f"'{prediction}'; a sampler must use the pipeline's own prediction type")
+    shape = (cfg.in_channels, recipe.dataset.image_size, recipe.dataset.image_size)
+    return SamplingSetup(unet.to(device), recipe, shape, (-1.0, 1.0), device, scheduler)
+
+
+def _size(sample_size) -> int:
+    return sample_size if isinstance(sample_size, int) else int(sample_size[0])
+
+
+def load_pipeline(source: str, what: str | None = None):
+    """(unet, scheduler) of a DDPM-style pipeline: a local folder, else a hub id (cache first).
+
+    `what` names the setting in errors (default: the --pipeline flag).
+    """
+    what = what or f"--pipeline {source}"
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise InputError(f"{what}: not a diffusers pipeline folder (no model_index.json)")
+        try:
+            pipe = DDPMPipeline.from_pretrained(path)
+        except (OSError, ValueError, TypeError) as error:
+            raise InputError(f"{what}: cannot load it as an unconditional pipeline "
+                             f"({str(error).splitlines()[0]})") from None
+        return pipe.unet, pipe.scheduler
+    return _from_hub(source, what)
+
+
+def _from_hub(hub_id: str, what: str):
+    try:
+        pipe = DDPMPipeline.from_pretrained(hub_id, local_files_only=True)
+        return pipe.unet, pipe.scheduler
+    except (OSError, ValueError):
+        pass  # not cached: try the network below
+    try:
+        pipe = DDPMPipeline.from_pretrained(hub_id)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{what}: not a local folder, not in the Hugging Face cache, and the hub "
+                         f"could not be reached or has no such pipeline ({str(error).splitlines()[0]}). "
+                         f"Offline, download it elsewhere and copy the folder here.") from None
+    return pipe.unet, pipe.scheduler
+
+
+def checkpoint_setup(folder: Path, overrides: list[str], device: str):
+    """Sampling setup for RUN/checkpoints/step_N: the run's recipe, the checkpoint's weights.
+
+    A run that kept an EMA samples with the EMA weights, as its exported model does.
+    """
+    _, recipe = run_recipe(folder.parent.parent, overrides)
+    return setup_for(checkpoint_model(folder, recipe), recipe, device)
