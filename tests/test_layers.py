@@ -1,12 +1,16 @@
-"""The shape of the code: the engine never imports Textual; quick commands never import torch."""
+"""The shape of the code: the layers contract holds; the engine never imports Textual; quick
+commands never import torch."""
 
 from __future__ import annotations
 
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import difflab
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def engine_modules() -> list[str]:
@@ -41,3 +45,13 @@ def test_help_recipes_and_recipe_check_do_not_import_torch():
         "heavy = sorted(m for m in ('torch', 'diffusers', 'torchvision', 'sklearn') if m in sys.modules)\n"
         "assert not heavy, heavy\n")
     assert result.returncode == 0, result.stderr
+
+
+def test_the_import_contracts_hold():
+    """pyproject.toml's [tool.importlinter]: the layers, no torch below diffusion, no textual in the
+    engine, screens only above jobs, and no cycle between packages or files."""
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+    assert "5 kept, 0 broken" in result.stdout

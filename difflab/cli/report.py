@@ -26,6 +26,7 @@ from rich.progress import (
 from rich.table import Table
 
 from difflab.jobs.devices import resolve_device
+from difflab.jobs.expectations import ExpectationResult
 from difflab.runtime import events
 from difflab.runtime.worker import Worker
 
@@ -100,7 +101,7 @@ class Reporter:
                 table.add_row(key, _fmt(summary[key]))
         self.console.print(table)
         if self.live and self.final_image is not None and summary.get("status") == "finished":
-            from difflab.diffusion.render import terminal_image
+            from difflab.diffusion.render import terminal_image  # keeps torch off `difflab --help`
 
             self.console.print(f"final samples ({summary.get('samples')}):")
             print(terminal_image(self.final_image, width=min(64, self.console.width)))
@@ -173,8 +174,6 @@ def show_inversion(console: Console, summary: dict) -> None:
 
 def show_expectations(console: Console, records: list[dict]) -> bool:
     """One pass/fail line per `[expect]` line; True when all hold."""
-    from difflab.jobs.expectations import ExpectationResult
-
     results = [ExpectationResult(**record) for record in records]
     for result in results:
         console.print(f"[{'green' if result.passed else 'red'}]{escape(result.line())}[/]")

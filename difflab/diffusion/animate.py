@@ -15,6 +15,7 @@ from PIL import Image
 
 from difflab.diffusion.render import image_grid
 from difflab.files import atomic_write_bytes
+from difflab.runtime.sequences import evenly_spaced
 
 FINAL_HOLD = 15
 """The last frame (the result) stays up this many frame times before the loop restarts."""
@@ -22,8 +23,6 @@ FINAL_HOLD = 15
 
 def frame_indices(steps: int, max_frames: int) -> list[int]:
     """At most `max_frames` step indices spread evenly over 0..steps-1, the last one always included."""
-    from difflab.runtime.sequences import evenly_spaced
-
     return evenly_spaced(steps, max_frames)
 
 

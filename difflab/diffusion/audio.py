@@ -19,11 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile
 import torch
 import torch.nn.functional as F
+import torchaudio.functional as AF
+import torchaudio.transforms as T
+from pydantic import ValidationError
 
-from difflab.diffusion.render import to_unit
+from difflab.diffusion.render import image_grid, save_png, to_unit
 from difflab.errors import InputError
+from difflab.files import atomic_write_bytes
 from difflab.recipe import AudioConfig
 
 AMIN = 1e-10  # power floor before the log: -100 dB
@@ -42,8 +47,6 @@ class SpectrogramCodec:
     """Waveforms (N, samples) ⇄ 0..1 spectrogram images (N, 1, size, size) for one [audio] setting."""
 
     def __init__(self, cfg: AudioConfig, image_size: int) -> None:
-        import torchaudio.transforms as T
-
         self.cfg, self.image_size = cfg, image_size
         f_max = cfg.top_frequency
         self.mel = T.MelSpectrogram(cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
@@ -71,8 +74,6 @@ class SpectrogramCodec:
 
     def to_waves(self, images: torch.Tensor, ref: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
         """Waveforms from 0..1 images; without `ref` each clip is scaled to a fixed peak."""
-        import torchaudio.functional as AF
-
         unit = self._fit(images.float().clamp(0, 1), self.spectrogram_shape).squeeze(1).flip(-2)
         relative = unit * self.cfg.top_db - self.cfg.top_db
         level = ref[:, None, None] if ref is not None else 0.0
@@ -92,8 +93,6 @@ class SpectrogramCodec:
 
     def error(self, original: torch.Tensor, rebuilt: torch.Tensor) -> RoundTripError:
         """Spectral convergence and log-spectral distance between two batches of clips."""
-        import torchaudio.transforms as T
-
         stft = T.Spectrogram(n_fft=self.cfg.n_fft, hop_length=self.cfg.hop_length, power=1.0)
         a, b = stft(original.float()), stft(rebuilt.float())
         convergence = (a - b).norm(dim=(-2, -1)) / a.norm(dim=(-2, -1)).clamp_min(1e-8)
@@ -124,9 +123,6 @@ class SpectrogramCodec:
 
 def read_wav(path: Path, sample_rate: int, num_samples: int) -> torch.Tensor:
     """One file as a mono float waveform at `sample_rate`, cut or zero-padded to `num_samples`."""
-    import soundfile
-    import torchaudio.functional as AF
-
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
@@ -143,10 +139,6 @@ def read_wav(path: Path, sample_rate: int, num_samples: int) -> torch.Tensor:
 
 def write_wav(path: Path, wave: torch.Tensor, sample_rate: int) -> Path:
     """A 16-bit PCM mono WAV file, written atomically."""
-    import soundfile
-
-    from difflab.files import atomic_write_bytes
-
     buffer = io.BytesIO()
     samples = wave.detach().float().cpu().clamp(-1, 1).numpy()
     soundfile.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
@@ -157,8 +149,6 @@ def write_wav(path: Path, wave: torch.Tensor, sample_rate: int) -> Path:
 def write_clips(images: torch.Tensor, value_range: tuple[float, float], cfg: AudioConfig, folder: Path,
                 seed: int = 0) -> list[Path]:
     """Generated spectrogram images as folder/clip_NNN.wav plus clip_NNN.png (each spectrogram alone)."""
-    from difflab.diffusion.render import image_grid, save_png
-
     unit = to_unit(images.detach().float().cpu(), value_range)
     waves = SpectrogramCodec(cfg, unit.shape[-1]).to_waves(unit, seed=seed)
     written = []
@@ -194,8 +184,6 @@ class RoundTripRow:
 
 def griffin_lim_only(cfg: AudioConfig, waves: torch.Tensor) -> RoundTripError:
     """The error of Griffin-Lim alone (full STFT, no mel bands, no image): the floor every row sits on."""
-    import torchaudio.transforms as T
-
     power = T.Spectrogram(n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=2.0)(waves)
     codec = SpectrogramCodec(cfg, 1)
     with torch.random.fork_rng(devices=[]):
@@ -206,8 +194,6 @@ def griffin_lim_only(cfg: AudioConfig, waves: torch.Tensor) -> RoundTripError:
 def compare_settings(cfg: AudioConfig, image_size: int, waves: torch.Tensor,
                      settings: list[dict[str, int]]) -> list[RoundTripRow]:
     """The round-trip error of `waves` under each change of `cfg` (n_fft, hop_length, n_mels, ...)."""
-    from pydantic import ValidationError
-
     rows = []
     for change in settings:
         try:

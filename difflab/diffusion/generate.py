@@ -16,14 +16,20 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from difflab.diffusion.animate import denoising_gif
+from difflab.diffusion.audio import write_clips
+from difflab.diffusion.conditioning import guided_model_fn, sampling_labels
 from difflab.diffusion.guidance import GUIDANCE, make_guidance
+from difflab.diffusion.render import image_grid, save_png, trajectory_figure
 from difflab.diffusion.sample import (
     StepCallback,
     Trajectory,
     starting_noise,
     toy_sample,
 )
+from difflab.diffusion.samplers import diffusers_sample, sampler_scheduler
 from difflab.recipe import Recipe
+from difflab.runtime.sequences import evenly_spaced
 
 
 @dataclass
@@ -48,20 +54,14 @@ class SamplingSetup:
 
     def labels(self, count: int) -> torch.Tensor | None:
         """Each image's class for a class-conditional model (recipe's sample.class_labels), else None."""
-        from difflab.diffusion.conditioning import sampling_labels
-
         classes = self.recipe.model.num_classes
         return sampling_labels(count, self.recipe.sample.class_labels, classes, self.device) if classes else None
 
     def model_fn(self, labels: torch.Tensor | None = None):
         """model_fn(x, t) for images of these classes, with the recipe's classifier-free guidance scale."""
-        from difflab.diffusion.conditioning import guided_model_fn
-
         return guided_model_fn(self.model, labels, self.recipe.sample.guidance_scale)
 
     def scheduler(self):
-        from difflab.diffusion.samplers import sampler_scheduler
-
         return sampler_scheduler(self.recipe.sample.sampler, self.train_scheduler)
 
     def guidance(self):
@@ -81,8 +81,6 @@ def generate(setup: SamplingSetup, count: int, steps: int, callback: StepCallbac
     model_fn = setup.model_fn(setup.labels(count) if labels is None else labels)
     if setup.recipe.schedule.kind == "toy":
         return toy_sample(model_fn, noise, steps, callback)
-    from difflab.diffusion.samplers import diffusers_sample
-
     s = setup.recipe.sample
     generator = torch.Generator(device=setup.device).manual_seed(s.seed + 1)
     return diffusers_sample(model_fn, setup.scheduler(), noise, steps, eta=s.eta,
@@ -98,8 +96,6 @@ def trajectory(setup: SamplingSetup, count: int, steps: int) -> Trajectory:
 
 def figure_rows(path: Trajectory, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """`rows` evenly spaced steps of a trajectory (first and last included) for the figure."""
-    from difflab.runtime.sequences import evenly_spaced
-
     picks = evenly_spaced(len(path.inputs), rows)
     return [path.inputs[i] for i in picks], [path.predictions[i] for i in picks]
 
@@ -107,15 +103,11 @@ def figure_rows(path: Trajectory, rows: int) -> tuple[list[torch.Tensor], list[t
 def write_samples(setup: SamplingSetup, folder: Path, prefix: str = "") -> tuple[Image.Image, torch.Tensor]:
     """PREFIXfinal.png, trajectory.png (x_t | predicted x0 per step), denoising.gif, and for audio
     recipes PREFIXaudio/ (a WAV and a spectrogram PNG per sample); returns the grid and its images."""
-    from difflab.diffusion.render import image_grid, save_png, trajectory_figure
-
     s, value_range = setup.recipe.sample, setup.value_range
     images = generate(setup, s.num_images, s.steps, setup.progress)
     final = image_grid(images, value_range, scale=2)
     save_png(final, folder / f"{prefix}final.png")
     if setup.recipe.dataset.source == "audio":  # spectrograms become sound: PREFIXaudio/clip_NNN.wav
-        from difflab.diffusion.audio import write_clips
-
         write_clips(images, value_range, setup.recipe.audio, folder / f"{prefix}audio", seed=s.seed)
     toy = setup.recipe.schedule.kind == "toy"
     whole = trajectory(setup, s.trajectory_images, s.steps) if (s.gif or not toy) else None
@@ -126,8 +118,6 @@ def write_samples(setup: SamplingSetup, folder: Path, prefix: str = "") -> tuple
         inputs, predictions = figure_rows(whole, s.trajectory_steps)
     save_png(trajectory_figure(inputs, predictions, value_range), folder / f"{prefix}trajectory.png")
     if s.gif:
-        from difflab.diffusion.animate import denoising_gif
-
         denoising_gif(whole.inputs, whole.predictions, value_range, folder / f"{prefix}denoising.gif")
     return final, images
 

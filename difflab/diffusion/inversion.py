@@ -19,13 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDIMInverseScheduler
+from diffusers import DDIMInverseScheduler, DDIMScheduler
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from difflab.diffusion.conditioning import guided_model_fn
 from difflab.diffusion.data import decode_image
 from difflab.diffusion.generate import SamplingSetup
 from difflab.diffusion.guidance import LossGuidance
+from difflab.diffusion.models import null_class
 from difflab.diffusion.render import to_unit
-from difflab.diffusion.sample import StepCallback
+from difflab.diffusion.sample import SampleStep, StepCallback
+from difflab.diffusion.samplers import diffusers_sample, schedule_config
 from difflab.errors import InputError
 
 
@@ -65,8 +69,6 @@ def inverse_scheduler(setup: SamplingSetup) -> DDIMInverseScheduler:
     inverse, and measured on a small digits model clipping made the error grow with more steps
     (with DDIM's clipped step as samplers.py then took it, the model's unclipped eps kept).
     """
-    from difflab.diffusion.samplers import schedule_config
-
     if setup.train_scheduler is None:
         raise InputError("DDIM inversion needs a model trained with a noise schedule "
                          "(schedule.kind = 'ddpm'); the toy schedule has no sampler to run backwards")
@@ -76,10 +78,6 @@ def inverse_scheduler(setup: SamplingSetup) -> DDIMInverseScheduler:
 
 def forward_scheduler(setup: SamplingSetup):
     """The deterministic DDIM sampler with the same configuration (and no clipping), for the way back."""
-    from diffusers import DDIMScheduler
-
-    from difflab.diffusion.samplers import schedule_config
-
     return DDIMScheduler.from_config(setup.train_scheduler.config, **schedule_config(setup.train_scheduler),
                                      clip_sample=False)
 
@@ -92,9 +90,6 @@ def invert(setup: SamplingSetup, images: torch.Tensor, labels: torch.Tensor | No
     Its noise level is the one the forward sampler reaches after `steps - depth` of its
     steps, so `sample_from` continues from there. Depth 0 returns the images unchanged.
     """
-    from difflab.diffusion.conditioning import guided_model_fn
-    from difflab.diffusion.sample import SampleStep
-
     setup.model.eval()
     model_fn = guided_model_fn(setup.model, labels, settings.guidance_scale)
     scheduler = inverse_scheduler(setup)
@@ -115,9 +110,6 @@ def sample_from(setup: SamplingSetup, latent: torch.Tensor, labels: torch.Tensor
                 settings: InversionSettings, guidance: LossGuidance | None = None,
                 callback: StepCallback | None = None) -> torch.Tensor:
     """Forward DDIM from a latent `invert` made with the same steps and depth, back to images."""
-    from difflab.diffusion.conditioning import guided_model_fn
-    from difflab.diffusion.samplers import diffusers_sample
-
     model_fn = guided_model_fn(setup.model, labels, settings.guidance_scale)
     first = settings.steps - settings.depth
     return diffusers_sample(model_fn, forward_scheduler(setup), latent, settings.steps, eta=0.0,
@@ -127,8 +119,6 @@ def sample_from(setup: SamplingSetup, latent: torch.Tensor, labels: torch.Tensor
 def reconstruction_error(original: torch.Tensor, result: torch.Tensor,
                          value_range: tuple[float, float]) -> ReconstructionError:
     """Per-image MSE and PSNR of `result` against `original`, both mapped to 0..1."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
     a, b = to_unit(original.float().cpu(), value_range), to_unit(result.float().cpu(), value_range)
     mse = ((a - b) ** 2).mean(dim=(1, 2, 3))
     # an exact copy has infinite PSNR; torchmetrics would divide by zero, so cap it at 100 dB
@@ -211,8 +201,6 @@ def file_images(paths: list[Path], size: int, channels: int, value_range: tuple[
 
 def conditioning_labels(setup: SamplingSetup, labels: torch.Tensor | None, count: int) -> torch.Tensor | None:
     """Class labels for a class-conditional model: the images' own (unlabelled -1 -> 'no class'), else None."""
-    from difflab.diffusion.models import null_class
-
     null = null_class(setup.model)
     if null is None:
         return None

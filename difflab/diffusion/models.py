@@ -18,6 +18,7 @@ import torch
 from diffusers import ConfigMixin, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from difflab.recipe import Recipe
 
@@ -109,8 +110,6 @@ class ModelReport:
 
 def dry_run(recipe: Recipe, device: str = "cpu") -> ModelReport:
     """Build the recipe's model and push one image through it, counting FLOPs with torch's counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     torch.manual_seed(recipe.seed)
     model = build_model(recipe).to(device).eval()
     size, channels = recipe.dataset.image_size, recipe.dataset.channels

@@ -16,7 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from difflab.diffusion.models import denoise
-from difflab.diffusion.schedules import corrupt
+from difflab.diffusion.schedules import (
+    add_noise,
+    corrupt,
+    min_snr_weights,
+    training_target,
+)
 from difflab.recipe import Recipe
 
 
@@ -54,12 +59,6 @@ class DDPMObjective:
 
     def loss(self, model, x: torch.Tensor, generator: torch.Generator,
              labels: torch.Tensor | None = None) -> BatchLoss:
-        from difflab.diffusion.schedules import (
-            add_noise,
-            min_snr_weights,
-            training_target,
-        )
-
         noise = torch.randn(x.shape, generator=generator, device=x.device)
         steps = self.scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (len(x),), generator=generator, device=x.device)

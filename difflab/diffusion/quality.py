@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 from difflab.diffusion.reference import (
     Reference,
@@ -47,8 +48,6 @@ class FrechetDistance:
     """Fréchet distance of image sets to one real reference set, whose statistics are kept."""
 
     def __init__(self, classifier: ReferenceClassifier, real: torch.Tensor, batch: int = 512) -> None:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-
         self.device = next(classifier.parameters()).device
         self.batch = batch
         classifier.eval()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from difflab.diffusion.data import ImageDataset
@@ -200,8 +201,6 @@ def _safe(name: str) -> str:
 
 
 def _save(folder: Path, model: ReferenceClassifier, meta: dict) -> None:
-    from safetensors.torch import save_file
-
     with atomic_dir(folder) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   tmp / "model.safetensors")
@@ -210,8 +209,6 @@ def _save(folder: Path, model: ReferenceClassifier, meta: dict) -> None:
 
 def _load(folder: Path, device: str) -> tuple[ReferenceClassifier, dict] | None:
     """A cached classifier, or None when there is none or it is unreadable (then it is trained again)."""
-    from safetensors.torch import load_file
-
     try:
         meta = json.loads((folder / "meta.json").read_text())
         weights = load_file(folder / "model.safetensors")

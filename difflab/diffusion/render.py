@@ -10,10 +10,13 @@ import io
 import os
 from pathlib import Path
 
+import climage
 import torch
 from PIL import Image, ImageDraw
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
+
+from difflab.files import atomic_write_bytes
 
 
 def to_unit(x: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
@@ -72,8 +75,6 @@ def labelled_rows(rows: list[torch.Tensor], labels: list[str], value_range: tupl
 
 def save_png(image: Image.Image, path: Path) -> Path:
     """Write a PNG atomically (a crash never leaves half an image)."""
-    from difflab.files import atomic_write_bytes
-
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
@@ -82,8 +83,6 @@ def save_png(image: Image.Image, path: Path) -> Path:
 
 def terminal_image(image: Image.Image, width: int = 64, truecolor: bool | None = None) -> str:
     """ANSI text that draws `image` `width` cells wide (truecolor when the terminal says so)."""
-    import climage
-
     if truecolor is None:
         truecolor = os.environ.get("COLORTERM", "") in ("truecolor", "24bit")
     return climage.convert_pil(image.convert("RGB"), is_unicode=True, is_truecolor=truecolor,

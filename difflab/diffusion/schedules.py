@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 
 from difflab.errors import InputError
 from difflab.recipe import Recipe, ScheduleConfig
@@ -37,8 +39,6 @@ def prediction_type_for(objective: str) -> str:
 
 def noise_scheduler(cfg: ScheduleConfig, prediction_type: str = "epsilon") -> DDPMScheduler:
     """The DDPMScheduler of a schedule section: the training-time noise schedule and its maths."""
-    from diffusers import DDPMScheduler
-
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                          beta_start=cfg.beta_start, beta_end=cfg.beta_end,
                          prediction_type=prediction_type_for(prediction_type))
@@ -122,8 +122,6 @@ def training_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Ten
 def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float,
                     objective: str) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023), one per image, as diffusers' training scripts apply them."""
-    from diffusers.training_utils import compute_snr
-
     snr = compute_snr(scheduler, timesteps)
     weights = snr.clamp(max=gamma)  # min(SNR, gamma) is the weight of an x0 loss
     kind = prediction_type_for(objective)

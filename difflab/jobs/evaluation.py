@@ -7,19 +7,25 @@ adds standard Inception FID when torch-fidelity and its weights are already here
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 from difflab.diffusion.data import ImageDataset, load_dataset
+from difflab.diffusion.generate import generate
+from difflab.diffusion.loading import run_recipe, run_setup
 from difflab.diffusion.quality import evaluate_images
 from difflab.diffusion.reference import Reference, missing_reason, reference_classifier
 from difflab.diffusion.render import to_unit
 from difflab.errors import InputError
 from difflab.jobs.expectations import as_records, check_expectations
+from difflab.jobs.sampling import SamplingProgress
 from difflab.runtime import events
+from difflab.runtime.runs import RunDir
 from difflab.runtime.worker import JobContext
 
 # torch-fidelity's file name for the FID Inception weights (in torch hub's checkpoints/ folder).
@@ -28,8 +34,6 @@ INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
 def generated_images(setup, count: int, steps: int, callback=None) -> torch.Tensor:
     """`count` samples of the setup's model in 0..1 on the CPU."""
-    from difflab.diffusion.generate import generate
-
     return to_unit(generate(setup, count, steps, callback).cpu(), setup.value_range)
 
 
@@ -61,8 +65,6 @@ def measure_model(setup, data: ImageDataset, count: int, log: Callable[[str], No
 
 def inception_unavailable() -> str | None:
     """Why standard Inception FID cannot be computed here, or None when it can (nothing is downloaded)."""
-    import importlib.util
-
     if importlib.util.find_spec("torch_fidelity") is None:
         return "skipped: torch-fidelity not installed (pip install 'difflab[fid]')"
     weights = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
@@ -73,8 +75,6 @@ def inception_unavailable() -> str | None:
 
 def inception_fid(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Standard FID (torchmetrics on torch-fidelity's Inception v3) between images in 0..1."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
     weights = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
     metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights))
     for images, real_side in ((real, True), (fake, False)):
@@ -95,10 +95,6 @@ class EvalJob:
         self.sweep_steps, self.inception, self.device = list(sweep_steps), inception, device
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
-        from difflab.diffusion.loading import run_recipe, run_setup
-        from difflab.jobs.sampling import SamplingProgress
-        from difflab.runtime.runs import RunDir
-
         if self.sweep_steps:  # the largest step count must suit the schedule, as sample.steps must
             run_recipe(self.run_dir, [*self.overrides, f"sample.steps={max(self.sweep_steps)}"])
         setup = run_setup(self.run_dir, self.overrides, ctx.device)

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from difflab.diffusion.data import load_dataset
 from difflab.diffusion.generate import SamplingSetup
+from difflab.diffusion.guidance import make_guidance
 from difflab.diffusion.inversion import (
     Edit,
     InversionSettings,
@@ -30,7 +32,11 @@ from difflab.diffusion.inversion import (
     invert_and_reconstruct,
     random_noise_error,
 )
+from difflab.diffusion.loading import pipeline_setup, run_setup
+from difflab.diffusion.render import image_grid, labelled_rows, save_png
 from difflab.errors import InputError
+from difflab.files import atomic_write_text
+from difflab.jobs.expectations import as_records, check_expectations
 from difflab.jobs.sampling import SampleSource
 from difflab.recipe import InvertConfig, Recipe
 from difflab.runtime import events
@@ -88,8 +94,6 @@ def model_calls(cfg: InvertConfig, conditional: bool) -> int:
 def run_inversion(setup: SamplingSetup, cfg: InvertConfig, inputs: InversionInputs, folder: Path,
                   progress: StepCounter | None = None, guidance=None) -> dict:
     """Invert, reconstruct, edit and sweep; write the grids and errors.json; return the summary's `invert`."""
-    from difflab.diffusion.render import image_grid, labelled_rows, save_png
-
     conditional = setup.recipe.model.num_classes > 0
     _check_classes(cfg, setup)
     labels = conditioning_labels(setup, inputs.labels.to(setup.device), len(inputs.images))
@@ -127,8 +131,6 @@ def run_inversion(setup: SamplingSetup, cfg: InvertConfig, inputs: InversionInpu
              "sweep_steps": steps_rows, "sweep_guidance": guidance_rows,
              "folder": str(folder), "figure": str(folder / "inversion.png"),
              "elapsed_s": round(time.perf_counter() - started, 3)}
-    from difflab.files import atomic_write_text
-
     atomic_write_text(folder / "errors.json", json.dumps(table, indent=2))
     return table
 
@@ -199,16 +201,11 @@ class InvertJob:
         summary = {"status": "finished", "job": "invert", "run_dir": str(self.out), "device": ctx.device,
                    "invert": table}
         if self.run_dir is not None:  # a recipe's run: check its [expect] and keep the summary
-            from difflab.jobs.expectations import as_records, check_expectations
-
             summary["expectations"] = as_records(check_expectations(self.recipe.expect, summary))
             self.run_dir.write_summary(summary)
         return "finished", summary
 
     def _load(self, device: str):
-        from difflab.diffusion.data import load_dataset
-        from difflab.diffusion.loading import pipeline_setup, run_setup
-
         if self.source.pipeline:
             setup = pipeline_setup(self.source.pipeline, [], device)
             dataset = (self.recipe.dataset if self.recipe is not None else setup.recipe.dataset).model_copy(
@@ -224,8 +221,6 @@ class InvertJob:
     def _loss_guidance(self, setup: SamplingSetup):
         if not self.cfg.edit_loss_guidance:
             return None
-        from difflab.diffusion.guidance import make_guidance
-
         recipe = self.recipe or setup.recipe
         return make_guidance(recipe, setup.value_range, setup.device)
 

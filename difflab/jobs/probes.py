@@ -10,6 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import soundfile
+import torch
+from PIL import Image
+
+from difflab.diffusion.audio import SpectrogramCodec, waveform_points
+from difflab.diffusion.data import load_dataset
+from difflab.diffusion.models import build_model, denoise, dry_run
+from difflab.diffusion.render import image_grid
+from difflab.diffusion.schedules import noised_strip, schedule_curves
+from difflab.diffusion.sounds import clip_source
 from difflab.recipe import Recipe, ScheduleConfig
 from difflab.runtime.sequences import evenly_spaced
 from difflab.runtime.worker import JobContext
@@ -32,9 +42,6 @@ class DatasetProbe:
     device: str = "cpu"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        from difflab.diffusion.data import load_dataset
-        from difflab.diffusion.render import image_grid
-
         data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed, self.recipe.audio)
         grid = image_grid(data.images[: self.count], data.value_range, scale=1)
         return "finished", {"summary": data.summary(), "grid": grid}
@@ -53,10 +60,6 @@ class ScheduleProbe:
     device: str = "cpu"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        from difflab.diffusion.data import load_dataset
-        from difflab.diffusion.render import image_grid
-        from difflab.diffusion.schedules import noised_strip
-
         ddpm = self.recipe.schedule.model_copy(update={"kind": "ddpm"})
         toy = self.recipe.schedule.model_copy(update={"kind": "toy"})
         curves = {"schedule": self._curves(ddpm)}
@@ -73,8 +76,6 @@ class ScheduleProbe:
         return "finished", {"curves": curves, "timesteps": steps, "strips": strips}
 
     def _curves(self, cfg: ScheduleConfig) -> dict[str, tuple[list[float], list[float]]]:
-        from difflab.diffusion.schedules import schedule_curves
-
         c = schedule_curves(cfg)
         t = c.timesteps.tolist()
         return {name: decimate(t, getattr(c, name).tolist(), self.points)
@@ -101,8 +102,6 @@ class ModelProbe:
     device: str = "auto"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        from difflab.diffusion.models import build_model, dry_run
-
         report = dry_run(self.recipe, "cpu")
         size, channels = self.recipe.dataset.image_size, self.recipe.dataset.channels
         model = build_model(self.recipe).to(ctx.device)
@@ -117,10 +116,6 @@ class ModelProbe:
 
 def _fastest_step(model, batch: int, channels: int, size: int, device: str, repeats: int = 3) -> float:
     """Seconds for one forward+backward pass: the fastest of a few (a busy machine only adds time)."""
-    import torch
-
-    from difflab.diffusion.models import denoise
-
     x = torch.randn(batch, channels, size, size, device=device)
     t = torch.zeros(batch, dtype=torch.long, device=device)
     times = []
@@ -148,8 +143,6 @@ class DeviceProbe:
     device: str = "auto"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        import torch
-
         label = ctx.device
         if ctx.device.startswith("cuda"):
             label = f"cuda: {torch.cuda.get_device_name(0)}"
@@ -178,12 +171,6 @@ class AudioProbe:
     device: str = "cpu"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        import torch
-
-        from difflab.diffusion.audio import SpectrogramCodec, waveform_points
-        from difflab.diffusion.render import image_grid
-        from difflab.diffusion.sounds import clip_source
-
         cfg = self.recipe.audio
         source = clip_source(self.recipe.dataset, cfg, self.recipe_dir, self.recipe.seed)
         index = min(max(self.clip, 0), len(source) - 1)
@@ -212,9 +199,6 @@ def latest_audio_run(runs: Path) -> Path | None:
 
 def generated_clips(run_dir: Path) -> list[GeneratedClip]:
     """The WAV files sampled into a run (RUN/samples/audio/, and `difflab sample`'s */audio/ folders)."""
-    import soundfile
-    from PIL import Image
-
     found = []
     for wav in sorted(Path(run_dir).glob("samples/*audio/clip_*.wav")):
         png = wav.with_suffix(".png")

@@ -12,8 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from difflab.diffusion.generate import write_samples
 from difflab.diffusion.loading import pipeline_setup, run_setup
 from difflab.runtime import events
+from difflab.runtime.runs import source_kind
 from difflab.runtime.worker import JobContext
 
 
@@ -27,8 +29,6 @@ class SampleSource:
     @classmethod
     def of_folder(cls, folder: Path) -> SampleSource:
         """A pipeline when the folder holds model_index.json, else a run or one of its checkpoints."""
-        from difflab.runtime.runs import source_kind
-
         return cls(pipeline=str(folder)) if source_kind(folder) == "pipeline" else cls(run_dir=folder)
 
 
@@ -41,8 +41,6 @@ class SampleJob:
         self.source, self.out, self.overrides, self.device = source, Path(out), list(overrides), device
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
-        from difflab.diffusion.generate import write_samples
-
         setup = self._setup(ctx.device)
         s = setup.recipe.sample
         ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, s.steps, 0, self.out))

@@ -7,8 +7,8 @@ each call is a fresh (x_t, predicted x0) pair worth looking at.
 
 The result keeps each sampler's Trajectory tensors (CPU) beside the PIL grids, so
 `save_outputs` can write the denoising GIF later without sampling again. torch is
-imported inside the functions: the TUI imports this module before the worker has
-loaded torch.
+imported inside the functions, on the worker: the sampling screen builds these jobs
+on the UI thread.
 """
 
 from __future__ import annotations
@@ -104,11 +104,8 @@ class StepThroughJob:
                 f"sample.num_images={self.num_images}", f"sample.eta={self.eta}", *self.extra_overrides]
 
     def setup(self, sampler: str, device: str):
-        from difflab.diffusion.loading import (  # on the worker: the sampling screen imports this module on the UI thread
-            checkpoint_setup,
-            pipeline_setup,
-            run_setup,
-        )
+        # torch loads here, on the worker: the sampling screen imports this module on the UI thread
+        from difflab.diffusion.loading import checkpoint_setup, pipeline_setup, run_setup
 
         if self.pipeline:
             return pipeline_setup(self.pipeline, self.overrides(sampler), device)
@@ -121,9 +118,7 @@ class StepThroughJob:
         return run_setup(folder, self.overrides(sampler), device)
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
-        from difflab.jobs.sampling import (
-            SamplingProgress,  # on the worker: the sampling screen imports this module on the UI thread
-        )
+        from difflab.jobs.sampling import SamplingProgress  # on the worker (see setup)
 
         total = self.steps * len(self.samplers)
         ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, total))
@@ -150,9 +145,8 @@ def _with_sampler(recipe, sampler: str):
 
 def _sample_steps(setup, count: int, steps: int, progress) -> SamplerSteps:
     """Sample with `setup` (its own seed, so every sampler starts from the same noise) and grid each step."""
-    from difflab.diffusion.generate import (
-        generate,  # on the worker: the sampling screen imports this module on the UI thread
-    )
+    # on the worker, like every torch import here (see StepThroughJob.setup)
+    from difflab.diffusion.generate import generate
     from difflab.diffusion.render import image_grid
     from difflab.diffusion.sample import Trajectory
 
@@ -171,9 +165,8 @@ def _sample_steps(setup, count: int, steps: int, progress) -> SamplerSteps:
 
 def save_outputs(result: dict, folder: Path) -> list[Path]:
     """Write each sampler's final grid (PNG, upscaled 2x) and denoising GIF into `folder`; returns the paths."""
-    from difflab.diffusion.animate import (
-        denoising_gif,  # on the worker: the sampling screen imports this module on the UI thread
-    )
+    # on the worker, like every torch import here (see StepThroughJob.setup)
+    from difflab.diffusion.animate import denoising_gif
     from difflab.diffusion.render import save_png
 
     folder = Path(folder)

@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from difflab.diffusion.conditioning import run_class_names
+from difflab.diffusion.generate import generate
+from difflab.diffusion.guidance import GUIDANCE
+from difflab.diffusion.loading import checkpoint_setup, pipeline_setup, run_setup
+from difflab.diffusion.render import labelled_rows, save_png, to_unit
 from difflab.errors import InputError
-from difflab.jobs.sampling import SampleSource
+from difflab.files import atomic_write_text
+from difflab.jobs.sampling import SampleSource, SamplingProgress
 from difflab.recipe import apply_overrides, parse_recipe, parse_toml_value
 from difflab.runtime import events
+from difflab.runtime.runs import CHECKPOINT_PATTERN, RunDir
 from difflab.runtime.worker import JobContext
 
 
@@ -73,10 +80,6 @@ class SweepJob:
         return cls(source, job.samples_dir, parse_sweep(sweep), job.overrides(job.samplers[0]))
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
-        from difflab.diffusion.generate import generate
-        from difflab.diffusion.render import labelled_rows, save_png
-        from difflab.jobs.sampling import SamplingProgress
-
         started = time.perf_counter()
         rows = self._rows(ctx.device)
         base = rows[0][1]
@@ -103,8 +106,6 @@ class SweepJob:
 
     def _rows(self, device: str) -> list[tuple[str, Any]]:
         """(label, sampling setup) per row; the model is loaded once unless checkpoints are swept."""
-        from difflab.diffusion.loading import pipeline_setup, run_setup
-
         if self.sweep.key == "checkpoint":
             return _checkpoint_setups(Path(self.source.run_dir), list(self.sweep.values), self.overrides, device)
         if self.source.pipeline:
@@ -118,8 +119,6 @@ class SweepJob:
 
 
 def _class_rows(base, values, run_dir: Path | None) -> list[tuple[str, Any]]:
-    from difflab.diffusion.conditioning import run_class_names
-
     classes = base.recipe.model.num_classes
     if not classes:
         raise InputError("--sweep class / --grid classes: the model is unconditional (model.num_classes = 0)")
@@ -137,9 +136,6 @@ def _class_rows(base, values, run_dir: Path | None) -> list[tuple[str, Any]]:
 
 
 def _checkpoint_setups(run_dir: Path, values: list, overrides: list[str], device: str) -> list[tuple[str, Any]]:
-    from difflab.diffusion.loading import checkpoint_setup, run_setup
-    from difflab.runtime.runs import CHECKPOINT_PATTERN, RunDir
-
     run, _ = RunDir.open(run_dir)
     found = {int(CHECKPOINT_PATTERN.match(p.name).group(1)): p for p in run.list_checkpoints()}
     has_final = (run.model_dir / "config.json").is_file()
@@ -161,8 +157,6 @@ def _checkpoint_setups(run_dir: Path, values: list, overrides: list[str], device
 
 def _with(base, overrides: list[str]):
     """A copy of `base` whose recipe has `overrides` applied and validated (same model, same device)."""
-    from dataclasses import replace
-
     data = base.recipe.model_dump(mode="json")
     apply_overrides(data, overrides, "--sweep")
     return replace(base, recipe=parse_recipe(data, "--sweep"))
@@ -170,9 +164,6 @@ def _with(base, overrides: list[str]):
 
 def _row_numbers(images: torch.Tensor, setup) -> dict:
     """Per-row figures: the mean of each channel (0..1) and the recipe's guidance loss, if it names one."""
-    from difflab.diffusion.guidance import GUIDANCE
-    from difflab.diffusion.render import to_unit
-
     numbers = {"mean": [round(v, 4) for v in to_unit(images, setup.value_range).mean(dim=(0, 2, 3)).tolist()]}
     cfg = setup.recipe.guidance
     if cfg.function != "none":
@@ -191,6 +182,4 @@ def _show(value: Any) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from difflab.files import atomic_write_text
-
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
