@@ -1,0 +1,138 @@
+"""Recipes in and out: read a TOML file, lay a profile and `--set` overrides over it,
+validate it (every problem one line), and write the resolved recipe back.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from pydantic import ValidationError
+
+from difflab.errors import RecipeError
+from difflab.files import atomic_write_text
+from difflab.recipe.messages import describe_error, show_value
+from difflab.recipe.schema import Recipe
+
+
+def parse_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a plain dict (as read from TOML) into a Recipe, or raise RecipeError."""
+    problems = _problems(data)
+    if problems:
+        raise RecipeError(source, problems)
+    return Recipe.model_validate(data)
+
+
+def check_profiles(data: dict[str, Any], source: str) -> None:
+    """Each profile laid over the recipe as written must validate: a typo in a profile not
+    used today is still reported today."""
+    if _problems(data):
+        return  # the recipe's own problems are reported by parse_recipe
+    problems = []
+    for name in data.get("profiles", {}):
+        problems += [f"profiles.{name}: {line}" for line in _problems(with_profile(data, name, source))]
+    if problems:
+        raise RecipeError(source, problems)
+
+
+def _problems(data: dict[str, Any]) -> list[str]:
+    try:
+        Recipe.model_validate(data)
+    except ValidationError as error:
+        return [describe_error(e, data) for e in error.errors()]
+    return []
+
+
+def with_profile(data: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    """The recipe dict with profile `name` laid over it.
+
+    Its tables merge key by key, but its [expect] replaces the recipe's whole: a profile
+    (a short smoke run, say) states everything it must reach.
+    """
+    profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict) or name not in profiles:
+        known = ", ".join(profiles) if isinstance(profiles, dict) and profiles else "none"
+        raise RecipeError(source, [f"--profile {name!r}: no [profiles.{name}] in this recipe (its profiles: "
+                                   f"{known})"])
+    changes = profiles[name]
+    if not isinstance(changes, dict):
+        raise RecipeError(source, [f"profiles.{name} = {show_value(changes)}: must be a table of recipe "
+                                   f"sections, e.g. [profiles.{name}.train]"])
+    if "profiles" in changes:
+        raise RecipeError(source, [f"profiles.{name}.profiles: a profile cannot hold profiles"])
+    return _merged(data, changes, replace=("expect",))
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any], replace: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`changes` laid over `base`, tables merged key by key, except the tables named in `replace`."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in replace:
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None = None) -> Recipe:
+    """Read and validate a recipe file; lay profile `profile` over it, then `key.path=value` overrides."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(str(path), ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecipeError(str(path), [f"cannot read: {error}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(str(path), [f"not valid TOML: {error}"]) from None
+    check_profiles(data, str(path))
+    if profile:
+        data = with_profile(data, profile, str(path))
+    apply_overrides(data, overrides, str(path))
+    return parse_recipe(data, str(path))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> None:
+    """Apply `--set key.path=value` strings in place; values are TOML values, bare words are strings."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected key.path=value, e.g. train.lr=2e-4")
+            continue
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"--set {item!r}: {part} is not a section")
+                break
+        else:
+            node[parts[-1]] = parse_toml_value(raw.strip())
+    if problems:
+        raise RecipeError(source, problems)
+
+
+def parse_toml_value(raw: str) -> Any:
+    """Read one TOML value (`3`, `2e-4`, `true`, `[1, 2]`, `"x"`); anything else is a bare string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    """The fully resolved recipe as TOML: every default written out."""
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    if not data.get("profiles"):
+        data.pop("profiles", None)  # no profiles: no empty [profiles] table at the end of the file
+    return tomlkit.dumps(data)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe atomically."""
+    atomic_write_text(Path(path), recipe_to_toml(recipe))
