@@ -8,7 +8,7 @@ second variant: better, two to three times slower).
 
 Guidance functions live in a registry: a name, a one-line description and a builder
 that turns the recipe into loss(x0) -> scalar. A new one is one `@register` away; its
-name also goes into recipe.GUIDANCE_FUNCTIONS so recipes can name it. Registered:
+name and help go into difflab.recipe.registry so recipes can name it. Registered:
 colour (the course's) and classifier guidance, -log p(target class | x0) under the
 dataset's reference classifier (reference.py: trained offline on the same images).
 `guidance_effect` measures what guidance did: the loss of samples with it and without it.
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from difflab.errors import InputError
-from difflab.recipe import Recipe
+from difflab.recipe import GUIDANCE_FUNCTIONS_BY_NAME, Recipe
 
 GuidanceLoss = Callable[[torch.Tensor], torch.Tensor]
 """loss(x0) -> a scalar tensor; x0 is (N, C, H, W) in the model's value range."""
@@ -54,7 +54,7 @@ def register(name: str, description: str, summed: bool = False) -> Callable[[Gui
     return add
 
 
-@register("color", "mean distance of every pixel to guidance.color (the course's colour guidance)")
+@register("color", GUIDANCE_FUNCTIONS_BY_NAME["color"].help)
 def color_loss(recipe: Recipe, value_range: tuple[float, float], device: str, data_dir: Path | None
                ) -> GuidanceLoss:
     cfg, (low, high) = recipe.guidance, value_range
@@ -63,8 +63,7 @@ def color_loss(recipe: Recipe, value_range: tuple[float, float], device: str, da
     return lambda x0: (x0 - target).abs().mean()
 
 
-@register("classifier", "cross-entropy of the dataset's reference classifier on x0 toward guidance.target_class",
-          summed=True)
+@register("classifier", GUIDANCE_FUNCTIONS_BY_NAME["classifier"].help, summed=True)
 def classifier_loss(recipe: Recipe, value_range: tuple[float, float], device: str, data_dir: Path | None
                     ) -> GuidanceLoss:
     from difflab.diffusion.data import load_dataset
