@@ -18,8 +18,10 @@ from rich.console import Console
 from difflab import __version__
 from difflab.errors import DifflabError, InputError
 from difflab.cli.report import print_error
+from difflab.recipe.registry import CHAPTERS, DEVICES, RECIPE_CHAPTERS, sampler_help
 
 EXIT_BAD_INPUT = 2
+SAMPLER_HELP = f"a sampler that fits the model's schedule: {sampler_help()}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (default: runs/<recipe>-<date>-<time>)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe value, e.g. --set train.lr=2e-4 (repeatable)")
-    run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="override the recipe's device")
+    run.add_argument("--device", choices=list(DEVICES), help="override the recipe's device")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     run.add_argument("--profile", metavar="NAME",
                      help="lay the recipe's [profiles.NAME] over it first, e.g. --profile smoke (CI's quick check)")
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("run_dir", nargs="?", type=Path, help="a run directory (its recipe says how to sample)")
     sample.add_argument("--pipeline", metavar="PATH_OR_HUB_ID",
                         help="a DDPM-style pipeline folder (save_pretrained) or hub id instead of a run")
-    sample.add_argument("--sampler", help="ddpm, ddim, pndm, dpm-solver++, euler, euler-ancestral, heun, lms, unipc")
+    sample.add_argument("--sampler", help=SAMPLER_HELP)
     sample.add_argument("--steps", type=int, help="sampling steps")
     sample.add_argument("--eta", type=float, help="ddim: 0 deterministic … 1 as noisy as DDPM")
     sample.add_argument("--seed", type=int, help="seed of the starting noise")
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="classes: every class (rows) x --num-images seeds' noise (columns, default 8)")
     sample.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sample.add_argument("--out", type=Path, help="output folder (default: RUN/samples, or samples/ for a pipeline)")
-    sample.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    sample.add_argument("--device", choices=list(DEVICES), default="auto")
 
     evaluate = commands.add_parser(
         "eval", help="measure a run's sample quality against the dataset's reference classifier",
@@ -79,13 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "summary.json. With --sweep-steps, one row per step count.")
     evaluate.add_argument("run_dir", type=Path, help="a finished run directory")
     evaluate.add_argument("--samples", type=int, help="images to generate (default: the recipe's eval.num_samples)")
-    evaluate.add_argument("--sampler", help="ddpm, ddim, pndm, dpm-solver++, euler, euler-ancestral, heun, lms, unipc")
+    evaluate.add_argument("--sampler", help=SAMPLER_HELP)
     evaluate.add_argument("--steps", type=int, help="sampling steps")
     evaluate.add_argument("--sweep-steps", metavar="N,N,...", help="measure each step count, e.g. 10,20,50,100")
     evaluate.add_argument("--inception", action=argparse.BooleanOptionalAction, default=None,
                           help="standard Inception FID (default: when torch-fidelity and its weights are here)")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    evaluate.add_argument("--device", choices=list(DEVICES), default="auto")
 
     invert = commands.add_parser(
         "invert", help="DDIM inversion: images back to their noise, reconstructions, edits, error per step count",
@@ -107,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     invert.add_argument("--edit-guidance-scale", type=float, help="edit: CFG scale on the way forward")
     invert.add_argument("--sweep-steps", metavar="N,N,...", help="error per step count, e.g. 10,20,50,100")
     invert.add_argument("--sweep-guidance", metavar="G,G,...", help="error per guidance scale, e.g. 1,3,7")
-    invert.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    invert.add_argument("--device", choices=list(DEVICES), default="auto")
 
     model = commands.add_parser("model", help="dry-run a recipe's model: parameters, block shapes, FLOPs")
     model.add_argument("recipe", help="recipe file or built-in name")
@@ -117,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("image", type=Path)
     preview.add_argument("--width", type=int, default=64, help="columns (default 64)")
 
-    audio = commands.add_parser("audio", help="the audio chapter: what a mel spectrogram keeps of a sound")
+    audio_chapter = CHAPTERS[RECIPE_CHAPTERS["audio-spectrogram"]]
+    audio = commands.add_parser("audio", help=f"the audio chapter ({audio_chapter.label}): what a mel spectrogram "
+                                              "keeps of a sound")
     audio_commands = audio.add_subparsers(dest="audio_command", metavar="ACTION", required=True)
     roundtrip = audio_commands.add_parser(
         "roundtrip", help="send a recipe's clips through the spectrogram image and back, per mel setting")
