@@ -1,0 +1,102 @@
+"""What follows the last training step: the final checkpoint, the exported model (RUN/model,
+RUN/lora, RUN/pipeline), the final samples, their evaluation, the guidance effect, the
+recipe's inversion, its expectations and summary.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from diffusers import DDPMPipeline
+
+from difflab.diffusion.data import ImageDataset
+from difflab.diffusion.generate import SamplingSetup, guidance_effect, write_samples
+from difflab.diffusion.lora import merged_state_dict, save_lora
+from difflab.diffusion.models import build_model
+from difflab.files import atomic_dir
+from difflab.jobs.evaluation import job_logger, measure_model
+from difflab.jobs.expectations import as_records, check_expectations
+from difflab.jobs.inversion import inversion_inputs, log_errors, run_inversion
+from difflab.recipe import Recipe
+from difflab.runtime import events
+from difflab.runtime.runs import RunDir
+from difflab.runtime.worker import JobContext
+
+
+def finish_training(ctx: JobContext, recipe: Recipe, run: RunDir, data: ImageDataset, setup: SamplingSetup,
+                    recipe_dir: Path | None, *, step: int, ema_weights: Callable[[], AbstractContextManager],
+                    save_checkpoint: Callable[[], None], summary: Callable[[str], dict]) -> dict:
+    """Everything after training, on the trained model (`setup.model`); returns summary.json's contents.
+
+    The session lends what only it can do: swap in the EMA weights, save a checkpoint, and
+    describe itself (`summary(status)`, the fields a stopped run writes too).
+    """
+    if not any(p.name == f"step_{step:06d}" for p in run.list_checkpoints()):
+        save_checkpoint()
+    s = recipe.sample
+    ctx.emit(events.LogLine(ctx.job_id, f"sampling {s.num_images} images in {s.steps} steps ({s.sampler})"))
+    with ema_weights():
+        export(setup, recipe, run)
+        final, images = write_samples(setup, run.samples)
+        ctx.emit(events.PreviewReady(ctx.job_id, step, final, run.samples / "final.png"))
+        quality = evaluate(ctx, setup, recipe, data)
+        quality.update(measure_guidance(ctx, setup, recipe, images))
+        quality.update(invert(ctx, setup, recipe, data, run, recipe_dir))
+    result = {**summary("finished"), **quality}
+    result["expectations"] = as_records(check_expectations(recipe.expect, result))
+    run.write_summary(result)
+    return result
+
+
+def export(setup: SamplingSetup, recipe: Recipe, run: RunDir) -> None:
+    """RUN/model (save_pretrained) always; RUN/pipeline, loadable by DDPMPipeline, for DDPM runs.
+
+    A LoRA run also writes RUN/lora (the adapter alone); its model and pipeline have the
+    adapter merged in, so plain diffusers loads them too.
+    """
+    model = setup.model
+    if recipe.train.lora_rank:
+        save_lora(model, recipe.train, run.lora_dir)
+        model = build_model(recipe).to(setup.device)
+        model.load_state_dict(merged_state_dict(setup.model))
+    with atomic_dir(run.model_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    if setup.train_scheduler is not None:
+        with atomic_dir(run.pipeline_dir) as tmp:
+            DDPMPipeline(unet=model, scheduler=setup.train_scheduler).save_pretrained(tmp, safe_serialization=True)
+
+
+def evaluate(ctx: JobContext, setup: SamplingSetup, recipe: Recipe, data: ImageDataset) -> dict:
+    """The samples' quality against the dataset's reference classifier (recipe [eval])."""
+    if not recipe.eval.enabled:
+        return {"eval_skipped": "eval.enabled = false"}
+    return measure_model(setup, data, recipe.eval.num_samples, job_logger(ctx))
+
+
+def measure_guidance(ctx: JobContext, setup: SamplingSetup, recipe: Recipe, final_images) -> dict:
+    """[guidance]: its loss on the final samples, and on the same noise without it (summary `guidance`)."""
+    g, s = recipe.guidance, recipe.sample
+    effect = guidance_effect(setup, final_images, s.steps)
+    if effect is None:
+        return {}
+    ctx.emit(events.LogLine(ctx.job_id, f"guidance ({g.function}) loss on {s.num_images} samples: "
+                                        f"{effect['loss_unguided']:.4g} at scale 0, "
+                                        f"{effect['loss_guided']:.4g} at scale {g.scale:g}"))
+    return {"guidance": effect}
+
+
+def invert(ctx: JobContext, setup: SamplingSetup, recipe: Recipe, data: ImageDataset, run: RunDir,
+           recipe_dir: Path | None) -> dict:
+    """The recipe's [invert]: DDIM inversion of its images with the model just trained (RUN/inversion)."""
+    cfg = recipe.invert
+    if not cfg.enabled:
+        return {}
+    guidance = setup.guidance() if cfg.edit_loss_guidance else None
+    ctx.emit(events.LogLine(ctx.job_id, f"DDIM inversion of {len(cfg.images) + len(cfg.image_paths)} "
+                                        f"images, {cfg.steps} steps"))
+    table = run_inversion(setup, cfg, inversion_inputs(cfg, data, setup, recipe_dir), run.path / "inversion",
+                          guidance=guidance)
+    log_errors(ctx, table)
+    return {"invert": table}

@@ -1,0 +1,81 @@
+"""What a training session counts: the counters a checkpoint saves, and loss meters that sum
+on the device and are read back only at log intervals and epoch ends (so a CUDA run never
+waits on the host each step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class TrainingState:
+    """Where training stands: counters that a checkpoint saves and a resume restores."""
+
+    step: int = 0
+    elapsed: float = 0.0
+    epoch_losses: list[float] = field(default_factory=list)
+    last_loss: float | None = None  # the last logged loss (summary's final_loss)
+
+
+@dataclass
+class LossMeter:
+    """Sums of per-step losses kept on the device; read back only when asked."""
+
+    log_sum: torch.Tensor
+    log_count: int
+    epoch_sum: torch.Tensor
+    epoch_count: int
+
+    @classmethod
+    def zeros(cls, device: str) -> LossMeter:
+        return cls(torch.zeros((), device=device), 0, torch.zeros((), device=device), 0)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.log_sum += loss.detach()
+        self.epoch_sum += loss.detach()
+        self.log_count += 1
+        self.epoch_count += 1
+
+    def take_log_mean(self, reduce=lambda t: t) -> float:
+        """The mean since the last log line (`reduce` averages it over processes); starts afresh."""
+        mean = reduce(self.log_sum / max(self.log_count, 1)).item()  # the one host sync per log interval
+        self.log_sum.zero_()
+        self.log_count = 0
+        return mean
+
+    def take_epoch_mean(self, reduce=lambda t: t) -> float:
+        """The mean since the epoch began; starts afresh."""
+        mean = reduce(self.epoch_sum / max(self.epoch_count, 1)).item()
+        self.epoch_sum.zero_()
+        self.epoch_count = 0
+        return mean
+
+
+class NoiseLevelMeter:
+    """Per-image losses summed into noise-level buckets on the device; read at log intervals."""
+
+    BUCKETS = 10
+
+    def __init__(self, device: str) -> None:
+        self.sums = torch.zeros(self.BUCKETS, device=device)
+        self.counts = torch.zeros(self.BUCKETS, device=device)
+
+    @property
+    def edges(self) -> tuple[float, ...]:
+        """The buckets' bounds on the noise level, 0 to 1."""
+        return tuple(i / self.BUCKETS for i in range(self.BUCKETS + 1))
+
+    def add(self, per_image: torch.Tensor, level: torch.Tensor) -> None:
+        index = (level * self.BUCKETS).long().clamp(0, self.BUCKETS - 1)
+        self.sums.index_add_(0, index, per_image.float())
+        self.counts.index_add_(0, index, torch.ones_like(per_image, dtype=torch.float))
+
+    def take(self) -> tuple[float | None, ...]:
+        """Each bucket's mean loss since the last call (None for a bucket that saw no image)."""
+        sums, counts = self.sums.tolist(), self.counts.tolist()
+        self.sums.zero_()
+        self.counts.zero_()
+        return tuple(s / c if c else None for s, c in zip(sums, counts))
