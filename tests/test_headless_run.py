@@ -224,7 +224,7 @@ def test_out_of_memory_fails_with_a_suggestion(tmp_path, capsys, monkeypatch):
 
 
 def test_two_runs_started_in_the_same_second_get_different_folders(tmp_path, monkeypatch):
-    from difflab.cli.report import default_run_dir
+    from difflab.runtime.runs import default_run_dir
 
     monkeypatch.chdir(tmp_path)
     first = default_run_dir(Path("from-scratch.toml"))

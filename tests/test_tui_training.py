@@ -145,9 +145,9 @@ async def test_a_failed_start_is_reported_and_the_next_start_works(tmp_path, mon
 
 
 async def test_a_diverging_job_is_a_notification_with_a_suggestion_and_the_lab_goes_on(tmp_path, monkeypatch):
-    import difflab.diffusion.models
+    import difflab.jobs.session  # where the training session looks build_model up
 
-    build_model = difflab.diffusion.models.build_model
+    build_model = difflab.jobs.session.build_model
 
     def diverging_model(recipe):
         """The recipe's model, whose output turns to NaN from its 5th forward pass on.
@@ -162,7 +162,7 @@ async def test_a_diverging_job_is_a_notification_with_a_suggestion_and_the_lab_g
         model.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(difflab.diffusion.models, "build_model", diverging_model)
+    monkeypatch.setattr(difflab.jobs.session, "build_model", diverging_model)
     async with on_the_training_screen(tmp_path, monkeypatch) as (app, pilot, screen):
         await pilot.press("ctrl+r")
         await until(pilot, lambda: not screen.running, "the divergence")

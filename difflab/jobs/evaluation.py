@@ -1,6 +1,6 @@
 """Evaluating a trained model: sample it, measure the samples (evaluate.py), record the numbers.
 
-Used at the end of `difflab run` (TrainingJob.finish calls `measure_model`) and by
+Used at the end of `difflab run` (after_training.finish_training calls `measure_model`) and by
 `difflab eval RUN_DIR` (EvalJob), which can also sweep a sampler's step count and
 adds standard Inception FID when torch-fidelity and its weights are already here.
 """

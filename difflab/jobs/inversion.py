@@ -1,7 +1,7 @@
 """The inversion job: a recipe's [invert] run on a trained model, written into a run directory.
 
 Called at the end of `difflab run` when the recipe trains its own model
-(TrainingJob.finish), or as a job of its own for `difflab invert RUN_DIR` and for
+(after_training.finish_training), or as a job of its own for `difflab invert RUN_DIR` and for
 a recipe whose `invert.source` names a model to load. Either way it writes
 RUN/inversion/: the originals, the inverted noise, the reconstructions and the
 edits as PNG grids, one labelled figure of all four, and errors.json (the error
