@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from difflab import __version__
-from difflab.errors import DifflabError, InputError
-from difflab.cli.report import print_error
+from difflab.cli.report import print_error, run_job
+from difflab.errors import DifflabError, InputError, RecipeError
 from difflab.recipe.registry import CHAPTERS, DEVICES, RECIPE_CHAPTERS, sampler_help
+from difflab.runtime.catalog import builtin_recipes, find_recipe, is_builtin
 
 EXIT_BAD_INPUT = 2
 SAMPLER_HELP = f"a sampler that fits the model's schedule: {sampler_help()}"
@@ -167,7 +169,6 @@ COMMANDS = ("run", "recipe", "recipes", "sample", "eval", "invert", "model", "pr
 
 def open_lab(recipe: str | None) -> int:
     """`difflab [RECIPE]`: the lab in the terminal, on the given recipe or a fresh one."""
-    from difflab.runtime.catalog import find_recipe
 
     try:
         path = find_recipe(recipe) if recipe else None
@@ -178,6 +179,7 @@ def open_lab(recipe: str | None) -> int:
     except DifflabError as error:
         print_error(str(error))
         return error.exit_code
+    # here, not at the top: `difflab --help` stays free of torch and pydantic
     from difflab.screens.app import DifflabApp
 
     DifflabApp(path).run()
@@ -185,9 +187,7 @@ def open_lab(recipe: str | None) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from rich.table import Table
 
-    from difflab.runtime.catalog import builtin_recipes
 
     table = Table("recipe", "what it does", title="built-in recipes (difflab run NAME)")
     for recipe in builtin_recipes():
@@ -197,8 +197,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
-    from difflab.runtime.catalog import find_recipe
-    from difflab.errors import RecipeError
+    # here, not at the top: `difflab --help` stays free of torch and pydantic
     from difflab.recipe import load_recipe, recipe_to_toml
 
     if args.recipe_command == "show":
@@ -219,7 +218,6 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from difflab.cli.report import run_job
 
     job, run, fresh = _prepare_training(args)
     if args.device:
@@ -232,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from difflab.cli.report import run_job
+    # here, not at the top: `difflab --help` stays free of torch and pydantic
     from difflab.jobs.sampling import SampleJob, SampleSource
 
     if bool(args.run_dir) == bool(args.pipeline):
@@ -261,8 +259,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    # here, not at the top: `difflab --help` stays free of torch and pydantic
     from difflab.jobs.evaluation import EvalJob
-    from difflab.cli.report import run_job
 
     flags = {"sampler": args.sampler, "steps": args.steps}
     overrides = [*args.overrides, *(f"sample.{k}={v!r}" if isinstance(v, str) else f"sample.{k}={v}"
@@ -277,10 +275,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
-    from difflab.cli.report import run_job
+    # here, not at the top: `difflab --help` stays free of torch and pydantic
     from difflab.jobs.inversion import InvertJob
-    from difflab.recipe import InvertConfig
     from difflab.jobs.sampling import SampleSource
+    from difflab.recipe import InvertConfig
 
     if bool(args.run_dir) == bool(args.pipeline):
         raise InputError("difflab invert: give either a run directory or --pipeline PATH")
@@ -304,9 +302,9 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 def _invert_settings(base, changes: dict):
     """The [invert] settings with the command's flags laid over them, validated like a recipe's."""
+    # here, not at the top: `difflab --help` stays free of torch and pydantic
     from pydantic import ValidationError
 
-    from difflab.errors import RecipeError
     from difflab.recipe import InvertConfig, describe_error
 
     data = {**base.model_dump(), **changes, "enabled": True}
@@ -337,6 +335,7 @@ def _step_counts(text: str, flag: str = "--sweep-steps") -> list[int]:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    # here, not at the top: `difflab --help` stays free of torch and pydantic
     from PIL import Image, UnidentifiedImageError
 
     from difflab.diffusion.render import terminal_image
@@ -354,9 +353,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from difflab.runtime.catalog import find_recipe
+    # here, not at the top: `difflab --help` stays free of torch and pydantic
     from difflab.diffusion.models import dry_run
     from difflab.recipe import load_recipe
 
@@ -374,10 +371,8 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 def cmd_audio(args: argparse.Namespace) -> int:
     """`difflab audio roundtrip`: spectral convergence and log-spectral distance per mel setting."""
-    from rich.table import Table
-
-    from difflab.diffusion.audio import measure_settings
-    from difflab.runtime.catalog import find_recipe
+    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    from difflab.diffusion.sounds import measure_settings
     from difflab.recipe import load_recipe
 
     path = find_recipe(args.recipe)
@@ -405,11 +400,10 @@ def cmd_audio(args: argparse.Namespace) -> int:
 
 
 def _prepare_training(args: argparse.Namespace):
-    from difflab.runtime.catalog import find_recipe
-    from difflab.runtime.runs import default_run_dir
-    from difflab.recipe import load_recipe
-    from difflab.runtime.runs import RunDir
+    # here, not at the top: `difflab --help` stays free of torch and pydantic
     from difflab.jobs.training import TrainingJob
+    from difflab.recipe import load_recipe
+    from difflab.runtime.runs import RunDir, default_run_dir
 
     if args.resume:
         if args.recipe or args.overrides or args.out or args.profile:
@@ -438,9 +432,10 @@ def _prepare_training(args: argparse.Namespace):
 
 def _inversion_run(recipe, path: Path, out: Path):
     """`difflab run` of a recipe whose invert.source names the model: invert it instead of training."""
+    # here, not at the top: `difflab --help` stays free of torch and pydantic
     from difflab.jobs.inversion import InvertJob
-    from difflab.runtime.runs import RunDir
     from difflab.jobs.sampling import SampleSource
+    from difflab.runtime.runs import RunDir
 
     folder = Path(_init_source(recipe.invert.source, path)).expanduser()
     if not folder.is_dir():
@@ -458,7 +453,6 @@ def _init_source(source: str, recipe_path: Path) -> str:
     Relative to the recipe's folder, or to the current folder for a built-in recipe (whose
     folder is inside the installed package, where no run lives). A hub id stays as it is.
     """
-    from difflab.runtime.catalog import is_builtin
 
     if Path(source).expanduser().is_absolute():
         return source

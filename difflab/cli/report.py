@@ -26,7 +26,6 @@ from rich.progress import (
 from rich.table import Table
 
 from difflab.jobs.devices import resolve_device
-from difflab.jobs.expectations import ExpectationResult
 from difflab.runtime import events
 from difflab.runtime.worker import Worker
 
@@ -174,6 +173,8 @@ def show_inversion(console: Console, summary: dict) -> None:
 
 def show_expectations(console: Console, records: list[dict]) -> bool:
     """One pass/fail line per `[expect]` line; True when all hold."""
+    from difflab.jobs.expectations import ExpectationResult  # keeps pydantic off `difflab --help`
+
     results = [ExpectationResult(**record) for record in records]
     for result in results:
         console.print(f"[{'green' if result.passed else 'red'}]{escape(result.line())}[/]")

@@ -5,63 +5,49 @@ sigmas: the training schedule's sigma_max in plain Python; messages: one line pe
 problem; loading: files, profiles, overrides and saving.
 """
 
-from difflab.recipe.loading import (
-    apply_overrides,
-    check_profiles,
-    load_recipe,
-    parse_recipe,
-    parse_toml_value,
-    recipe_to_toml,
-    save_recipe,
-    with_profile,
-)
-from difflab.recipe.messages import describe_error
-from difflab.recipe.registry import (
-    BETA_SCHEDULES,
-    CHAPTERS,
-    DEVICES,
-    DIFFUSERS_SAMPLERS,
-    GUIDANCE_FUNCTIONS,
-    GUIDANCE_FUNCTIONS_BY_NAME,
-    MODEL_KINDS,
-    OBJECTIVES,
-    RECIPE_CHAPTERS,
-    SAMPLERS,
-    SAMPLERS_BY_NAME,
-    SAMPLERS_NEEDING_LOW_SIGMA_MAX,
-    SCHEDULE_KINDS,
-    SOURCE_CLASSES,
-    SOURCES,
-    VALUE_RANGES,
-    samplers_of_schedule,
-    schedule_refusal,
-)
-from difflab.recipe.schema import SECTIONS, Recipe
-from difflab.recipe.sections import (
-    DOWN_BLOCKS,
-    UP_BLOCKS,
-    AudioConfig,
-    DatasetConfig,
-    EvalConfig,
-    ExpectConfig,
-    GuidanceConfig,
-    InvertConfig,
-    ModelConfig,
-    SampleConfig,
-    ScheduleConfig,
-    Section,
-    TrainConfig,
-)
-from difflab.recipe.sigmas import training_sigma_max
+import importlib
+from typing import Any
 
-__all__ = [
-    "BETA_SCHEDULES", "CHAPTERS", "DEVICES", "DIFFUSERS_SAMPLERS", "DOWN_BLOCKS", "GUIDANCE_FUNCTIONS",
-    "GUIDANCE_FUNCTIONS_BY_NAME", "MODEL_KINDS", "OBJECTIVES", "RECIPE_CHAPTERS", "SAMPLERS", "SAMPLERS_BY_NAME",
-    "SAMPLERS_NEEDING_LOW_SIGMA_MAX", "SCHEDULE_KINDS", "SECTIONS", "SOURCE_CLASSES", "SOURCES", "UP_BLOCKS",
-    "VALUE_RANGES",
-    "AudioConfig", "DatasetConfig", "EvalConfig", "ExpectConfig", "GuidanceConfig", "InvertConfig", "ModelConfig",
-    "Recipe", "SampleConfig", "ScheduleConfig", "Section", "TrainConfig",
-    "apply_overrides", "check_profiles", "describe_error", "load_recipe", "parse_recipe", "parse_toml_value",
-    "recipe_to_toml", "samplers_of_schedule", "save_recipe", "schedule_refusal", "training_sigma_max",
-    "with_profile",
-]
+# The public names and the module each lives in. They load on first use (PEP 562), so a
+# caller of the registry alone (`difflab --help`'s choices) does not pay for pydantic.
+_MODULES: dict[str, tuple[str, ...]] = {
+    "registry": (
+        "BETA_SCHEDULES", "CHAPTERS", "DEVICES", "DIFFUSERS_SAMPLERS", "GUIDANCE_FUNCTIONS",
+        "GUIDANCE_FUNCTIONS_BY_NAME", "MODEL_KINDS", "OBJECTIVES", "RECIPE_CHAPTERS", "SAMPLERS",
+        "SAMPLERS_BY_NAME", "SAMPLERS_NEEDING_LOW_SIGMA_MAX", "SCHEDULE_KINDS", "SOURCES", "SOURCE_CLASSES",
+        "VALUE_RANGES", "samplers_of_schedule", "schedule_refusal"
+    ),
+    "sigmas": (
+        "training_sigma_max",
+    ),
+    "sections": (
+        "AudioConfig", "DOWN_BLOCKS", "DatasetConfig", "EvalConfig", "ExpectConfig", "GuidanceConfig",
+        "InvertConfig", "ModelConfig", "SampleConfig", "ScheduleConfig", "Section", "TrainConfig", "UP_BLOCKS"
+    ),
+    "schema": (
+        "Recipe", "SECTIONS"
+    ),
+    "messages": (
+        "describe_error",
+    ),
+    "loading": (
+        "apply_overrides", "check_profiles", "load_recipe", "parse_recipe", "parse_toml_value",
+        "recipe_to_toml", "save_recipe", "with_profile"
+    ),
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'difflab.recipe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"difflab.recipe.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOME])
+
