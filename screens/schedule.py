@@ -1,7 +1,7 @@
 """Schedule screen: how training corrupts images — the toy linear mix beside DDPM's Gaussian schedule.
 
 The curves are √ᾱ_t (how much of the image is left) and √(1−ᾱ_t) (how much noise),
-and log SNR, for the recipe's schedule with a second one overlaid, as chapter 2 of
+and log SNR, for the recipe's schedule with a second one overlaid, as chapter 4 of
 the course plots them; below, one image noised at a few timesteps by both processes.
 """
 
@@ -23,7 +23,7 @@ from .widgets import RecipeField, TerminalImage
 BETA_SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"]
 TOO_LITTLE_NOISE = "too little noise"
 # The comparison is not part of the recipe (changing it never marks the recipe modified):
-# DDPMScheduler's defaults (β 1e-4 → 0.02) per beta schedule, plus chapter 2's β 0.001 → 0.004 try.
+# DDPMScheduler's defaults (β 1e-4 → 0.02) per beta schedule, plus chapter 4's β 0.001 → 0.004 try.
 COMPARISONS: dict[str, dict | None] = {
     "none": None,
     **{name: {"beta_schedule": name} for name in BETA_SCHEDULES},

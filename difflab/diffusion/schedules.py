@@ -2,7 +2,7 @@
 
 The from-scratch chapter's toy process mixes the image linearly with uniform
 noise: amount 0 leaves the image, amount 1 gives pure noise. The DDPM process
-(chapter 2) is diffusers' DDPMScheduler: Gaussian noise over T timesteps,
+(chapter 4) is diffusers' DDPMScheduler: Gaussian noise over T timesteps,
 q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I). Its curves, targets
 and loss weights are read from that scheduler, never re-derived, so what the lab
 shows is what training uses.
@@ -18,7 +18,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
 from difflab.errors import InputError
-from difflab.recipe import Recipe, ScheduleConfig
+from difflab.recipe import OBJECTIVES, Recipe, ScheduleConfig
 
 if TYPE_CHECKING:  # diffusers takes seconds to import and the toy chapter never needs it
     from diffusers import DDPMScheduler
@@ -33,8 +33,8 @@ def corrupt(x: torch.Tensor, amount: torch.Tensor, noise: torch.Tensor | None = 
 
 
 def prediction_type_for(objective: str) -> str:
-    """diffusers' name for a recipe objective: x0 is "sample", the others are spelled the same."""
-    return "sample" if objective == "x0" else objective
+    """diffusers' name for a recipe objective (the registry's: x0 is "sample"); a diffusers name passes through."""
+    return OBJECTIVES[objective].prediction_type if objective in OBJECTIVES else objective
 
 
 def noise_scheduler(cfg: ScheduleConfig, prediction_type: str = "epsilon") -> DDPMScheduler:
