@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from difflab.diffusion.data import load_dataset
+from difflab.diffusion.reference import missing_reason, reference_classifier
 from difflab.errors import InputError
 from difflab.recipe import GUIDANCE_FUNCTIONS_BY_NAME, Recipe
 
@@ -66,9 +68,6 @@ def color_loss(recipe: Recipe, value_range: tuple[float, float], device: str, da
 @register("classifier", GUIDANCE_FUNCTIONS_BY_NAME["classifier"].help, summed=True)
 def classifier_loss(recipe: Recipe, value_range: tuple[float, float], device: str, data_dir: Path | None
                     ) -> GuidanceLoss:
-    from difflab.diffusion.data import load_dataset
-    from difflab.diffusion.reference import missing_reason, reference_classifier
-
     target_class = recipe.guidance.target_class
     data = load_dataset(recipe.dataset, data_dir, recipe.seed)
     reason = missing_reason(data)
