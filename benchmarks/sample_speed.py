@@ -60,8 +60,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 from machine import device_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 
-from difflab.diffusion.sample import Trajectory  # noqa: E402
-from difflab.diffusion.samplers import diffusers_sample, sampler_scheduler  # noqa: E402
+from difflab.diffusion.samplers import (  # noqa: E402
+    Trajectory,  # noqa: E402
+    diffusers_sample,
+    sampler_scheduler,
+)
 from difflab.diffusion.schedules import noise_scheduler  # noqa: E402
 from difflab.recipe import ScheduleConfig  # noqa: E402
 

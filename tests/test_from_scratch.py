@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from difflab.diffusion.models import BasicUNet, build_model, count_parameters
-from difflab.recipe import parse_recipe
-from difflab.diffusion.sample import Trajectory, starting_noise, toy_sample
+from difflab.diffusion.samplers import Trajectory, starting_noise, toy_sample
 from difflab.diffusion.schedules import corrupt
+from difflab.recipe import parse_recipe
 
 
 def test_corruption_amount_zero_keeps_the_image_and_one_is_pure_noise():
@@ -86,7 +86,7 @@ def test_starting_noise_is_seeded_and_spans_the_value_range():
 
 def test_the_step_by_step_figure_keeps_first_and_last_steps():
     from difflab.diffusion.generate import figure_rows
-    from difflab.diffusion.sample import Trajectory
+    from difflab.diffusion.samplers import Trajectory
 
     short = Trajectory(inputs=list(range(4)), predictions=list(range(4)))
     assert figure_rows(short, 5)[0] == [0, 1, 2, 3]  # fewer steps than rows: every step

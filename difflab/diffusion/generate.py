@@ -21,13 +21,14 @@ from difflab.diffusion.audio import write_clips
 from difflab.diffusion.conditioning import guided_model_fn, sampling_labels
 from difflab.diffusion.guidance import GUIDANCE, make_guidance
 from difflab.diffusion.render import image_grid, save_png, trajectory_figure
-from difflab.diffusion.sample import (
+from difflab.diffusion.samplers import (
     StepCallback,
     Trajectory,
+    diffusers_sample,
+    sampler_scheduler,
     starting_noise,
     toy_sample,
 )
-from difflab.diffusion.samplers import diffusers_sample, sampler_scheduler
 from difflab.recipe import Recipe
 from difflab.runtime.sequences import evenly_spaced
 

@@ -28,8 +28,7 @@ from difflab.diffusion.generate import SamplingSetup
 from difflab.diffusion.guidance import LossGuidance
 from difflab.diffusion.models import null_class
 from difflab.diffusion.render import to_unit
-from difflab.diffusion.sample import SampleStep, StepCallback
-from difflab.diffusion.samplers import diffusers_sample, schedule_config
+from difflab.diffusion.samplers import SampleStep, StepCallback, diffusers_sample, schedule_config
 from difflab.errors import InputError
 
 

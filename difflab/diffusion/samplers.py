@@ -1,6 +1,9 @@
-"""Sampling with any diffusers scheduler: one loop, one per-step hook.
+"""Every sampler: the course's toy sampler and any diffusers scheduler, each one loop with
+one per-step hook (the k-diffusion way: the step-by-step view, the trajectory figure and
+progress reporting hang off that callback, not off copies of the loop).
 
-A sampler is a diffusers scheduler built from the training scheduler's config, so
+The toy sampler predicts the clean image and moves part of the way toward it. A diffusers
+sampler is a diffusers scheduler built from the training scheduler's config, so
 the betas, the prediction type and the clipping of the predicted x0 carry over (the
 course swaps DDPM for DDIM the same way). The loop is the one every diffusers pipeline runs (scale the input,
 call the model, step), plus a callback that sees each model input and the clean
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import diffusers
 import numpy as np
@@ -19,9 +23,41 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from difflab.diffusion.guidance import LossGuidance
-from difflab.diffusion.sample import SampleStep, StepCallback, Trajectory
 from difflab.errors import InputError
 from difflab.recipe.registry import DIFFUSERS_SAMPLERS, SAMPLERS_BY_NAME, prediction_refusal, schedule_refusal
+
+
+@dataclass
+class SampleStep:
+    """One sampling step: the model input x_t and the model's prediction of the clean image.
+
+    `guidance_norm` is the norm of the loss-guidance move applied at this step (None without guidance).
+    """
+
+    index: int
+    total: int
+    x: torch.Tensor
+    prediction: torch.Tensor
+    guidance_norm: float | None = None
+
+
+StepCallback = Callable[[SampleStep], None]
+
+
+@dataclass
+class Trajectory:
+    """Every step's input, prediction and guidance norm, kept on the CPU, plus the final images."""
+
+    inputs: list[torch.Tensor] = field(default_factory=list)
+    predictions: list[torch.Tensor] = field(default_factory=list)
+    guidance_norms: list[float | None] = field(default_factory=list)
+    final: torch.Tensor | None = None
+
+    def record(self, step: SampleStep) -> None:
+        self.inputs.append(step.x.detach().cpu())
+        self.predictions.append(step.prediction.detach().cpu())
+        self.guidance_norms.append(step.guidance_norm)
+
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """model_fn(x_scaled, t) -> the model's output (noise, clean image or v), e.g. lambda x, t: unet(x, t).sample"""
@@ -36,6 +72,28 @@ SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
 # class's own default, and Heun's are Stable Diffusion's betas (0.00085..0.012), not DDPM's.
 _SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                   "prediction_type")
+
+
+@torch.no_grad()
+def toy_sample(model: torch.nn.Module, x: torch.Tensor, steps: int,
+               callback: StepCallback | None = None) -> torch.Tensor:
+    """The course's from-scratch sampler: predict x0, move 1/(steps-i) of the way toward it."""
+    for i in range(steps):
+        prediction = model(x)
+        if callback is not None:
+            callback(SampleStep(i, steps, x, prediction))
+        mix = 1 / (steps - i)  # the last step (i = steps-1) lands exactly on the prediction
+        x = x * (1 - mix) + prediction * mix
+    return x
+
+
+def starting_noise(count: int, shape: tuple[int, int, int], seed: int,
+                   value_range: tuple[float, float] = (0.0, 1.0), device="cpu") -> torch.Tensor:
+    """Uniform noise over the data's value range, the toy process's pure-noise end (amount 1)."""
+    generator = torch.Generator().manual_seed(seed)  # CPU generator: same noise on every device
+    low, high = value_range
+    noise = torch.rand((count, *shape), generator=generator) * (high - low) + low
+    return noise.to(device)
 
 
 def sampler_scheduler(name: str, train_scheduler: SchedulerMixin) -> SchedulerMixin:

@@ -39,7 +39,7 @@ class SamplerSteps:
     inputs: list[Any]  # PIL images, one per model call
     predictions: list[Any]
     final: Any
-    trajectory: Any  # difflab.diffusion.sample.Trajectory, CPU tensors, for the GIF
+    trajectory: Any  # difflab.diffusion.samplers.Trajectory, CPU tensors, for the GIF
 
 
 def samplers_for(path: str | Path) -> tuple[str, ...]:
@@ -148,7 +148,7 @@ def _sample_steps(setup, count: int, steps: int, progress) -> SamplerSteps:
     # on the worker, like every torch import here (see StepThroughJob.setup)
     from difflab.diffusion.generate import generate
     from difflab.diffusion.render import image_grid
-    from difflab.diffusion.sample import Trajectory
+    from difflab.diffusion.samplers import Trajectory
 
     path = Trajectory()
 
