@@ -20,6 +20,7 @@ the subprocess, the final check also proves that module is torch-free. At the en
 nor diffusers may be in sys.modules. If one is, the test prints the stack of its first import.
 
 Run by hand (the summary is printed as JSON): python -m tests.test_ui_thread_imports [FOLDER]
+(FOLDER: where the lab runs, its runs/ included; by default a new temporary folder)
 """
 
 from __future__ import annotations
@@ -588,4 +589,6 @@ def _alternatives(value: Any) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "ui-thread-imports-lab"))
+    import tempfile
+
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="ui-thread-imports-")))
