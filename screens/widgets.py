@@ -204,12 +204,15 @@ class RecipeField(Vertical):
     def refresh_value(self) -> None:
         """Show the recipe's current value (after a recipe was opened)."""
         value = self.app.recipe_value(self.key)
-        if self.choices is not None:
-            self.query_one(Select).value = str(value)
-        elif isinstance(value, bool):
-            self.query_one(Switch).value = value
-        else:
-            self.query_one(Input).value = _as_text(value)
+        # Without prevent, the Changed this posts is handled later and writes the value of that
+        # moment back: two fields of one key (on two screens) then echoed 1, 16, 1, 16, ... for ever.
+        with self.prevent(Input.Changed, Select.Changed, Switch.Changed):
+            if self.choices is not None:
+                self.query_one(Select).value = str(value)
+            elif isinstance(value, bool):
+                self.query_one(Switch).value = value
+            else:
+                self.query_one(Input).value = _as_text(value)
         self.error = ""
 
     def on_input_changed(self, event: Input.Changed) -> None:

@@ -204,3 +204,23 @@ def test_the_dataset_screen_snapshot(snap_compare):
         await pilot.pause(0.1)
 
     assert snap_compare(DifflabApp(), terminal_size=(100, 32), run_before=settle)
+
+
+async def test_showing_the_recipe_in_a_field_never_writes_a_stale_value_back():
+    """A field shows the recipe's value without reporting it as an edit: the Changed that setting
+    the Input posts, handled after the recipe moved on, wrote the old value back (fast typing into
+    train.batch_size, shown on two screens, then made the recipe go 1, 16, 1, 16, ... for ever)."""
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("3")
+        batch = field(app, "train.batch_size")
+        box = batch.query_one(Input)
+        box.focus()  # a focused field is not refreshed by the next change
+        await pilot.pause()
+        with box.prevent(Input.Changed):
+            box.value = "999"  # what a person was typing
+        batch.refresh_value()  # shows 128; its Input.Changed, if any, is handled after the next line
+        train = app.recipe.train.model_copy(update={"batch_size": 64})
+        app.recipe = app.recipe.model_copy(update={"train": train})
+        await pilot.pause(0.3)
+        assert app.recipe.train.batch_size == 64
