@@ -119,7 +119,7 @@ class DifflabApp(App):
         self.bridge.close()
 
     def _ask_device(self) -> None:
-        self.bridge.submit(launch.probe("DeviceProbe"), self._on_device)
+        self.bridge.submit(launch.probe("devices:DeviceProbe"), self._on_device)
 
     def _on_device(self, event) -> None:
         summary = getattr(event, "summary", None)

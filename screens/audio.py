@@ -62,7 +62,7 @@ class AudioScreen(LabScreen):
 
     def make_probe(self):
         run = self.query_one("#run", Input).value.strip()
-        return launch.probe("AudioProbe", recipe=self.app.recipe, recipe_dir=self.app.recipe_dir,
+        return launch.probe("probes:AudioProbe", recipe=self.app.recipe, recipe_dir=self.app.recipe_dir,
                             clip=self._clip_number(), run_dir=Path(run).expanduser() if run else None)
 
     def _clip_number(self) -> int:

@@ -38,7 +38,7 @@ class DatasetScreen(LabScreen):
         yield DataTable(id="classes", show_cursor=False, zebra_stripes=True)
 
     def make_probe(self):
-        return launch.probe("DatasetProbe", recipe=self.app.recipe, recipe_dir=self.app.recipe_dir, count=16)
+        return launch.probe("probes:DatasetProbe", recipe=self.app.recipe, recipe_dir=self.app.recipe_dir, count=16)
 
     def show_result(self, summary: dict) -> None:
         info = summary["summary"]

@@ -63,7 +63,7 @@ class ModelScreen(LabScreen):
             self.watch(field, "error", self._show_rejection, init=False)
 
     def make_probe(self):
-        return launch.probe("ModelProbe", recipe=self.app.recipe)
+        return launch.probe("model_probe:ModelProbe", recipe=self.app.recipe)
 
     def show_result(self, summary: dict) -> None:
         estimate = summary["estimate"]

@@ -79,7 +79,7 @@ class ScheduleScreen(LabScreen):
 
     def make_probe(self):
         self._probed = (self.app.recipe.schedule, self.comparison())
-        return launch.probe("ScheduleProbe", recipe=self.app.recipe, compare=self._probed[1],
+        return launch.probe("schedule_probe:ScheduleProbe", recipe=self.app.recipe, compare=self._probed[1],
                             recipe_dir=self.app.recipe_dir, strip_steps=8, points=PLOT_POINTS)
 
     def comparison(self) -> ScheduleConfig | None:

@@ -50,6 +50,6 @@ def inversion(recipe: Recipe, source: Path, recipe_dir: Path | None = None) -> L
                   "invert")
 
 
-def probe(kind: str, **settings: Any) -> Launch:
-    """One of the screens' probes (difflab.jobs.probes): DatasetProbe, ScheduleProbe, ModelProbe, ..."""
-    return Launch(f"probes:{kind}", settings, kind.removesuffix("Probe").lower())
+def probe(job: str, **settings: Any) -> Launch:
+    """One of the screens' probes, as "module:Class" under difflab.jobs (e.g. "probes:DatasetProbe")."""
+    return Launch(job, settings, job.partition(":")[2].removesuffix("Probe").lower())

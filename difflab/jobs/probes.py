@@ -1,11 +1,11 @@
-"""Small jobs that compute what the lab's screens show: dataset samples, schedule
-curves and strips, model reports. They run on the worker like training does, so no
-screen touches torch; each returns its result in the JobFinished summary.
+"""The dataset and audio screens' probes: a grid of real samples, and one clip's waveform,
+spectrogram and round-trip error with a run's generated clips. Like every probe (the schedule's
+and the model's have modules of their own, so the first screen never waits for diffusers) they
+run on the worker and return their result in the JobFinished summary.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,19 +16,11 @@ from PIL import Image
 
 from difflab.diffusion.audio import SpectrogramCodec, waveform_points
 from difflab.diffusion.data import load_dataset
-from difflab.diffusion.models import build_model, denoise, dry_run
 from difflab.diffusion.render import image_grid
-from difflab.diffusion.schedules import noised_strip, schedule_curves
 from difflab.diffusion.sounds import clip_source
-from difflab.recipe import Recipe, ScheduleConfig
+from difflab.recipe import Recipe
 from difflab.runtime.sequences import evenly_spaced
 from difflab.runtime.worker import JobContext
-
-
-def decimate(xs: list[float], ys: list[float], points: int) -> tuple[list[float], list[float]]:
-    """At most `points` evenly spaced samples of a series (plots need ~2 per column, not 1000)."""
-    picks = evenly_spaced(len(xs), points)
-    return [xs[i] for i in picks], [ys[i] for i in picks]
 
 
 @dataclass
@@ -45,108 +37,6 @@ class DatasetProbe:
         data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed, self.recipe.audio)
         grid = image_grid(data.images[: self.count], data.value_range, scale=1)
         return "finished", {"summary": data.summary(), "grid": grid}
-
-
-@dataclass
-class ScheduleProbe:
-    """Curves of a schedule (and a second one to compare), and one image noised at N timesteps."""
-
-    recipe: Recipe
-    compare: ScheduleConfig | None = None
-    recipe_dir: Path | None = None
-    strip_steps: int = 8
-    points: int = 200
-    name: str = "schedule"
-    device: str = "cpu"
-
-    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        ddpm = self.recipe.schedule.model_copy(update={"kind": "ddpm"})
-        toy = self.recipe.schedule.model_copy(update={"kind": "toy"})
-        curves = {"schedule": self._curves(ddpm)}
-        if self.compare is not None:
-            curves["compare"] = self._curves(self.compare.model_copy(update={"kind": "ddpm"}))
-        data = load_dataset(self.recipe.dataset.model_copy(update={"limit": 0}), self.recipe_dir, self.recipe.seed,
-                            self.recipe.audio)
-        image = data.images[0]
-        last = ddpm.num_train_timesteps - 1
-        steps = [round(i * last / (self.strip_steps - 1)) for i in range(self.strip_steps)]
-        strips = {kind: image_grid(noised_strip(image, cfg, steps, seed=self.recipe.seed,
-                                                value_range=data.value_range), data.value_range, nrow=len(steps))
-                  for kind, cfg in (("ddpm", ddpm), ("toy", toy))}
-        return "finished", {"curves": curves, "timesteps": steps, "strips": strips}
-
-    def _curves(self, cfg: ScheduleConfig) -> dict[str, tuple[list[float], list[float]]]:
-        c = schedule_curves(cfg)
-        t = c.timesteps.tolist()
-        return {name: decimate(t, getattr(c, name).tolist(), self.points)
-                for name in ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "log_snr")}
-
-
-@dataclass
-class ModelEstimate:
-    """A model report plus rough costs of one training step at the recipe's batch."""
-
-    report: Any
-    device: str
-    step_seconds: float
-    memory_bytes: int
-
-
-@dataclass
-class ModelProbe:
-    """Dry-run the recipe's model; time a small training step and scale it to the batch."""
-
-    recipe: Recipe
-    timing_batch: int = 16
-    name: str = "model"
-    device: str = "auto"
-
-    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        report = dry_run(self.recipe, "cpu")
-        size, channels = self.recipe.dataset.image_size, self.recipe.dataset.channels
-        model = build_model(self.recipe).to(ctx.device)
-        per_image = _fastest_step(model, self.timing_batch, channels, size, ctx.device) / self.timing_batch
-        batch = self.recipe.train.batch_size
-        # Adam keeps two moments per weight, plus the weights and their gradients: 4 copies;
-        # activations are roughly 3x the forward FLOPs' outputs, estimated from the block shapes.
-        activations = sum(4 * _numel(shape) for _, shape in report.blocks) * 3 * batch
-        memory = 4 * 4 * report.parameters + activations
-        return "finished", {"estimate": ModelEstimate(report, ctx.device, per_image * batch, memory)}
-
-
-def _fastest_step(model, batch: int, channels: int, size: int, device: str, repeats: int = 3) -> float:
-    """Seconds for one forward+backward pass: the fastest of a few (a busy machine only adds time)."""
-    x = torch.randn(batch, channels, size, size, device=device)
-    t = torch.zeros(batch, dtype=torch.long, device=device)
-    times = []
-    for _ in range(repeats + 1):  # the first pass picks kernels and is not counted
-        started = time.perf_counter()
-        denoise(model, x, t).square().mean().backward()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return min(times[1:])
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for n in shape:
-        total *= n
-    return total
-
-
-@dataclass
-class DeviceProbe:
-    """Which device the worker owns, by name (imports torch on the worker, not the UI)."""
-
-    name: str = "device"
-    device: str = "auto"
-
-    def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-        label = ctx.device
-        if ctx.device.startswith("cuda"):
-            label = f"cuda: {torch.cuda.get_device_name(0)}"
-        return "finished", {"device": ctx.device, "label": label}
 
 
 @dataclass
