@@ -20,7 +20,6 @@ from difflab import __version__
 from difflab.cli.report import print_error, run_job
 from difflab.errors import DifflabError, InputError, RecipeError
 from difflab.recipe.registry import CHAPTERS, DEVICES, RECIPE_CHAPTERS, sampler_help
-from difflab.runtime.catalog import builtin_recipes, find_recipe, is_builtin
 
 EXIT_BAD_INPUT = 2
 SAMPLER_HELP = f"a sampler that fits the model's schedule: {sampler_help()}"
@@ -169,6 +168,8 @@ COMMANDS = ("run", "recipe", "recipes", "sample", "eval", "invert", "model", "pr
 
 def open_lab(recipe: str | None) -> int:
     """`difflab [RECIPE]`: the lab in the terminal, on the given recipe or a fresh one."""
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
+    from difflab.runtime.catalog import find_recipe
 
     try:
         path = find_recipe(recipe) if recipe else None
@@ -179,7 +180,7 @@ def open_lab(recipe: str | None) -> int:
     except DifflabError as error:
         print_error(str(error))
         return error.exit_code
-    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.screens.app import DifflabApp
 
     DifflabApp(path).run()
@@ -189,6 +190,9 @@ def open_lab(recipe: str | None) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
 
 
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
+    from difflab.runtime.catalog import builtin_recipes
+
     table = Table("recipe", "what it does", title="built-in recipes (difflab run NAME)")
     for recipe in builtin_recipes():
         table.add_row(recipe.name, recipe.description)
@@ -197,8 +201,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
-    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.recipe import load_recipe, recipe_to_toml
+    from difflab.runtime.catalog import find_recipe
 
     if args.recipe_command == "show":
         recipe = load_recipe(find_recipe(args.file), args.overrides, args.profile)
@@ -230,7 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.jobs.sampling import SampleJob, SampleSource
 
     if bool(args.run_dir) == bool(args.pipeline):
@@ -259,7 +265,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.jobs.evaluation import EvalJob
 
     flags = {"sampler": args.sampler, "steps": args.steps}
@@ -275,7 +281,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
-    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.jobs.inversion import InvertJob
     from difflab.jobs.sampling import SampleSource
     from difflab.recipe import InvertConfig
@@ -302,7 +308,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 def _invert_settings(base, changes: dict):
     """The [invert] settings with the command's flags laid over them, validated like a recipe's."""
-    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from pydantic import ValidationError
 
     from difflab.recipe import InvertConfig, describe_error
@@ -335,7 +341,7 @@ def _step_counts(text: str, flag: str = "--sweep-steps") -> list[int]:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from PIL import Image, UnidentifiedImageError
 
     from difflab.diffusion.render import terminal_image
@@ -353,9 +359,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.diffusion.models import dry_run
     from difflab.recipe import load_recipe
+    from difflab.runtime.catalog import find_recipe
 
     recipe = load_recipe(find_recipe(args.recipe), args.overrides)
     report = dry_run(recipe)
@@ -371,9 +379,10 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 def cmd_audio(args: argparse.Namespace) -> int:
     """`difflab audio roundtrip`: spectral convergence and log-spectral distance per mel setting."""
-    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.diffusion.sounds import measure_settings
     from difflab.recipe import load_recipe
+    from difflab.runtime.catalog import find_recipe
 
     path = find_recipe(args.recipe)
     recipe = load_recipe(path, args.overrides)
@@ -400,9 +409,11 @@ def cmd_audio(args: argparse.Namespace) -> int:
 
 
 def _prepare_training(args: argparse.Namespace):
-    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.jobs.training import TrainingJob
     from difflab.recipe import load_recipe
+    from difflab.runtime.catalog import find_recipe
     from difflab.runtime.runs import RunDir, default_run_dir
 
     if args.resume:
@@ -432,7 +443,7 @@ def _prepare_training(args: argparse.Namespace):
 
 def _inversion_run(recipe, path: Path, out: Path):
     """`difflab run` of a recipe whose invert.source names the model: invert it instead of training."""
-    # here, not at the top: `difflab --help` stays free of torch and pydantic
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.jobs.inversion import InvertJob
     from difflab.jobs.sampling import SampleSource
     from difflab.runtime.runs import RunDir
@@ -453,6 +464,8 @@ def _init_source(source: str, recipe_path: Path) -> str:
     Relative to the recipe's folder, or to the current folder for a built-in recipe (whose
     folder is inside the installed package, where no run lives). A hub id stays as it is.
     """
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
+    from difflab.runtime.catalog import is_builtin
 
     if Path(source).expanduser().is_absolute():
         return source

@@ -9,12 +9,11 @@ here as strings; difflab.diffusion.samplers maps them to the classes).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple, TypeVar
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     """A named value of one recipe key and what it means."""
 
     name: str
@@ -53,8 +52,7 @@ BETA_SCHEDULES = by_name(
 
 # ---------------------------------------------------------------- models and objectives
 
-@dataclass(frozen=True)
-class ModelKind:
+class ModelKind(NamedTuple):
     """A network a recipe can train (model.kind)."""
 
     name: str
@@ -68,8 +66,7 @@ MODEL_KINDS = by_name(
 )
 
 
-@dataclass(frozen=True)
-class Objective:
+class Objective(NamedTuple):
     """What the model learns to predict (train.objective)."""
 
     name: str
@@ -93,8 +90,7 @@ def objective_of_prediction(prediction_type: str) -> str:
 
 # ---------------------------------------------------------------- data
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """Where training images come from (dataset.source)."""
 
     name: str
@@ -151,8 +147,7 @@ sampler's own step (clip_sample), by its dynamic thresholding, or by difflab's s
 # at 50 steps); with the loop's clip, as DDIM does (0.08-0.11 at 10-50 steps).
 
 
-@dataclass(frozen=True)
-class Sampler:
+class Sampler(NamedTuple):
     """A sampler a recipe can name (sample.sampler) and the rules that come with it."""
 
     name: str
@@ -160,7 +155,7 @@ class Sampler:
     schedules: tuple[str, ...]  # the schedule kinds whose models it samples
     scheduler_class: str = ""  # diffusers' scheduler class ('' for the toy sampler)
     x0_clip: X0Clip = "step"
-    options: Mapping[str, object] = field(default_factory=dict, hash=False)  # extra scheduler settings
+    options: Mapping[str, object] = MappingProxyType({})  # extra scheduler settings (read-only)
     unsupported_predictions: frozenset[str] = frozenset()  # diffusers 0.42 has no step for these
     needs_low_sigma_max: bool = False  # refused where the schedule's sigma_max is far beyond EDM's 80
 
@@ -242,8 +237,7 @@ def schedule_refusal(sampler: str, beta_schedule: str, sigma_max: float, predict
 
 # ---------------------------------------------------------------- the book's chapters
 
-@dataclass(frozen=True)
-class Chapter:
+class Chapter(NamedTuple):
     """A chapter of the book the lab follows (从零开始学扩散模型), by the book's number."""
 
     number: int
