@@ -93,6 +93,7 @@ def _image_widget_class() -> type:
     half cells work everywhere (tmux, SSH, tests) and render a 64-column preview in a
     few milliseconds. DIFFLAB_IMAGES=halfcell|sixel|kitty forces one.
     """
+    # here, not at the top: importing textual-image queries the terminal, which tests and --help must not
     from textual_image.renderable import Image as detected
     from textual_image.renderable.sixel import Image as SixelRenderable
     from textual_image.renderable.tgp import Image as TGPRenderable
