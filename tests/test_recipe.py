@@ -165,3 +165,32 @@ def test_an_unknown_recipe_name_lists_the_builtins(capsys):
     assert run_cli("recipe", "show", "from-scratc") == 2
     assert ("built-ins: audio-spectrogram, class-conditional-digits, ddim-inversion, ddpm-rgb-32, finetune, from-scratch, "
             "guidance-color, lora-finetune, unet2d-digits") in capsys.readouterr().err
+
+
+def test_values_nested_past_any_recipe_are_one_line_not_a_recursion_error(recipe_file, capsys):
+    deep = recipe_file("[train]\nlr = " + "[" * 500 + "]" * 500 + "\n")
+    assert run_cli("recipe", "check", deep) == 2
+    err = capsys.readouterr().err
+    assert "values nested more than 32 levels deep" in err and "Traceback" not in err
+    assert run_cli("recipe", "show", "from-scratch", "--set", "train.lr=" + "[" * 1000 + "]" * 1000) == 2
+    err = capsys.readouterr().err
+    assert "train.lr = '[[[" in err and "Traceback" not in err
+
+
+def test_a_seed_beyond_64_bits_and_non_finite_floats_are_refused(recipe_file):
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe_file("seed = 18446744073709551621\n[sample]\nseed = 9223372036854775808\n"))
+    assert [p.split(":")[0] for p in error.value.problems] == ["seed = 18446744073709551621",
+                                                               "sample.seed = 9223372036854775808"]
+    assert load_recipe(recipe_file("seed = 9223372036854775807\n")).seed == 2**63 - 1
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe_file("[train]\nlr = nan\nsnr_gamma = inf\n[expect]\nfinal_loss_below = inf\n"))
+    assert len(error.value.problems) == 3
+    assert all("finite number" in p for p in error.value.problems)
+
+
+def test_a_huge_bad_value_gives_a_short_line(recipe_file):
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe_file(f"[train]\noptimizer = '{'x' * 1_000_000}'\n"))
+    (line,) = error.value.problems
+    assert len(line) < 600 and "(1,000,002 characters)" in line

@@ -89,6 +89,10 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RecipeError(str(path), [f"not valid TOML: {error}"]) from None
+    except RecursionError:  # tomllib reads nested arrays recursively
+        raise RecipeError(str(path), [_TOO_DEEP]) from None
+    if _depth(data) > MAX_DEPTH:
+        raise RecipeError(str(path), [_TOO_DEEP])
     check_profiles(data, str(path))
     if profile:
         data = with_profile(data, profile, str(path))
@@ -120,9 +124,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
 def parse_toml_value(raw: str) -> Any:
     """Read one TOML value (`3`, `2e-4`, `true`, `[1, 2]`, `"x"`); anything else is a bare string."""
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except (tomllib.TOMLDecodeError, RecursionError):
         return raw
+    return value if _depth(value) <= MAX_DEPTH else raw  # too deep: refused as a string, by its key
 
 
 def recipe_to_toml(recipe: Recipe) -> str:
@@ -136,3 +141,21 @@ def recipe_to_toml(recipe: Recipe) -> str:
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
     """Write the resolved recipe atomically."""
     atomic_write_text(Path(path), recipe_to_toml(recipe))
+
+
+# No recipe value nests deeper than a list of lists; 32 leaves room and keeps every reader (pydantic,
+# tomlkit, the messages) far from Python's recursion limit, which ~500 levels reached.
+MAX_DEPTH = 32
+_TOO_DEEP = f"values nested more than {MAX_DEPTH} levels deep: a recipe's values are numbers, strings and lists"
+
+
+def _depth(value: Any) -> int:
+    """How deeply tables and arrays nest in a TOML value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level + 1)
+            stack.extend((child, level + 1) for child in children)
+    return deepest

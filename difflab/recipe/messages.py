@@ -80,6 +80,14 @@ def _lookup(data: Any, loc: list[str]) -> Any:
     return data
 
 
+# A message names the value it refuses, but a 1 MB value must not make a 1 MB line.
+SHOWN_CHARACTERS = 200
+
+
 def show_value(value: Any) -> str:
-    """A value as a recipe line writes it: strings quoted, booleans in TOML's lower case."""
-    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    """A value as a recipe line writes it (strings quoted, booleans in TOML's lower case), shortened
+    to its first SHOWN_CHARACTERS characters."""
+    text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return f"{text[:SHOWN_CHARACTERS]}… ({len(text):,} characters)"

@@ -23,6 +23,7 @@ from difflab.recipe.registry import (
     schedule_refusal,
 )
 from difflab.recipe.sections import (
+    MAX_SEED,
     AudioConfig,
     DatasetConfig,
     EvalConfig,
@@ -42,7 +43,7 @@ class Recipe(Section):
     """A whole experiment: data, corruption, model, training and sampling."""
 
     description: str = Field("", description="one line shown by `difflab recipes`")
-    seed: int = Field(0, ge=0, description="seed for weights, data order and noise")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed for weights, data order and noise")
     device: Literal[tuple(DEVICES)] = Field("auto", description=help_of(DEVICES.values()))
     dataset: DatasetConfig = DatasetConfig()
     schedule: ScheduleConfig = ScheduleConfig()

@@ -26,12 +26,17 @@ from difflab.recipe.registry import (
     sampler_help,
 )
 
+# torch.Generator.manual_seed takes a signed 64-bit integer; a larger seed passed validation and
+# then died in the run with "Overflow when unpacking long long".
+MAX_SEED = 2**63 - 1
+
 
 class Section(BaseModel):
     """A recipe section: strict types, no unknown keys."""
 
-    # strict: a TOML string "3" is not an integer; TOML has real types, so use them.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    # strict: a TOML string "3" is not an integer; TOML has real types, so use them. TOML also has
+    # inf and nan, which no setting means: every float must be finite.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
 
 class DatasetConfig(Section):
@@ -246,7 +251,7 @@ class SampleConfig(Section):
     steps: int = Field(40, gt=0, le=100_000, description="sampling steps")
     eta: float = Field(0.0, ge=0, le=1, description="ddim: 0 is deterministic, 1 is as noisy as DDPM")
     num_images: int = Field(64, gt=0, le=1024, description="images in the final grid")
-    seed: int = Field(0, ge=0, description="seed of the starting noise")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the starting noise")
     trajectory_steps: int = Field(5, gt=0, le=1000, description="steps in the step-by-step figure")
     trajectory_images: int = Field(8, gt=0, le=64, description="images in the step-by-step figure and GIF")
     gif: bool = Field(True, description="save the denoising of the trajectory images as samples/denoising.gif")
