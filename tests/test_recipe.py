@@ -194,3 +194,12 @@ def test_a_huge_bad_value_gives_a_short_line(recipe_file):
         load_recipe(recipe_file(f"[train]\noptimizer = '{'x' * 1_000_000}'\n"))
     (line,) = error.value.problems
     assert len(line) < 600 and "(1,000,002 characters)" in line
+
+
+def test_an_attention_head_wider_than_its_block_is_refused_before_training(recipe_file):
+    text = "[model]\nkind = 'unet2d'\nattention_head_dim = {}\n"
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe_file(text.format(100_000)))
+    assert error.value.problems == ["model.attention_head_dim = 100000: more than the 64 channels of an attention "
+                                    "block, which would have no head; use at most 64 (e.g. 8)"]
+    assert load_recipe(recipe_file(text.format(64))).model.attention_head_dim == 64

@@ -136,6 +136,12 @@ def _check_unet2d(cfg: ModelConfig) -> None:
             f"model.norm_num_groups = {cfg.norm_num_groups}: GroupNorm needs every block's channels divisible "
             f"by it, and {bad} are not (use a divisor of all of {cfg.block_out_channels}, e.g. "
             f"{math.gcd(*cfg.block_out_channels)})")
+    # diffusers gives an attention block channels // attention_head_dim heads: zero heads divide by zero
+    attended = [c for c, kind in zip(cfg.block_out_channels, cfg.down_block_types) if "Attn" in kind]
+    if attended and cfg.attention_head_dim > min(attended):
+        raise ValueError(
+            f"model.attention_head_dim = {cfg.attention_head_dim}: more than the {min(attended)} channels of an "
+            f"attention block, which would have no head; use at most {min(attended)} (e.g. 8)")
 
 
 class TrainConfig(Section):
