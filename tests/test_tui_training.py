@@ -109,7 +109,9 @@ async def test_train_pause_step_adjust_leave_and_stop(tmp_path, monkeypatch):
         await pilot.press("x")
         await until(pilot, lambda: not screen.running, "the stop")
         assert state(screen) == "stopped"
-        assert any(message.startswith("stopped") for message in notifications(app))
+        # App.notify posts a Notify message: the notification is listed once the app has handled it
+        await until(pilot, lambda: any(message.startswith("stopped") for message in notifications(app)),
+                    "the stopped notification")
         step, last = screen.checkpoints[-1]
         assert (last / "model.safetensors").is_file() and last.parent.parent == screen.run_path
         assert step == screen.stats.step  # the stop wrote a checkpoint at the step it stopped on
@@ -134,7 +136,8 @@ async def test_a_failed_start_is_reported_and_the_next_start_works(tmp_path, mon
         await pilot.press("ctrl+r")
         await until(pilot, lambda: not screen.running, "the failure")
         assert state(screen) == "failed"
-        assert any("no-such-folder" in message for message in notifications(app))
+        await until(pilot, lambda: any("no-such-folder" in message for message in notifications(app)),
+                    "the failure's notification")
 
         assert app.set_recipe_value("dataset.source", "digits") == ""
         await pilot.press("ctrl+r")
@@ -167,6 +170,7 @@ async def test_a_diverging_job_is_a_notification_with_a_suggestion_and_the_lab_g
         await pilot.press("ctrl+r")
         await until(pilot, lambda: not screen.running, "the divergence")
         assert state(screen) == "failed"
+        await until(pilot, lambda: any("diverged" in m for m in notifications(app)), "the divergence's notification")
         failed = [m for m in notifications(app) if "diverged" in m]
         assert failed and "loss became" in failed[0] and "Try: lower train.lr" in failed[0], notifications(app)
         await pilot.press("1")
