@@ -16,6 +16,7 @@ from difflab.diffusion.data import ImageDataset, load_dataset
 from difflab.diffusion.render import to_unit
 from difflab.errors import InputError
 from difflab.recipe import DatasetConfig
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +278,16 @@ def test_to_unit_maps_minus_one_to_one_back():
     x = torch.tensor([-1.0, 0.0, 1.0, 1.5])
     assert to_unit(x, (-1.0, 1.0)).tolist() == [0.0, 0.5, 1.0, 1.0]
     assert torch.equal(to_unit(x, (0.0, 1.0)), x.clamp(0, 1))
+
+
+def test_a_symlink_loop_as_the_dataset_path_is_bad_input_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(InputError, match=r"dataset.path = 'a': cannot follow .*Symlink loop"):
+        load_dataset(DatasetConfig(source="folder", path="a"), tmp_path)
+    recipe = tmp_path / "loop.toml"
+    recipe.write_text('[dataset]\nsource = "folder"\npath = "a"\n')
+    assert run_cli("run", recipe, "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "dataset.path = 'a': cannot follow" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

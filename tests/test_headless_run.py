@@ -245,3 +245,10 @@ def test_log_lines_and_notes_print_square_brackets_verbatim():
     Reporter(Console(file=out, width=200)).handle(
         events.LogLine(1, "skipped: torch-fidelity not installed (pip install 'difflab[fid]'); labels [3]"))
     assert "'difflab[fid]'); labels [3]" in out.getvalue()
+
+
+def test_an_out_folder_that_cannot_be_made_is_bad_input_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    assert run_cli("run", "from-scratch", "--out", tmp_path / "a-file" / "run", *tiny_args()) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the run folder (Not a directory)" in err and "Traceback" not in err

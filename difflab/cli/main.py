@@ -430,7 +430,12 @@ def _prepare_training(args: argparse.Namespace):
     recipe = load_recipe(path, [*args.overrides, *device], args.profile)
     if recipe.dataset.path and not Path(recipe.dataset.path).expanduser().is_absolute():
         # The run's recipe.toml must replay from anywhere, so paths are written out absolute.
-        recipe.dataset.path = str((path.parent / recipe.dataset.path).resolve())
+        folder = path.parent / recipe.dataset.path
+        try:
+            recipe.dataset.path = str(folder.resolve())
+        except (RuntimeError, OSError) as error:  # Python 3.11 reports a symlink loop as a RuntimeError
+            raise InputError(f"{path}: dataset.path = {recipe.dataset.path!r}: cannot follow {folder} "
+                             f"({error})") from None
     if recipe.train.init_from:
         recipe.train.init_from = _init_source(recipe.train.init_from, path)
     out = args.out or default_run_dir(path)

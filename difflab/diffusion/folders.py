@@ -19,7 +19,10 @@ def resolve_data_path(cfg: DatasetConfig, base_dir: Path | None) -> Path:
     path = Path(cfg.path).expanduser()
     if not path.is_absolute():
         path = (base_dir if base_dir is not None else Path.cwd()) / path
-    return path.resolve()
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as error:  # Python 3.11 reports a symlink loop as a RuntimeError
+        raise InputError(f"dataset.path = {cfg.path!r}: cannot follow {path} ({error})") from None
 
 
 ROOT_HINTS = {

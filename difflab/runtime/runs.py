@@ -51,9 +51,13 @@ class RunDir:
         if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
             raise InputError(f"--out {run.path}: already exists and is not empty; "
                              f"choose another folder or continue it with `difflab run --resume {run.path}`")
-        run.path.mkdir(parents=True, exist_ok=True)
-        # the resolved recipe: a chosen profile is already laid over it, the others don't apply
-        save_recipe(recipe.model_copy(update={"profiles": {}}), run.recipe_path)
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+            # the resolved recipe: a chosen profile is already laid over it, the others don't apply
+            save_recipe(recipe.model_copy(update={"profiles": {}}), run.recipe_path)
+        except OSError as error:  # read-only, not a folder, no permission, disk full
+            raise InputError(f"--out {run.path}: cannot create the run folder ({error.strerror or error}); "
+                             f"choose a folder you can write to") from None
         return run
 
     @classmethod
