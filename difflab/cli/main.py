@@ -202,7 +202,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_recipe(args: argparse.Namespace) -> int:
     # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
-    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.recipe import load_recipe, recipe_to_toml
     from difflab.runtime.catalog import find_recipe
 
@@ -360,7 +359,6 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_model(args: argparse.Namespace) -> int:
     # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
-    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.diffusion.models import dry_run
     from difflab.recipe import load_recipe
     from difflab.runtime.catalog import find_recipe
@@ -410,7 +408,7 @@ def cmd_audio(args: argparse.Namespace) -> int:
 
 def _prepare_training(args: argparse.Namespace):
     # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
-    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
+    from difflab.diffusion.folders import resolve_data_path
     from difflab.jobs.training import TrainingJob
     from difflab.recipe import load_recipe
     from difflab.runtime.catalog import find_recipe
@@ -430,12 +428,7 @@ def _prepare_training(args: argparse.Namespace):
     recipe = load_recipe(path, [*args.overrides, *device], args.profile)
     if recipe.dataset.path and not Path(recipe.dataset.path).expanduser().is_absolute():
         # The run's recipe.toml must replay from anywhere, so paths are written out absolute.
-        folder = path.parent / recipe.dataset.path
-        try:
-            recipe.dataset.path = str(folder.resolve())
-        except (RuntimeError, OSError) as error:  # Python 3.11 reports a symlink loop as a RuntimeError
-            raise InputError(f"{path}: dataset.path = {recipe.dataset.path!r}: cannot follow {folder} "
-                             f"({error})") from None
+        recipe.dataset.path = str(resolve_data_path(recipe.dataset, path.parent))
     if recipe.train.init_from:
         recipe.train.init_from = _init_source(recipe.train.init_from, path)
     out = args.out or default_run_dir(path)
