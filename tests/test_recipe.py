@@ -86,8 +86,8 @@ def test_overrides_are_toml_values(recipe_file):
 
 @pytest.mark.parametrize("override,fragment", [
     ("train.lr", "expected key.path=value"),
-    ("train.lr=abc", "train.lr = 'abc'"),
-    ("train.nope=1", "train.nope: unknown key"),
+    ("train.lr=abc", "--set train.lr=abc: input should be a valid number"),
+    ("train.nope=1", "--set train.nope=1: train.nope: unknown key"),
 ])
 def test_bad_overrides_are_named(recipe_file, override, fragment):
     with pytest.raises(RecipeError, match=fragment.replace(".", r"\.").replace("'", "'")):
@@ -174,7 +174,7 @@ def test_values_nested_past_any_recipe_are_one_line_not_a_recursion_error(recipe
     assert "values nested more than 32 levels deep" in err and "Traceback" not in err
     assert run_cli("recipe", "show", "from-scratch", "--set", "train.lr=" + "[" * 1000 + "]" * 1000) == 2
     err = capsys.readouterr().err
-    assert "train.lr = '[[[" in err and "Traceback" not in err
+    assert "--set train.lr=[[[" in err and "Traceback" not in err
 
 
 def test_a_seed_beyond_64_bits_and_non_finite_floats_are_refused(recipe_file):
@@ -203,3 +203,49 @@ def test_an_attention_head_wider_than_its_block_is_refused_before_training(recip
     assert error.value.problems == ["model.attention_head_dim = 100000: more than the 64 channels of an attention "
                                     "block, which would have no head; use at most 64 (e.g. 8)"]
     assert load_recipe(recipe_file(text.format(64))).model.attention_head_dim == 64
+
+
+@pytest.mark.parametrize("key", ["train.lr", "train.snr_gamma", "train.max_grad_norm", "train.lora_alpha",
+                                 "guidance.scale", "expect.final_loss_below", "expect.loss_drop_factor_above",
+                                 "expect.frechet_normalised_below", "expect.reconstruction_psnr_above",
+                                 "expect.guidance_loss_ratio_below"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_inf_and_nan_are_refused_as_not_finite(recipe_file, capsys, key, value):
+    section, name = key.split(".")
+    assert run_cli("recipe", "check", recipe_file(f"[{section}]\n{name} = {value}\n")) == 2
+    err = capsys.readouterr().err
+    assert f"{key} = {value}: input should be a finite number" in err and "Traceback" not in err
+
+
+def test_a_bad_set_value_is_blamed_on_the_set_not_the_recipe_file(recipe_file, capsys):
+    path = recipe_file("[train]\nepochs = 9\n")
+    assert run_cli("recipe", "show", path, "--set", "train.lr=nan") == 2
+    err = capsys.readouterr().err
+    assert "--set train.lr=nan: input should be a finite number (learning rate)" in err
+    assert str(path) not in err
+    assert run_cli("recipe", "show", path, "--set", "train.lr=nan", "--set", "seed.x=1") == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("error: --set seed.x=1: seed = {'x': 1}: input should be a valid integer")
+    assert lines[1].startswith("--set train.lr=nan: input should be a finite number")
+    assert run_cli("recipe", "show", path, "--set", "sample.guidance_scale=3") == 2  # a check across sections
+    assert capsys.readouterr().err.startswith(
+        "error: --set sample.guidance_scale=3: sample.guidance_scale = 3.0: classifier-free guidance needs")
+
+
+def test_the_recipe_file_keeps_its_own_problems_beside_a_bad_set(recipe_file):
+    path = recipe_file("[train]\nlr = -1\n")
+    with pytest.raises(RecipeError) as error:
+        load_recipe(path, ["train.epochs=-1", "train.lr=1e-3"])  # the --set mends the file's lr
+    assert str(error.value) == "--set train.epochs=-1: input should be greater than 0 (passes over the dataset)"
+    with pytest.raises(RecipeError) as error:
+        load_recipe(path, ["train.epochs=-1"])
+    assert str(error.value).splitlines() == [
+        f"{path}: train.lr = -1: input should be greater than 0 (learning rate)",
+        "--set train.epochs=-1: input should be greater than 0 (passes over the dataset)"]
+
+
+@pytest.mark.parametrize("item", ["train.lr", "=1", ".=1", "train..lr=1", "train.=1"])
+def test_a_set_without_a_whole_key_says_how_to_write_one(recipe_file, item):
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe_file(""), [item])
+    assert str(error.value) == f"--set {item!r}: expected key.path=value, e.g. train.lr=2e-4"

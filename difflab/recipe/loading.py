@@ -13,16 +13,46 @@ from pydantic import ValidationError
 
 from difflab.errors import RecipeError
 from difflab.files import atomic_write_text
-from difflab.recipe.messages import describe_error, show_value
+from difflab.recipe.messages import describe_error, shorten, show_value
 from difflab.recipe.schema import Recipe
 
 
-def parse_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
-    """Validate a plain dict (as read from TOML) into a Recipe, or raise RecipeError."""
+def parse_recipe(data: dict[str, Any], source: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
+    """Validate a plain dict (as read from TOML) into a Recipe, or raise RecipeError.
+
+    `overrides` are the `--set` items already applied to `data`: a problem with a key one of them
+    gave is blamed on that `--set`, not on `source`.
+    """
     problems = _problems(data)
     if problems:
-        raise RecipeError(source, problems)
+        raise OverrideError(source, [_blamed(problem, overrides) for problem in problems])
     return Recipe.model_validate(data)
+
+
+class OverrideError(RecipeError):
+    """A recipe's problems, each where it came from: lines that start with `--set KEY=VALUE:` stand
+    alone (the file did not say it), the others name the recipe file."""
+
+    def __init__(self, source: str, problems: list[str]):
+        super().__init__(source, problems)
+        self.args = ("\n".join(p if p.startswith("--set ") else f"{source}: {p}" for p in self.problems),)
+
+
+def _blamed(problem: str, overrides: list[str]) -> str:
+    """`problem` blamed on the last `--set` that gave its key, a key inside it or the table it made,
+    else unchanged."""
+    for item in reversed(overrides):
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        heads = [".".join(parts[:n]) for n in range(1, len(parts) + 1)]  # seed.x=1 made `seed` a table
+        if not problem.startswith((f"{key}.", f"{key}[", *(f"{head}{sep}" for head in heads for sep in (" = ", ": ")))):
+            continue
+        said = f"{key} = {show_value(parse_toml_value(raw.strip()))}: "
+        given = f"--set {shorten(f'{key}={raw.strip()}')}"
+        # `train.lr = nan: ...` says no more than `--set train.lr=nan: ...`; any other line is kept whole
+        return f"{given}: {problem.removeprefix(said)}" if problem.startswith(said) else f"{given}: {problem}"
+    return problem
 
 
 def check_profiles(data: dict[str, Any], source: str) -> None:
@@ -97,28 +127,29 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
     if profile:
         data = with_profile(data, profile, str(path))
     apply_overrides(data, overrides, str(path))
-    return parse_recipe(data, str(path))
+    return parse_recipe(data, str(path), overrides)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> None:
-    """Apply `--set key.path=value` strings in place; values are TOML values, bare words are strings."""
+    """Apply `--set key.path=value` strings in place; values are TOML values, bare words are strings.
+    Validate the result with parse_recipe(data, source, overrides), which blames a bad value on its `--set`."""
     problems = []
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            problems.append(f"--set {item!r}: expected key.path=value, e.g. train.lr=2e-4")
-            continue
         parts = key.strip().split(".")
+        if not sep or not all(parts):
+            problems.append(f"--set {shorten(repr(item))}: expected key.path=value, e.g. train.lr=2e-4")
+            continue
         node = data
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                problems.append(f"--set {item!r}: {part} is not a section")
+                problems.append(f"--set {shorten(repr(item))}: {part} is not a section")
                 break
         else:
             node[parts[-1]] = parse_toml_value(raw.strip())
     if problems:
-        raise RecipeError(source, problems)
+        raise OverrideError(source, problems)
 
 
 def parse_toml_value(raw: str) -> Any:

@@ -87,7 +87,12 @@ SHOWN_CHARACTERS = 200
 def show_value(value: Any) -> str:
     """A value as a recipe line writes it (strings quoted, booleans in TOML's lower case), shortened
     to its first SHOWN_CHARACTERS characters."""
-    text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    return shorten(repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool)
+                   else str(value))
+
+
+def shorten(text: str) -> str:
+    """`text` cut to its first SHOWN_CHARACTERS characters, saying how long it was."""
     if len(text) <= SHOWN_CHARACTERS:
         return text
     return f"{text[:SHOWN_CHARACTERS]}… ({len(text):,} characters)"
