@@ -79,3 +79,20 @@ class NoiseLevelMeter:
         self.sums.zero_()
         self.counts.zero_()
         return tuple(s / c if c else None for s, c in zip(sums, counts))
+
+
+class DivergenceWatch:
+    """The first step whose loss was not finite, kept on the device: each step adds a
+    comparison to the queue and nothing waits on the host until someone asks."""
+
+    def __init__(self, device: str) -> None:
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def see(self, loss: torch.Tensor, step: int) -> None:
+        unseen_bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad.copy_(torch.where(unseen_bad, step, self.first_bad))
+
+    def first_bad_step(self) -> int | None:
+        """The step, or None while every loss was finite (one host sync)."""
+        step = int(self.first_bad)
+        return None if step < 0 else step

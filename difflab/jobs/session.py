@@ -28,9 +28,9 @@ from difflab.diffusion.lora import add_lora
 from difflab.diffusion.models import build_model, count_parameters
 from difflab.diffusion.objectives import make_objective
 from difflab.diffusion.schedules import training_noise_scheduler
-from difflab.errors import InputError
+from difflab.errors import InputError, JobFailed
 from difflab.jobs.expectations import loss_drop_factor
-from difflab.jobs.meters import LossMeter, NoiseLevelMeter, TrainingState
+from difflab.jobs.meters import DivergenceWatch, LossMeter, NoiseLevelMeter, TrainingState
 from difflab.recipe import Recipe
 from difflab.runtime import events
 from difflab.runtime.runs import RunDir
@@ -59,6 +59,7 @@ class TrainingSession:
         self.state = TrainingState()
         self.meter = LossMeter.zeros(self.device)
         self.levels = NoiseLevelMeter(self.device)
+        self.watch = DivergenceWatch(self.device)
         self._clock = time.perf_counter()  # the loop restarts it: elapsed counts training time
 
     @classmethod
@@ -125,10 +126,21 @@ class TrainingSession:
 
     # ------------------------------------------------------------ checkpoints
 
+    def check_finite(self, weights: bool = False) -> None:
+        """Fail the job, naming the newest good checkpoint, once any step's loss (or, asked, a weight)
+        was not finite. Called at log lines and before every checkpoint: a sync each, never per step."""
+        bad_step = self.watch.first_bad_step()
+        if bad_step is None and weights and not _all_finite(self.unwrapped.parameters()):
+            bad_step = self.state.step
+        if bad_step is not None:
+            raise JobFailed(divergence_message(self.recipe, self.cfg, bad_step, self.run.list_checkpoints()))
+
     def checkpoint(self) -> None:
-        """Save all a resume needs to carry on exactly: weights, optimizer, schedules, EMA, RNG, meters."""
+        """Save all a resume needs to carry on exactly: weights, optimizer, schedules, EMA, RNG, meters.
+        Only a good one: a run whose loss or weights went non-finite fails here instead."""
         if not self.main:
             return
+        self.check_finite(weights=True)
         state, meter = self.state, self.meter
         tensors = {"generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                    "log_sum": meter.log_sum, "epoch_sum": meter.epoch_sum}
@@ -198,6 +210,27 @@ class TrainingSession:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
             "samples": str(self.run.samples / "final.png") if status == "finished" else None,
         }
+
+
+def divergence_message(recipe: Recipe, cfg, bad_step: int, checkpoints: list[Path]) -> str:
+    """Why a run diverged, as far as its recipe tells, and where a resume can start."""
+    schedule = recipe.schedule
+    if schedule.kind == "ddpm" and max(schedule.beta_start, schedule.beta_end) > 0.1:
+        # The course's betas run 1e-4..0.02; far stronger noise swamps the signal in a few steps.
+        hint = (f"schedule.beta_start = {schedule.beta_start} and beta_end = {schedule.beta_end} are far above "
+                f"the course's 0.0001 and 0.02; try those")
+    elif cfg.mixed_precision == "fp16":
+        hint = "fp16 overflows where bf16 does not; try train.mixed_precision = 'bf16'"
+    else:
+        hint = f"Try a lower train.lr (now {cfg.lr}) or train.max_grad_norm = 1.0"
+    where = (f"the newest good checkpoint is {checkpoints[-1]}: resume from it after changing the recipe"
+             if checkpoints else "no checkpoint was written before it")
+    return f"loss became non-finite at step {bad_step}; the model diverged. {hint}. Nothing bad was saved: {where}"
+
+
+def _all_finite(parameters) -> bool:
+    flags = [torch.isfinite(p.detach()).all() for p in parameters]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def _resident(data, device: str):

@@ -7,7 +7,6 @@ hand on it, meters.py what it counts, after_training.py what follows its last st
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from pathlib import Path
 
@@ -138,7 +137,9 @@ class _Training(TrainingSession):
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.step(self.unwrapped.parameters())
-        self.meter.add(total / len(micro_batches))
+        mean = total / len(micro_batches)
+        self.meter.add(mean)
+        self.watch.see(mean, self.state.step + 1)
 
     def labels(self, indices: torch.Tensor) -> torch.Tensor | None:
         """A class-conditional model's labels for a micro-batch, some dropped to "no class"."""
@@ -150,11 +151,8 @@ class _Training(TrainingSession):
 
     def log(self, epoch: int) -> None:
         """The mean loss since the last log line, with lr, throughput and the loss by noise level."""
+        self.check_finite()
         loss = self.meter.take_log_mean(self.across_processes)
-        if not math.isfinite(loss):
-            raise JobFailed(f"loss became {loss} at step {self.state.step}; the model diverged. "
-                            f"Try a lower train.lr (now {self.cfg.lr}), train.max_grad_norm = 1.0, "
-                            f"or resume from an earlier checkpoint")
         now = time.perf_counter()
         rate = self._images_since_log * self.accelerator.num_processes / max(now - self._log_clock, 1e-9)
         self._images_since_log, self._log_clock = 0, now
