@@ -165,6 +165,9 @@ class TrainConfig(Section):
     ema_decay: float = Field(0.9999, gt=0, lt=1, description="ema: the largest decay (warms up from 0)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="autocast precision through Accelerate (fp16 needs CUDA)")
+    compile: bool = Field(
+        False, description="torch.compile the model (inductor): slower first steps, faster after; "
+        "checkpoints are the same either way")
     epochs: int = Field(3, gt=0, le=100_000, description="passes over the dataset")
     max_steps: int = Field(0, ge=0, description="stop after this many optimizer steps (0 = run all epochs)")
     log_every: int = Field(10, gt=0, description="steps between metrics.jsonl lines (loss averaged over them)")
@@ -257,6 +260,9 @@ class SampleConfig(Section):
     steps: int = Field(40, gt=0, le=100_000, description="sampling steps")
     eta: float = Field(0.0, ge=0, le=1, description="ddim: 0 is deterministic, 1 is as noisy as DDPM")
     num_images: int = Field(64, gt=0, le=1024, description="images in the final grid")
+    compile: bool = Field(
+        False, description="torch.compile the model for sampling (on CUDA with CUDA graphs: "
+        "mode 'reduce-overhead'); pays off over many steps")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the starting noise")
     trajectory_steps: int = Field(5, gt=0, le=1000, description="steps in the step-by-step figure")
     trajectory_images: int = Field(8, gt=0, le=64, description="images in the step-by-step figure and GIF")
