@@ -11,13 +11,14 @@ import argparse
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from difflab import __version__
-from difflab.cli.report import print_error, run_job
+from difflab.cli.report import print_error, report_internal_error, run_job
 from difflab.errors import DifflabError, InputError, RecipeError
 from difflab.recipe.registry import CHAPTERS, DEVICES, RECIPE_CHAPTERS, sampler_help
 
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
         return 130
+    except Exception as error:  # a bug: one line and a log file, never a bare traceback
+        report_internal_error(f"{type(error).__name__}: {error}", traceback.format_exc())
+        return 1
 
 
 COMMANDS = ("run", "recipe", "recipes", "sample", "eval", "invert", "model", "preview", "audio")
@@ -223,15 +227,17 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-
     job, run, fresh = _prepare_training(args)
-    if args.device:
-        job.device = args.device  # the flag wins over the recipe, also when resuming
-    quiet = int(os.environ.get("RANK", "0")) != 0  # one report per launch, from the main process
-    outcome = run_job(job, job.device, Console(highlight=False, quiet=quiet))
-    if fresh and outcome.exit_code == EXIT_BAD_INPUT and not run.list_checkpoints():
-        shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no empty run behind
-    return outcome.exit_code
+    try:
+        if args.device:
+            job.device = args.device  # the flag wins over the recipe, also when resuming
+        quiet = int(os.environ.get("RANK", "0")) != 0  # one report per launch, from the main process
+        outcome = run_job(job, job.device, Console(highlight=False, quiet=quiet))
+        if fresh and outcome.exit_code == EXIT_BAD_INPUT and not run.list_checkpoints():
+            shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no empty run behind
+        return outcome.exit_code
+    finally:
+        run.release()  # the run folder is free for the next writer (the process may go on: tests, scripts)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -418,8 +424,16 @@ def _prepare_training(args: argparse.Namespace):
         if args.recipe or args.overrides or args.out or args.profile:
             raise InputError("--resume RUN_DIR continues a run with the recipe saved in it; "
                              "give no recipe, --set, --profile or --out with it")
-        run, recipe = RunDir.open(args.resume)
-        return TrainingJob(recipe, run, run.path, resume=True), run, False
+        main_process = int(os.environ.get("RANK", "0")) == 0
+        run, recipe = RunDir.resume(args.resume) if main_process else RunDir.open(args.resume)
+        if run.list_checkpoints():
+            return TrainingJob(recipe, run, run.path, resume=True), run, False
+        # Stopped before its first checkpoint (killed, or a crash): the one way on is to start again.
+        if main_process:
+            run.restart()
+            Console(highlight=False, soft_wrap=True).print(f"{run.path}: no checkpoint yet, so the run starts again from step 0 "
+                                           f"with its saved recipe")
+        return TrainingJob(recipe, run, run.path), run, False
     if not args.recipe:
         raise InputError("difflab run: give a recipe file or built-in name (see `difflab recipes`), "
                          "or --resume RUN_DIR")

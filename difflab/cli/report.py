@@ -10,8 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -25,11 +29,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from difflab import __version__
 from difflab.jobs.devices import resolve_device
 from difflab.runtime import events
 from difflab.runtime.worker import Worker
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
+ERROR_LOG = "internal-error.log"
 
 
 @dataclass
@@ -54,6 +60,8 @@ class Reporter:
         self.task = None
         self.next_plain_step = 0
         self.final_image = None
+        self.run_dir = None
+        self.last_checkpoint = None
 
     def __enter__(self) -> Reporter:
         self.progress.__enter__()
@@ -65,6 +73,7 @@ class Reporter:
     def handle(self, event: events.Event) -> None:
         match event:
             case events.JobStarted():
+                self.run_dir = event.run_dir
                 self.console.print(f"[bold]{event.name}[/] on [cyan]{event.device}[/] → {event.run_dir}")
                 if event.parameters:
                     self.console.print(f"[dim]{event.trainable_parameters:,} trainable of {event.parameters:,} "
@@ -86,8 +95,9 @@ class Reporter:
             case events.PreviewReady():
                 self.final_image = event.image
             case events.CheckpointSaved():
-                if not self.live:
+                if not self.live and event.path != self.last_checkpoint:  # a stop right after one asks again
                     self.console.print(f"checkpoint {event.path}")
+                self.last_checkpoint = event.path
             case events.LogLine():
                 style = {"warning": "yellow", "error": "red"}.get(event.level, "dim")
                 self.console.print(f"[{style}]{escape(event.text)}[/]")
@@ -115,7 +125,14 @@ def run_job(job, device: str, console: Console) -> RunOutcome:
             reporter.handle(event)
     worker.shutdown()
     if isinstance(event, events.JobError):
-        print_error(event.message, event.traceback if event.exit_code == 1 else "")
+        if not event.traceback:
+            print_error(event.message)
+        elif _disk_full(event.message):
+            print_error(f"disk full: {event.message}. Free some space, keep fewer checkpoints "
+                        f"(train.keep_checkpoints), or write the run on another disk (--out)")
+        else:
+            folder = reporter.run_dir or getattr(getattr(job, "run_dir", None), "path", None)
+            report_internal_error(event.message, event.traceback, folder)
         return RunOutcome(event.exit_code, "error", {})
     reporter.show_final(event.summary)
     if event.status == "stopped":
@@ -187,6 +204,34 @@ def print_error(message: str, details: str = "") -> None:
     errors.print(f"[red]error:[/] {escape(message)}")
     if details:
         errors.print(f"[dim]{escape(details)}[/]")
+
+
+def report_internal_error(summary: str, details: str, folder: Path | None = None) -> Path | None:
+    """A bug, not the user's input: one `internal error:` line naming a log file that holds the traceback.
+
+    The log goes into the run folder when there is one, else the temporary folder; where
+    neither can be written, the traceback is printed rather than lost.
+    """
+    text = (f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} difflab {__version__}: "
+            f"{' '.join(['difflab', *sys.argv[1:]])}\n{details.rstrip()}\n")
+    candidates = [Path(folder) / ERROR_LOG] if folder else []
+    candidates.append(Path(tempfile.gettempdir()) / f"difflab-internal-error-{os.getpid()}.log")
+    line = summary.strip().splitlines()[0] if summary.strip() else "unknown error"
+    for path in candidates:
+        try:
+            with path.open("a", encoding="utf-8") as log:
+                log.write(text)
+        except OSError:
+            continue
+        print_error(f"internal error: {line} (a bug in difflab; the traceback is in {path}, "
+                    f"please attach it to a bug report)")
+        return path
+    print_error(f"internal error: {line} (a bug in difflab; no log file could be written)", details)
+    return None
+
+
+def _disk_full(message: str) -> bool:
+    return "[Errno 28]" in message or "No space left on device" in message
 
 
 @contextlib.contextmanager

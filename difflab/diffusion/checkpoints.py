@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from difflab.errors import InputError
 from difflab.files import atomic_dir
-from difflab.runtime.runs import RunDir
+from difflab.runtime.runs import DISK_FULL, RunDir, disk_full
 
 
 @dataclass
@@ -35,16 +35,54 @@ class Checkpoint:
 
 
 def save_checkpoint(run: RunDir, checkpoint: Checkpoint, keep: int) -> Path:
-    """Write checkpoints/step_NNNNNN atomically, then prune to the newest `keep`."""
+    """Write checkpoints/step_NNNNNN atomically, then prune to the newest `keep`.
+
+    A step already saved is kept as it is (a stop right after a periodic checkpoint asks for the
+    same one again). A full disk is a JobFailed saying so; the earlier checkpoints stay.
+    """
     target = run.checkpoints / f"step_{checkpoint.step:06d}"
-    with atomic_dir(target) as tmp:
-        save_file(_contiguous(checkpoint.model), tmp / "model.safetensors")
-        save_file(_contiguous(checkpoint.tensors), tmp / "state.safetensors")
-        torch.save(checkpoint.optimizer, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": checkpoint.step, **checkpoint.counters}))
+    if (target / "state.json").is_file():
+        return target
+    try:
+        with atomic_dir(target) as tmp:
+            save_file(_contiguous(checkpoint.model), tmp / "model.safetensors")
+            save_file(_contiguous(checkpoint.tensors), tmp / "state.safetensors")
+            torch.save(checkpoint.optimizer, tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": checkpoint.step, **checkpoint.counters}))
+    except (OSError, RuntimeError, SafetensorError) as error:
+        needed = checkpoint_size(checkpoint)
+        if _disk_full(error, run.checkpoints, needed):
+            raise disk_full(run.checkpoints, f"checkpoint step {checkpoint.step}", needed, keep) from None
+        raise
     for old in run.list_checkpoints()[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def checkpoint_size(checkpoint: Checkpoint) -> int:
+    """Roughly the bytes a checkpoint takes on disk: its tensors, wherever they nest."""
+    return sum(_tensor_bytes(part) for part in (checkpoint.model, checkpoint.optimizer, checkpoint.tensors))
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _disk_full(error: Exception, folder: Path, needed: int) -> bool:
+    """ENOSPC or a quota, or a write error (torch says "unexpected pos" or "iostream error",
+    safetensors an IoError) with hardly more room left than the checkpoint needs."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < needed + (1 << 20)  # 1 MiB for blocks and metadata
+    except OSError:
+        return False
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:

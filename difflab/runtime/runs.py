@@ -8,6 +8,7 @@ RUN/pipeline/        for DDPM runs: a DDPMPipeline that plain diffusers loads
 RUN/lora/            for LoRA runs: only the adapter (safetensors + peft's adapter_config.json)
 RUN/checkpoints/     resumable state: weights as safetensors, the rest weights_only-loadable
 RUN/summary.json     what ran, where, how long, versions, final metrics
+RUN/.lock            held (flock) by the one process writing the run; its pid, host and command inside
 
 Every write is atomic. Nothing read back from a run is unpickled: weights load
 through safetensors, the optimizer state through torch.load(weights_only=True).
@@ -15,17 +16,31 @@ through safetensors, the optimizer state through torch.load(weights_only=True).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import re
+import shlex
+import shutil
+import socket
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from difflab.errors import InputError
-from difflab.files import atomic_write_text
+from difflab.errors import InputError, JobFailed
+from difflab.files import HeldLock, atomic_write_text, clean_leftovers, hold_lock
 from difflab.recipe import Recipe, load_recipe, save_recipe
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})$")
+LOCK_NAME = ".lock"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+# The run folders this process writes, by real path. One process may open a folder it holds
+# again (the lab continuing the run it started); another process may not.
+_held: dict[str, HeldLock] = {}
 
 
 class RunDir:
@@ -46,19 +61,33 @@ class RunDir:
 
     @classmethod
     def create(cls, path: str | Path, recipe: Recipe) -> RunDir:
-        """Make a fresh run folder holding the resolved recipe; an existing non-empty one is refused."""
+        """Make a fresh run folder holding the resolved recipe, locked for this process (see `lock`);
+        an existing non-empty folder, or one another process is writing, is refused."""
         run = cls(path)
-        if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
-            raise InputError(f"--out {run.path}: already exists and is not empty; "
-                             f"choose another folder or continue it with `difflab run --resume {run.path}`")
+        if run._has_content() and not (run.path / LOCK_NAME).exists():
+            raise run._not_empty()
         try:
             run.path.mkdir(parents=True, exist_ok=True)
+            run.lock(flag="--out")
+            if run._has_content():  # filled by another run between the first look and the lock
+                run.release()
+                raise run._not_empty()
             # the resolved recipe: a chosen profile is already laid over it, the others don't apply
             save_recipe(recipe.model_copy(update={"profiles": {}}), run.recipe_path)
         except OSError as error:  # read-only, not a folder, no permission, disk full
+            run.release()
             raise InputError(f"--out {run.path}: cannot create the run folder ({error.strerror or error}); "
                              f"choose a folder you can write to") from None
         return run
+
+    @classmethod
+    def resume(cls, path: str | Path) -> tuple[RunDir, Recipe]:
+        """An existing run folder to continue: opened, locked for this process, and cleared of
+        the temporary files of writes that were killed (see `clean_leftovers`)."""
+        run, recipe = cls.open(path)
+        run.lock(flag="--resume")
+        run.clean_leftovers()
+        return run, recipe
 
     @classmethod
     def open(cls, path: str | Path) -> tuple[RunDir, Recipe]:
@@ -70,10 +99,61 @@ class RunDir:
             raise InputError(f"{run.path}: not a run folder (no recipe.toml inside)")
         return run, load_recipe(run.recipe_path)
 
+    def _has_content(self) -> bool:
+        """Whether the path is taken: a file, or a folder holding anything besides a lock file."""
+        if not self.path.exists():
+            return False
+        return not self.path.is_dir() or any(p.name != LOCK_NAME for p in self.path.iterdir())
+
+    def _not_empty(self) -> InputError:
+        return InputError(f"--out {self.path}: already exists and is not empty; "
+                          f"choose another folder or continue it with `difflab run --resume {self.path}`")
+
+    # ------------------------------------------------------------ one writer
+
+    def lock(self, flag: str = "") -> None:
+        """Make this process the folder's one writer (flock on RUN/.lock, which names it).
+
+        Another live process holding it is an InputError naming that process; a lock left by a
+        killed process was let go by the kernel and is taken over. Released by `release` or
+        when the process ends.
+        """
+        key = os.path.realpath(self.path)
+        if key in _held:
+            return
+        note = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": _command_line(),
+                           "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        try:
+            held = hold_lock(self.path / LOCK_NAME, note)
+        except OSError as error:
+            raise InputError(f"{flag + ' ' if flag else ''}{self.path}: cannot write into the run folder "
+                             f"({error.strerror or error}); choose a folder you can write to") from None
+        if isinstance(held, str):
+            raise InputError(f"{flag + ' ' if flag else ''}{self.path}: in use by another difflab "
+                             f"({_describe_holder(held)}); one process writes a run at a time: wait for it to "
+                             f"end or stop it, then continue with `difflab run --resume {self.path}`")
+        _held[key] = held
+
+    def release(self) -> None:
+        """Let another process write this run folder (a no-op when this process does not hold it)."""
+        held = _held.pop(os.path.realpath(self.path), None)
+        if held is not None:
+            held.release()
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove what killed writes left in the run (`.NAME.<random>.tmp` files and folders) and put
+        back a checkpoint caught between its two renames; returns the paths, relative to the run."""
+        return [f"{folder.relative_to(self.path)}/{name}".removeprefix("./")
+                for folder in (self.path, self.checkpoints, self.samples) for name in clean_leftovers(folder)]
+
+    def restart(self) -> None:
+        """Start the run again from step 0 (it has no checkpoint): the metrics logged so far go."""
+        self.truncate_metrics(0)
+
     # ------------------------------------------------------------ metrics
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with self.metrics_path.open("a", encoding="utf-8") as handle:
+        with self._writing("metrics.jsonl"), self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -83,16 +163,29 @@ class RunDir:
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop lines logged after `last_step` (they are redone when a run resumes)."""
+        self.lock()  # a resume's first write: the lab continues a run it opened with RunDir.open
         if not self.metrics_path.exists():
             return
         lines = [line for line in self.metrics_path.read_text().splitlines()
                  if line.strip() and _parsed_step(line) <= last_step]
-        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in lines))
+        with self._writing("metrics.jsonl"):
+            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in lines))
 
     # ------------------------------------------------------------ images, summary
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+        with self._writing("summary.json"):
+            atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """A full disk while writing `what` becomes disk_full's message, not an OSError."""
+        try:
+            yield
+        except OSError as error:
+            if error.errno in DISK_FULL:
+                raise disk_full(self.path, what) from None
+            raise
 
     def read_summary(self) -> dict[str, Any]:
         """summary.json as a dict ({} when there is none yet); a corrupt one is an InputError."""
@@ -122,6 +215,48 @@ class RunDir:
             return []
         found = [p for p in self.checkpoints.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
         return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def disk_full(folder: Path, what: str, needed: int | None = None, keep: int | None = None) -> JobFailed:
+    """The message for a disk that filled up while writing `what` into `folder`: how much is free,
+    roughly how much was needed, and what to change."""
+    free = shutil.disk_usage(_existing(folder)).free
+    need = f"; it needs about {_size(needed)}" if needed else ""
+    fewer = f"fewer checkpoints (train.keep_checkpoints = {keep} now)" if keep else "fewer checkpoints"
+    return JobFailed(f"disk full: cannot write {what} into {folder} ({_size(free)} free there{need}). Free some "
+                     f"space, keep {fewer}, or start the run on another disk (--out); the checkpoints written so "
+                     f"far are kept, and `difflab run --resume` continues from the last one once there is room")
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _command_line() -> str:
+    """This process's command, as a person would type it again."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    program = "difflab" if program in ("__main__.py", "-m", "-c") else program
+    return shlex.join([program, *sys.argv[1:]])
+
+
+def _describe_holder(note: str) -> str:
+    """RUN/.lock's note as words: "pid 123 on box, `difflab run …`, since …"."""
+    try:
+        holder = json.loads(note)
+        return (f"pid {holder['pid']} on {holder['host']}, `{holder['command']}`, since {holder['since']}")
+    except (ValueError, KeyError, TypeError):
+        return "a process that left no note in its .lock file"
+
 
 def _parsed_step(line: str) -> int:
     try:
