@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from textual import events
 from textual.app import App
 from textual.binding import Binding
 from textual.command import Hit, Hits, Provider
@@ -25,11 +26,15 @@ from .audio import AudioScreen
 from .bridge import DRAIN_HZ, EngineBridge
 from .dataset import DatasetScreen
 from .dialogs import (
+    MIN_HEIGHT,
+    MIN_WIDTH,
     ConfirmQuitScreen,
     HelpScreen,
     OpenRecipeScreen,
     RecipeBrowserScreen,
     SaveAsScreen,
+    TooSmallScreen,
+    UnsavedChangesScreen,
 )
 from .inversion import InversionScreen
 from .model import ModelScreen
@@ -38,6 +43,9 @@ from .schedule import ScheduleScreen
 from .training import TrainingScreen
 from .widgets import SCREENS
 
+# The engine's messages name the CLI command that fixes a problem; where the lab has a key
+# for the same fix, the message names it too.
+LAB_KEYS = {"difflab run --resume": "`c` on the training screen (4)"}
 
 class DifflabCommands(Provider):
     """difflab's own commands in the command palette."""
@@ -86,6 +94,8 @@ class DifflabApp(App):
         Binding("7", "switch_mode('inversion')", "Invert", id="screen.inversion", show=False,
                 tooltip="images back to their noise, reconstructions, edits"),
         Binding("question_mark", "help", "Help", id="help", tooltip="what each screen teaches"),
+        Binding("escape", "leave_field", "Leave field", id="focus.leave", show=False,
+                tooltip="stop editing the field: keys go to the screen again"),
         Binding("ctrl+o", "open_recipe", "Open", id="recipe.open", tooltip="open a recipe file"),
         Binding("ctrl+s", "save_recipe", "Save", id="recipe.save", tooltip="save the recipe"),
         Binding("ctrl+b", "browse_recipes", "Built-ins", id="recipe.builtins", tooltip="built-in recipes"),
@@ -100,6 +110,8 @@ class DifflabApp(App):
     """Whether the recipe has changes not saved to `recipe_path`."""
     device_label: reactive[str] = reactive("…")
     """The worker's device, by name, once the worker has looked."""
+    recipes_opened: reactive[int] = reactive(0)
+    """How many recipes were opened; a new one shows in every field, the one being edited too."""
 
     def __init__(self, recipe_path: Path | None = None, device: str = "auto") -> None:
         super().__init__()
@@ -153,30 +165,76 @@ class DifflabApp(App):
         return ""
 
     def open_recipe(self, path: Path) -> None:
+        """Edit the recipe in `path` instead; with unsaved changes, ask first (save, discard, cancel)."""
         try:
             recipe = load_recipe(path)
         except DifflabError as error:
             self.notify(str(error), title="cannot open recipe", severity="error", timeout=10)
             return
+        if not self.dirty:
+            self._take(recipe, path)
+            return
+
+        def answered(choice: str | None) -> None:
+            if choice == "discard":
+                self._take(recipe, path)
+            elif choice == "save":
+                self._save_then(lambda: self._take(recipe, path))
+
+        current = self.recipe_path.name if self.recipe_path else "This recipe"
+        self.push_screen(UnsavedChangesScreen(current, path.name), answered)
+
+    def _take(self, recipe: Recipe, path: Path) -> None:
+        self.recipes_opened += 1  # before the recipe: its watchers refresh every field, the focused one too
         self.recipe, self.recipe_path, self.dirty = recipe, path, False
         self.notify(f"opened {path}")
 
-    def save_to(self, path: Path) -> None:
+    def _save_then(self, then) -> None:
+        """Save the recipe (asking for a name where ctrl+s would), then call `then` if it was saved."""
+        if self.recipe_path is not None and not is_builtin(self.recipe_path):
+            if self.save_to(self.recipe_path):
+                then()
+            return
+        suggestion = self.recipe_path.name if self.recipe_path else "recipe.toml"
+        self.push_screen(SaveAsScreen(suggestion), lambda path: path and self.save_to(path) and then())
+
+    def save_to(self, path: Path) -> bool:
+        """Write the recipe to `path`; False (and a notification) if it could not be written."""
         try:
             save_recipe(self.recipe, path)
         except OSError as error:
             self.notify(f"{path}: {error.strerror or error}", title="cannot save", severity="error", timeout=10)
-            return
+            return False
         self.recipe_path, self.dirty = path, False
         self.notify(f"saved {path}")
+        return True
 
     def notify(self, message: str, *, markup: bool = True, **kwargs) -> None:
         """Every notification as plain text, whoever sends it (screens pass markup=True by default).
 
         Messages carry paths, tensor shapes and recipe sections ("make [model] match"), which
         Textual would read as markup tags and drop; the lab's own messages use no markup.
+        A CLI fix the lab has a key for is named with its key (LAB_KEYS).
         """
+        for command, key in LAB_KEYS.items():
+            if command in message and key not in message:
+                message += f" (in the lab: {key})"
         super().notify(message, markup=False, **kwargs)
+
+    # ------------------------------------------------------------ the terminal's size
+
+    def on_resize(self, event: events.Resize) -> None:
+        """Below 80×24 show the notice instead of a cut layout; take it away once the terminal grows."""
+        small = event.size.width < MIN_WIDTH or event.size.height < MIN_HEIGHT
+        showing = isinstance(self.screen, TooSmallScreen)
+        if small and not showing:
+            self.push_screen(TooSmallScreen())
+        elif not small and showing:
+            self.pop_screen()
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Behind the too-small notice only quitting works (a key must not change what is hidden)."""
+        return action == "quit" or not isinstance(self.screen, TooSmallScreen)
 
     # ------------------------------------------------------------ actions
 
@@ -211,9 +269,14 @@ class DifflabApp(App):
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
+    def action_leave_field(self) -> None:
+        """Escape: nothing focused, so the screen's keys (1–7, p, x, …) work again."""
+        self.screen.set_focus(None)
+
     def action_open_recipe(self) -> None:
-        self.push_screen(OpenRecipeScreen(self.recipe_dir or Path.cwd()),
-                         lambda path: path and self.open_recipe(path))
+        # the folder the person works in: a built-in's folder is inside the installed package
+        folder = self.recipe_dir if self.recipe_path and not is_builtin(self.recipe_path) else Path.cwd()
+        self.push_screen(OpenRecipeScreen(folder), lambda path: path and self.open_recipe(path))
 
     def action_save_recipe(self) -> None:
         if self.recipe_path is None or is_builtin(self.recipe_path):

@@ -51,7 +51,9 @@ class AudioScreen(LabScreen):
 
     def compose_output(self) -> ComposeResult:
         yield Static(id="clip-title")
-        yield margin_plot("waveform", bottom=1, left=5)
+        waveform = margin_plot("waveform", bottom=1, left=5)
+        waveform.can_focus = False  # nothing to pan or zoom: not a Tab stop (it would show no focus)
+        yield waveform
         yield Label("mel spectrogram, as the model sees it (time →, pitch ↑)", classes="section-title")
         yield TerminalImage(id="spectrogram")
         yield Static(id="round-trip")

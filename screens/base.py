@@ -4,6 +4,7 @@ the status line, and one probe job on the worker that reruns when the recipe cha
 from __future__ import annotations
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer
@@ -19,6 +20,16 @@ class LabScreen(Screen):
     """A screen = recipe fields on the left, what the engine computed from them on the right."""
 
     SCREEN_NAME = ""
+    # Opened with nothing focused (None would mean the app's "*"), so the screen and action
+    # keys work at once; Tab enters the fields, Escape (an app key) leaves them.
+    AUTO_FOCUS = ""
+    # priority: the form around a focused field would otherwise take them and scroll itself
+    BINDINGS = [
+        Binding("pagedown", "page_output(1)", "Page down", id="output.page_down", show=False, priority=True,
+                tooltip="scroll the right-hand pane down a page"),
+        Binding("pageup", "page_output(-1)", "Page up", id="output.page_up", show=False, priority=True,
+                tooltip="scroll the right-hand pane up a page"),
+    ]
 
     def fields(self) -> list[RecipeField]:
         """The recipe fields this screen edits."""
@@ -40,7 +51,9 @@ class LabScreen(Screen):
     def compose(self) -> ComposeResult:
         yield ScreenBar(self.SCREEN_NAME)
         with Horizontal(classes="work"):
-            with VerticalScroll(classes="form"):
+            # The form is not a Tab stop of its own (a focused container shows nothing): its
+            # fields are, and focusing one scrolls it into view. The output pane is one.
+            with VerticalScroll(classes="form", can_focus=False):
                 yield from self.fields()
             with VerticalScroll(classes="output"):
                 yield ProbeSpinner(id="probe-loading")
@@ -52,9 +65,15 @@ class LabScreen(Screen):
         self._job_id: int | None = None
         self._timer = None
         self._pending = False
+        self._opened_seen = self.app.recipes_opened
         self.watch(self.app, "recipe", self._recipe_changed, init=False)
         self._pending = True
         self.call_after_refresh(self.rerun_probe)  # paint first; the probe may import torch
+
+    def action_page_output(self, pages: int) -> None:
+        """PageDown/PageUp scroll the right-hand pane, wherever the focus is on this screen."""
+        output = self.query_one(".output", VerticalScroll)
+        output.scroll_page_down() if pages > 0 else output.scroll_page_up()
 
     def on_screen_resume(self) -> None:
         if getattr(self, "_stale", False):  # the recipe changed while another screen was shown
@@ -65,8 +84,12 @@ class LabScreen(Screen):
         if not self.is_current:
             self._stale = True
             return
+        # A field being edited keeps what is typed, unless another recipe was opened meanwhile
+        # (typed text left in a field would show a value the new recipe does not have).
+        opened = self._opened_seen != self.app.recipes_opened
+        self._opened_seen = self.app.recipes_opened
         for field in self.query(RecipeField):
-            if not field.has_focus_within:
+            if opened or not field.has_focus_within:
                 field.refresh_value()
         if self._timer is not None:
             self._timer.stop()

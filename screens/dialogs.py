@@ -1,23 +1,31 @@
-"""Modal screens: help, open a recipe, save as, the built-in recipe browser."""
+"""Modal screens: help, open a recipe, save as, the built-in recipe browser, unsaved changes;
+and the notice shown instead of the lab while the terminal is too small."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DirectoryTree, Input, Label, Markdown, OptionList
 from textual.widgets.option_list import Option
 
 from difflab.runtime.catalog import builtin_recipes
+
+MIN_WIDTH, MIN_HEIGHT = 80, 24  # every screen is laid out to show everything from this size up
 
 HELP = """\
 # difflab
 
 A lab for the diffusion-models course, one screen per step. Every screen edits one
 section of the **recipe** (a TOML file); `difflab run RECIPE` replays it headless.
+
+**Keys and focus.** `Tab` / `shift+Tab` go through the fields and panes; a field being edited
+takes every key typed, and `Escape` leaves it. With no field being edited, `1`–`7`, the
+screen's own keys (`p` `x` `c` `n` …) and `PageDown` / `PageUp` (the right-hand pane) work.
 
 | key | screen | teaches | edits |
 |---|---|---|---|
@@ -33,7 +41,7 @@ section of the **recipe** (a TOML file); `difflab run RECIPE` replays it headles
 
 | key | does |
 |---|---|
-| `ctrl+o` / `ctrl+s` | open / save the recipe (save as: command palette) |
+| `ctrl+o` / `ctrl+s` | open / save the recipe (save as: command palette); unsaved changes are asked about first |
 | `ctrl+b` | built-in recipes |
 | `ctrl+p` | command palette |
 | `?` | this help |
@@ -50,7 +58,7 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close", id="help.close")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > VerticalScroll { width: 90; height: 80%; border: thick $primary; background: $surface; }
+    HelpScreen > VerticalScroll { width: 90; max-width: 100%; height: 80%; border: thick $primary; background: $surface; }
     """
 
     def compose(self) -> ComposeResult:
@@ -64,7 +72,7 @@ class OpenRecipeScreen(ModalScreen[Path | None]):
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="open.cancel")]
     DEFAULT_CSS = """
     OpenRecipeScreen { align: center middle; }
-    OpenRecipeScreen > Vertical { width: 80; height: 80%; border: thick $primary; background: $surface; }
+    OpenRecipeScreen > Vertical { width: 80; max-width: 100%; height: 80%; border: thick $primary; background: $surface; }
     OpenRecipeScreen DirectoryTree { height: 1fr; }
     """
 
@@ -76,7 +84,7 @@ class OpenRecipeScreen(ModalScreen[Path | None]):
         with Vertical():
             yield Label("Open a recipe (.toml): pick one or type a path and press enter")
             yield Input(placeholder="path/to/recipe.toml", id="path")
-            yield DirectoryTree(self.folder)
+            yield RecipeTree(self.folder)
 
     def on_directory_tree_file_selected(self, event: DirectoryTree.FileSelected) -> None:
         self.dismiss(Path(event.path))
@@ -85,13 +93,21 @@ class OpenRecipeScreen(ModalScreen[Path | None]):
         self.dismiss(Path(event.value).expanduser() if event.value.strip() else None)
 
 
+class RecipeTree(DirectoryTree):
+    """A folder tree of what can be a recipe: folders and .toml files, no hidden or Python files."""
+
+    def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
+        return [path for path in paths if not path.name.startswith((".", "__"))
+                and (path.suffix == ".toml" or path.is_dir())]
+
+
 class SaveAsScreen(ModalScreen[Path | None]):
     """Ask for the file to save the recipe to."""
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="save.cancel")]
     DEFAULT_CSS = """
     SaveAsScreen { align: center middle; }
-    SaveAsScreen > Vertical { width: 70; height: auto; border: thick $primary; background: $surface; padding: 1; }
+    SaveAsScreen > Vertical { width: 70; max-width: 100%; height: auto; border: thick $primary; background: $surface; padding: 1; }
     """
 
     def __init__(self, suggestion: str) -> None:
@@ -121,7 +137,7 @@ class RecipeBrowserScreen(ModalScreen[Path | None]):
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="browse.cancel")]
     DEFAULT_CSS = """
     RecipeBrowserScreen { align: center middle; }
-    RecipeBrowserScreen > Vertical { width: 100; height: auto; max-height: 80%; border: thick $primary;
+    RecipeBrowserScreen > Vertical { width: 100; max-width: 100%; height: auto; max-height: 80%; border: thick $primary;
                                      background: $surface; }
     """
 
@@ -142,7 +158,7 @@ class ConfirmQuitScreen(ModalScreen[bool]):
                 Binding("n,escape", "dismiss(False)", "Keep training", id="quit.no")]
     DEFAULT_CSS = """
     ConfirmQuitScreen { align: center middle; }
-    ConfirmQuitScreen > Vertical { width: 64; height: auto; border: thick $warning; background: $surface;
+    ConfirmQuitScreen > Vertical { width: 64; max-width: 100%; height: auto; border: thick $warning; background: $surface;
                                    padding: 1 2; }
     ConfirmQuitScreen Label { width: 100%; }
     ConfirmQuitScreen Horizontal { height: auto; }
@@ -152,7 +168,7 @@ class ConfirmQuitScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("A training job is running. Stop it (a checkpoint is written first, "
-                        "so `difflab run --resume` can continue it) and quit?")
+                        "so `c` on the training screen (4) or `difflab run --resume` can continue it) and quit?")
             with Horizontal():
                 yield Button("Stop and quit (y)", variant="warning", id="yes")
                 yield Button("Keep training (n)", variant="primary", id="no")
@@ -167,7 +183,7 @@ class RunFolderScreen(ModalScreen[Path | None]):
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="run-folder.cancel")]
     DEFAULT_CSS = """
     RunFolderScreen { align: center middle; }
-    RunFolderScreen > Vertical { width: 80; height: 24; border: thick $primary; background: $surface; }
+    RunFolderScreen > Vertical { width: 80; max-width: 100%; height: 24; max-height: 100%; border: thick $primary; background: $surface; }
     RunFolderScreen DirectoryTree { height: 1fr; }
     """
 
@@ -189,3 +205,52 @@ class RunFolderScreen(ModalScreen[Path | None]):
         if event.value.strip():
             self.dismiss(Path(event.value.strip()).expanduser())
 
+
+
+class UnsavedChangesScreen(ModalScreen[str]):
+    """Another recipe is about to replace one with unsaved changes: "save", "discard" or "cancel"."""
+
+    BINDINGS = [Binding("s", "dismiss('save')", "Save", id="unsaved.save"),
+                Binding("d", "dismiss('discard')", "Discard", id="unsaved.discard"),
+                Binding("escape,c", "dismiss('cancel')", "Cancel", id="unsaved.cancel")]
+    DEFAULT_CSS = """
+    UnsavedChangesScreen { align: center middle; }
+    UnsavedChangesScreen > Vertical { width: 70; max-width: 100%; height: auto; border: thick $warning;
+                                      background: $surface; padding: 1 2; }
+    UnsavedChangesScreen Label { width: 100%; }
+    UnsavedChangesScreen Horizontal { height: auto; }
+    UnsavedChangesScreen Button { margin: 1 1 0 0; }
+    """
+
+    def __init__(self, current: str, replacement: str) -> None:
+        super().__init__()
+        self.current, self.replacement = current, replacement
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"{self.current} has unsaved changes. Save them before opening {self.replacement}?",
+                        markup=False)
+            with Horizontal():
+                yield Button("Save (s)", variant="primary", id="save")
+                yield Button("Discard (d)", variant="error", id="discard")
+                yield Button("Cancel (esc)", id="cancel")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id)
+
+
+class TooSmallScreen(Screen[None]):
+    """Shown instead of the lab while the terminal is smaller than 80×24; the app removes it when it grows."""
+
+    DEFAULT_CSS = """
+    TooSmallScreen { align: center middle; }
+    TooSmallScreen Label { width: 100%; text-align: center; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Label(id="too-small")
+
+    def on_resize(self) -> None:
+        self.query_one("#too-small", Label).update(
+            f"make the terminal at least {MIN_WIDTH}×{MIN_HEIGHT}\n"
+            f"(it is {self.app.size.width}×{self.app.size.height}; the lab comes back when it grows)")

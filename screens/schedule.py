@@ -133,6 +133,7 @@ class ScheduleScreen(LabScreen):
 def _plot(plot_id: str) -> PlotWidget:
     """A plot with just enough margin for its tick labels (titles sit above it as Labels)."""
     plot = PlotWidget(id=plot_id, allow_pan_and_zoom=False)
+    plot.can_focus = False  # nothing to pan or zoom: not a Tab stop (it would show no focus)
     # set_reactive: the margin watchers need the plot's children, which exist only once mounted
     plot.set_reactive(PlotWidget.margin_top, 0)
     plot.set_reactive(PlotWidget.margin_bottom, 1)
