@@ -22,13 +22,23 @@ from difflab.recipe import GUIDANCE_FUNCTIONS, SAMPLERS
 from difflab.runtime.events import Event, JobError, JobFinished, PreviewReady, Progress
 
 from .base import LabScreen
-from .widgets import TerminalImage
+from .picture import Picture, PictureViewer
 
 NO_COMPARISON = "none"
+# Each number field: its type, lowest and highest value (eta: DDIM's 0 deterministic .. 1 as noisy as DDPM).
+NUMBERS = {"steps": (int, 1, None), "eta": (float, 0.0, 1.0), "seed": (int, 0, None), "images": (int, 1, None),
+           "class": (int, 0, None), "cfg": (float, 0.0, None), "strength": (float, 0.0, None)}
 
 
 class StepView(Vertical, can_focus=True):
-    """The step-through: focusable, so the arrow keys reach the screen instead of a form field."""
+    """The step-through: focusable, so the arrow keys reach the screen instead of a form field.
+
+    Its own home/end: the scrolling panel around it would take them to scroll instead."""
+
+    BINDINGS = [
+        Binding("home", "screen.scrub_to(0)", "First", show=False),
+        Binding("end", "screen.scrub_to(-1)", "Last", show=False),
+    ]
 
 
 class SamplingScreen(LabScreen):
@@ -45,6 +55,8 @@ class SamplingScreen(LabScreen):
         Binding("ctrl+g", "save", "Save PNG+GIF", id="sampling.save", tooltip="save the grids and the GIFs"),
         Binding("ctrl+e", "sweep", "Sweep", id="sampling.sweep",
                 tooltip="one labelled grid, a row per value of the sweep field"),
+        Binding("f", "full_screen", "Full screen", id="sampling.full_screen",
+                tooltip="the pictures over the whole terminal, one at a time (Escape closes)"),
     ]
 
     step: reactive[int] = reactive(0, init=False)
@@ -95,18 +107,20 @@ class SamplingScreen(LabScreen):
                 with Vertical(id=f"row-{row}", classes="sampler-row"):
                     yield Label("", classes="sampler-name")
                     with Horizontal(classes="pair"):
-                        yield TerminalImage(classes="image x-t")
-                        yield TerminalImage(classes="image x0")
+                        yield Picture(classes="image x-t")
+                        yield Picture(classes="image x0")
             yield Label("final images", id="final-title", classes="section-title")
             with Horizontal(id="finals"):
-                yield TerminalImage(id="final-first", classes="image")
-                yield TerminalImage(id="final-second", classes="image")
+                yield Picture(id="final-first", classes="image")
+                yield Picture(id="final-second", classes="image")
 
     def on_mount(self) -> None:
         # LabScreen.on_mount also runs (Textual dispatches on_mount along the MRO)
         self.result: dict | None = None
         self._sampling_id: int | None = None
         self.query("#probe-loading, #progress, #headings, .sampler-row, #final-title, #finals").set(display=False)
+        # A focused panel would take home/end to scroll; the step-through (focusable) is what they move
+        self.query_one(".output").can_focus = False
 
     @property
     def sampling(self) -> bool:
@@ -157,7 +171,9 @@ class SamplingScreen(LabScreen):
         elif isinstance(event, PreviewReady):
             self.query_one("#step-label", Static).update(f"[b]sweep[/b] saved to {event.path}")
             self.query("#headings, .sampler-row, #final-second").set(display=False)
-            self.query_one("#final-first", TerminalImage).image = event.image
+            sweep = self.query_one("#final-first", Picture)
+            sweep.split, sweep.title = False, f"sweep · {event.path}"  # a labelled figure: never cut into tiles
+            sweep.image = event.image
             self.query("#final-title, #finals, #final-first").set(display=True)
             self.query_one("#final-title", Label).update("sweep: one row per value, the same noise in every row")
         elif isinstance(event, (JobFinished, JobError)):
@@ -191,6 +207,14 @@ class SamplingScreen(LabScreen):
     def action_scrub_to(self, index: int) -> None:
         self.step = index if index >= 0 else max(self.step_count - 1, 0)
 
+    def action_full_screen(self) -> None:
+        """Every picture shown here over the whole terminal, one at a time."""
+        viewer = PictureViewer.of(self)
+        if viewer is None:
+            self.notify("nothing to show yet: sample first (ctrl+r)", severity="warning")
+        else:
+            self.app.push_screen(viewer)
+
     def action_save(self) -> None:
         if self.result is None:
             self.notify("nothing to save yet: sample first (ctrl+r)", severity="warning")
@@ -209,8 +233,8 @@ class SamplingScreen(LabScreen):
         if (other := self.query_one("#compare", Select).value) not in (NO_COMPARISON, samplers[0]):
             samplers.append(other)
         return StepThroughJob.from_path(
-            source, samplers=samplers, steps=self._read("steps", int, 1), seed=self._read("seed", int, 0),
-            num_images=self._read("images", int, 1), eta=self._read("eta", float, 0.0), device="auto",
+            source, samplers=samplers, steps=self._read("steps"), seed=self._read("seed"),
+            num_images=self._read("images"), eta=self._read("eta"), device="auto",
             extra_overrides=self._guidance_overrides())
 
     def _guidance_overrides(self) -> list[str]:
@@ -219,25 +243,33 @@ class SamplingScreen(LabScreen):
         overrides = []
         labelled = bool(self.query_one("#class", Input).value.strip())
         if labelled:
-            overrides.append(f"sample.class_labels=[{self._read('class', int, 0)}]")
-        cfg = self._read("cfg", float, 0.0)
+            overrides.append(f"sample.class_labels=[{self._read('class')}]")
+        cfg = self._read("cfg")
         if labelled or cfg != 1:
             overrides.append(f"sample.guidance_scale={cfg}")
         function = self.query_one("#guidance", Select).value
         overrides.append(f"guidance.function='{function}'")
         if function != "none":
-            overrides.append(f"guidance.scale={self._read('strength', float, 0.0)}")
+            overrides.append(f"guidance.scale={self._read('strength')}")
         return overrides
 
-    def _read(self, name: str, kind: type, low: float):
-        text = self.query_one(f"#{name}", Input).value.strip()
-        try:
-            value = kind(text)
-        except ValueError:
-            raise ValueError(f"{name} = {text!r}: expected a {kind.__name__}") from None
-        if value < low:
-            raise ValueError(f"{name} = {text}: must be at least {low}")
-        return value
+    def _read(self, name: str):
+        """The number in field `name`, or a ValueError that says what is wrong with it."""
+        return _number_value(name, self.query_one(f"#{name}", Input).value)
+
+    @on(Input.Changed, ".number Input")
+    def _check_number(self, event: Input.Changed) -> None:
+        """A bad number is said under its field as it is typed, as the recipe fields do."""
+        name = event.input.id
+        message = ""
+        if name != "class" or event.value.strip():  # no class: an unconditional sample
+            try:
+                _number_value(name, event.value)
+            except ValueError as error:
+                message = str(error)
+        error_label = self.query_one(f"#{name}-error", Label)
+        error_label.update(message)
+        error_label.display = bool(message)
 
     def _on_sampled(self, event: Event) -> None:
         if isinstance(event, Progress):
@@ -290,15 +322,20 @@ class SamplingScreen(LabScreen):
             norms = steps.trajectory.guidance_norms
             nudge = f" · guidance moved x by {norms[shown]:.3g}" if shown < len(norms) and norms[shown] else ""
             box.query_one(".sampler-name", Label).update(f"{name}{calls}{nudge}")
-            box.query_one(".x-t", TerminalImage).image = steps.inputs[shown]
-            box.query_one(".x0", TerminalImage).image = steps.predictions[shown]
+            for selector, images, what in ((".x-t", steps.inputs, "model input x_t"),
+                                           (".x0", steps.predictions, "predicted x0")):
+                picture = box.query_one(selector, Picture)
+                picture.title = f"{what} · {name} · step {step + 1} / {self.step_count}"
+                picture.image = images[shown]
 
     def _show_finals(self) -> None:
-        finals = [steps.final for steps in self.result["samplers"].values()]
-        for name, image in zip(("first", "second"), finals + [None]):
-            widget = self.query_one(f"#final-{name}", TerminalImage)
-            widget.display = image is not None
-            widget.image = image
+        finals = list(self.result["samplers"].items())
+        for slot, found in zip(("first", "second"), finals + [None]):
+            widget = self.query_one(f"#final-{slot}", Picture)
+            widget.display = found is not None
+            widget.split = True
+            widget.title = f"final images · {found[0]}" if found else ""
+            widget.image = found[1].final if found else None
         self.query("#final-title, #finals").set(display=True)
         names = " | ".join(self.result["samplers"])
         self.query_one("#final-title", Label).update(f"final images: {names}")
@@ -308,6 +345,23 @@ def _number(name: str, value, label: str = "", placeholder: str = "") -> Compose
     with Vertical(classes="number"):
         yield Label(label or name, classes="field-label")
         yield Input(str(value), id=name, select_on_focus=False, placeholder=placeholder)
+        error = Label("", id=f"{name}-error", classes="field-error", markup=False)
+        error.display = False
+        yield error
+
+
+def _number_value(name: str, text: str):
+    """Field `name`'s text as its number, or a ValueError saying what is wrong with it."""
+    kind, low, high = NUMBERS[name]
+    text = text.strip()
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name} = {text!r}: expected a {'whole number' if kind is int else 'number'}") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+        raise ValueError(f"{name} = {text}: must be {bounds}")
+    return value
 
 
 def _samplers_for(source: str) -> tuple[str, ...]:

@@ -26,14 +26,8 @@ from difflab.runtime.runs import RunDir, default_run_dir
 from difflab.runtime.sequences import evenly_spaced
 
 from .dialogs import RunFolderScreen
-from .widgets import (
-    LivePlot,
-    RecipeField,
-    ScreenBar,
-    StatusLine,
-    TerminalImage,
-    margin_plot,
-)
+from .picture import Picture, PictureViewer
+from .widgets import LivePlot, RecipeField, ScreenBar, StatusLine, margin_plot
 
 SMOOTHING = 0.1  # EMA weight of each new logged loss: ~10 log intervals of memory, as TensorBoard's 0.9
 # While a job trains, each millisecond of the UI thread is taken from torch's threads (on 2
@@ -73,10 +67,25 @@ class LossCurve:
                 [scale(self.smooth[i]) for i in picks])
 
 
+STATES = {
+    "idle": "idle: ctrl+r (or Start) trains this recipe into a new folder under runs/",
+    "training": "[b]training[/b]",
+    "paused": "[b]paused[/b]: n takes one step, p resumes",
+    "stopping": "[b]stopping[/b]: writing a checkpoint…",
+    "stopped": "[b]stopped[/b]: c continues from its newest checkpoint",
+    "finished": "[b]finished[/b]",
+    "failed": "[b]failed[/b]",
+}
+"""What the job is doing, as the stats' first words say it."""
+
+
 @dataclass
 class TrainingStats:
-    """The numbers on the stats line, updated from Progress and StepLogged."""
+    """Every figure the training screen shows: state, step, epoch, loss, lr, img/s, elapsed, ETA,
+    memory and the checkpoints. Events, a stop, a continue and a single step all update this one
+    object, and the screen draws only from it."""
 
+    state: str = "idle"
     step: int = 0
     total: int = 0
     start_step: int = 0
@@ -85,25 +94,43 @@ class TrainingStats:
     lr: float | None = None
     images_per_sec: float | None = None
     elapsed: float = 0.0
+    elapsed_at_start: float = 0.0  # training time before this session (a continued run's checkpoint)
     memory_bytes: int = 0
+    checkpoints: list[tuple[int, Path]] = field(default_factory=list)
 
     def eta(self) -> float | None:
-        """Seconds left at the average step rate of this session so far."""
+        """Seconds left at the average step rate of this session so far; None unless it trains."""
         done = self.step - self.start_step
-        if done <= 0 or self.elapsed <= 0:
+        session = self.elapsed - self.elapsed_at_start
+        if self.state != "training" or done <= 0 or session <= 0:
             return None
-        return (self.total - self.step) * self.elapsed / done
+        return (self.total - self.step) * session / done
 
     def line(self) -> str:
+        state = STATES[self.state]
         if not self.total:
-            return "idle: ctrl+r (or Start) trains this recipe into a new folder under runs/"
+            return state
         loss = f"{self.loss:.4g}" if self.loss is not None else "–"
         lr = f"{self.lr:.3g}" if self.lr is not None else "–"
         rate = f"{self.images_per_sec:,.0f}" if self.images_per_sec is not None else "–"
         eta = self.eta()
-        return (f"step [b]{self.step:,}[/b]/{self.total:,}  epoch {self.epoch + 1}  loss [b]{loss}[/b]  lr {lr}\n"
-                f"{rate} img/s  elapsed {_clock(self.elapsed)}  ETA {_clock(eta) if eta is not None else '–'}  "
-                f"memory {self.memory_bytes / 1e6:,.0f} MB")
+        return (f"{state} · step [b]{self.step:,}[/b]/{self.total:,} · epoch {self.epoch + 1} · loss [b]{loss}[/b]"
+                f" · lr {lr}\n{rate} img/s · elapsed {_clock(self.elapsed)}"
+                f"{f' · ETA {_clock(eta)}' if eta is not None else ''} · memory {self.memory_bytes / 1e6:,.0f} MB")
+
+    def list_checkpoints(self, run: RunDir) -> None:
+        """The run's checkpoints on disk (it keeps only the newest train.keep_checkpoints)."""
+        self.checkpoints = [(int(path.name.removeprefix("step_")), path) for path in run.list_checkpoints()]
+
+    def continued_from(self, history: list[dict], step: int) -> None:
+        """A continued run's figures as its metrics.jsonl had them at the checkpoint's `step`."""
+        self.step = self.start_step = step
+        for row in history:
+            if row.get("step", step + 1) <= step:
+                self.epoch = row.get("epoch", self.epoch)
+                self.loss, self.lr = row.get("loss", self.loss), row.get("lr", self.lr)
+                self.images_per_sec = row.get("img_per_s", self.images_per_sec)
+                self.elapsed = self.elapsed_at_start = row.get("elapsed", self.elapsed)
 
 
 class TrainingScreen(Screen):
@@ -112,14 +139,17 @@ class TrainingScreen(Screen):
     SCREEN_NAME = "training"
     CSS_PATH = "training.tcss"
     AUTO_FOCUS = None  # a focused input would swallow the single-letter keys below (and 1–5)
+    # The keys on the buttons are not repeated in the footer: it keeps room for the rest at 80 columns.
     BINDINGS = [
-        Binding("ctrl+r", "start", "Start", id="training.start", tooltip="train the recipe into a new run folder"),
-        Binding("p", "pause_resume", "Pause/resume", id="training.pause", tooltip="pause or resume between steps"),
-        Binding("n", "step_once", "Step", id="training.step", tooltip="while paused: run exactly one more step"),
-        Binding("x", "stop", "Stop", id="training.stop", tooltip="stop after writing a checkpoint"),
-        Binding("c", "continue_run", "Continue", id="training.continue",
+        Binding("ctrl+r", "start", "Start", id="training.start", show=False, tooltip="train the recipe into a new run folder"),
+        Binding("p", "pause_resume", "Pause/resume", id="training.pause", show=False, tooltip="pause or resume between steps"),
+        Binding("n", "step_once", "Step", id="training.step", show=False, tooltip="while paused: run exactly one more step"),
+        Binding("x", "stop", "Stop", id="training.stop", show=False, tooltip="stop after writing a checkpoint"),
+        Binding("c", "continue_run", "Continue", id="training.continue", show=False,
                 tooltip="continue the stopped run from its newest checkpoint (or pick a run folder)"),
         Binding("l", "toggle_log", "Log/linear", id="training.log_scale", tooltip="loss axis: linear or log"),
+        Binding("f", "full_screen", "Full screen", id="training.full_screen",
+                tooltip="the preview over the whole terminal (Escape closes)"),
     ]
 
     def __init__(self, *args, **kwargs) -> None:
@@ -134,9 +164,7 @@ class TrainingScreen(Screen):
 
     def _reset_run_state(self) -> None:
         self.curve, self.stats = LossCurve(), TrainingStats()
-        self.run_path: Path | None = None
-        self.checkpoints: list[tuple[int, Path]] = []
-        self.outcome = "idle"  # then "finished", "stopped" or "failed" once a job ended
+        self.run: RunDir | None = None
         self._plot_dirty = True
         self._levels: list[float] | None = None  # loss by noise level not drawn yet
 
@@ -152,7 +180,7 @@ class TrainingScreen(Screen):
             with VerticalScroll(classes="output"):
                 yield from self.compose_output()
         yield StatusLine()
-        yield Footer()
+        yield Footer(compact=True)
 
     def fields(self) -> list[RecipeField]:
         """The recipe's training knobs."""
@@ -170,24 +198,22 @@ class TrainingScreen(Screen):
             for button_id, label in (("start", "Start ^r"), ("pause", "Pause p"), ("step", "Step n"),
                                      ("stop", "Stop x"), ("continue", "Continue c")):
                 yield Button(label, id=button_id, compact=True)
-            yield Label("idle", id="state")
         yield Static(self.stats.line(), id="stats")
-        with Horizontal(id="curves"):
-            with Vertical(id="loss-box"):
+        with Horizontal(id="main"):
+            with Vertical(id="charts"):
                 yield Label("loss: logged · smoothed", id="loss-title", classes="plot-title")
                 yield margin_plot("loss", bottom=2, left=7)
+                yield Label("loss by noise level (low → high)", classes="plot-title")
+                yield Sparkline([], id="levels")
             with Vertical(id="preview-box"):
                 yield Label("preview", id="preview-title", classes="plot-title")
-                yield TerminalImage(id="preview")
+                yield Picture("preview", id="preview")
         with Horizontal(id="lower"):
-            with Vertical(id="levels-box"):
-                yield Label("loss by noise level", classes="plot-title")
-                yield Sparkline([], id="levels")
-                yield Label("← low noise   high noise →", id="levels-caption")
+            # min_width=1: RichLog wraps at 78 columns or more by default, cutting lines in a narrower log
+            yield RichLog(id="log", max_lines=200, wrap=True, markup=False, min_width=1)
             with Vertical(id="checkpoints-box"):
                 yield Label("checkpoints", classes="plot-title")
                 yield DataTable(id="checkpoints", show_cursor=False)
-        yield RichLog(id="log", max_lines=200, wrap=True, markup=False)
 
     def on_mount(self) -> None:
         table = self.query_one("#checkpoints", DataTable)
@@ -199,6 +225,9 @@ class TrainingScreen(Screen):
         if register is not None:  # the app asks before quitting while this screen's job runs
             register(self)
         self._show_state()
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.height < 30, "-short")  # a shorter log leaves the charts their rows
 
     # ------------------------------------------------------------ controls
 
@@ -218,15 +247,15 @@ class TrainingScreen(Screen):
         except (DifflabError, OSError) as error:
             self.notify(str(error), title="cannot start training", severity="error", timeout=10)
             return
-        self._start_fresh(run.path)
+        self._start_fresh(run)
         self._launch(launch.training(app.recipe, run, app.recipe_dir))
 
     def action_continue_run(self) -> None:
         """Continue the run this screen stopped; with none, ask which run folder to continue."""
         if self.running:
             self.notify("a training job is already running; stop it first (x)", severity="warning")
-        elif self.run_path is not None and self.checkpoints:
-            self.continue_run(self.run_path)
+        elif self.run is not None and self.run.list_checkpoints():
+            self.continue_run(self.run.path)
         else:
             self.app.push_screen(RunFolderScreen(Path.cwd() / "runs"),
                                  lambda path: path and self.continue_run(path))
@@ -242,15 +271,19 @@ class TrainingScreen(Screen):
         except (DifflabError, OSError, ValueError) as error:
             self.notify(str(error), title="cannot continue training", severity="error", timeout=10)
             return
-        self._start_fresh(run.path)
+        self._start_fresh(run)
         resumed_at = int(newest[-1].name.removeprefix("step_"))
         for row in history:  # the curve so far; steps after the checkpoint are trained again
             if row.get("step", resumed_at + 1) <= resumed_at and "loss" in row:
                 self.curve.add(row["step"], row["loss"])
+        self.stats.continued_from(history, resumed_at)
+        self.stats.total = max(self.stats.total, resumed_at)
         self._launch(launch.training(recipe, run, run.path, resume=True))
 
     def _launch(self, launch) -> None:
         self._handle = self.app.bridge.submit(launch, self._on_event)
+        self.stats.state = "training"
+        self.stats.list_checkpoints(self.run)
         # live settings go to the job only when they are edited from now on
         self._sent = {key: getattr(self.app.recipe.train, key) for key in LIVE_KEYS}
         self._show_state()
@@ -264,6 +297,8 @@ class TrainingScreen(Screen):
         else:
             self._handle.control.pause()
         self._paused = not self._paused
+        if self.stats.state in ("training", "paused"):  # a stop asked for stays "stopping"
+            self.stats.state = "paused" if self._paused else "training"
         self._show_state()
 
     def action_step_once(self) -> None:
@@ -278,7 +313,16 @@ class TrainingScreen(Screen):
         """Ask the running job to stop; it writes a checkpoint, then finishes as "stopped"."""
         if self.running:
             self._handle.control.stop()
-            self.query_one("#state", Label).update("stopping: writing a checkpoint…")
+            self.stats.state = "stopping"
+            self._show_state()
+
+    def action_full_screen(self) -> None:
+        """The preview (and any other picture here) over the whole terminal."""
+        viewer = PictureViewer.of(self)
+        if viewer is None:
+            self.notify("no preview yet: it comes every train.sample_every steps", severity="warning")
+        else:
+            self.app.push_screen(viewer)
 
     def action_toggle_log(self) -> None:
         self._log_scale = not self._log_scale
@@ -292,7 +336,7 @@ class TrainingScreen(Screen):
         actions[event.button.id]()
 
     def _show_state(self) -> None:
-        """Enable the buttons that make sense now and say what the job is doing."""
+        """Enable the buttons that make sense now; the stats say what the job is doing."""
         running, paused = self.running, self._paused
         self.query_one("#start", Button).disabled = running
         pause = self.query_one("#pause", Button)
@@ -301,8 +345,7 @@ class TrainingScreen(Screen):
         self.query_one("#step", Button).disabled = not (running and paused)
         self.query_one("#stop", Button).disabled = not running
         self.query_one("#continue", Button).disabled = running
-        state = "paused" if paused else "training" if running else self.outcome
-        self.query_one("#state", Label).update(state)
+        self._show_stats()
 
     # ------------------------------------------------------------ the recipe
 
@@ -340,12 +383,18 @@ class TrainingScreen(Screen):
             trained = (f"; {event.trainable_parameters:,} of {event.parameters:,} parameters train"
                        if event.trainable_parameters != event.parameters else f"; {event.parameters:,} parameters")
         self.query_one("#log", RichLog).write(f"training on {event.device}: {event.total_steps:,} steps "
-                                              f"into {self.run_path}{trained}")
+                                              f"into {self.run.path}{trained}")
         self._show_stats()
 
     def _on_progress(self, event: events.Progress) -> None:
-        self.stats.step, self.stats.total = event.step, event.total_steps
+        s = self.stats
+        s.step, s.total = event.step, event.total_steps
+        if event.loss is not None and self._paused:  # a single step's loss: no log line may follow soon
+            s.loss = event.loss
+        s.images_per_sec = event.images_per_sec if event.images_per_sec is not None else s.images_per_sec
         self._stats_dirty = True
+        if self._paused:  # the timer runs, but a single step should show at once
+            self._redraw()
 
     def _on_step_logged(self, event: events.StepLogged) -> None:
         s = self.stats
@@ -361,26 +410,31 @@ class TrainingScreen(Screen):
             self._levels = [loss if loss is not None else min(known) for loss in event.losses]
 
     def _on_preview(self, event: events.PreviewReady) -> None:
-        self.query_one("#preview", TerminalImage).image = event.image
+        preview = self.query_one("#preview", Picture)
+        preview.image, preview.title = event.image, f"preview · step {event.step:,}"
         self.query_one("#preview-title", Label).update(f"preview · step {event.step:,}")
 
     def _on_checkpoint(self, event: events.CheckpointSaved) -> None:
-        """List the checkpoints still on disk: the run keeps only the newest train.keep_checkpoints."""
-        self.checkpoints = [c for c in self.checkpoints if c[1].exists()] + [(event.step, event.path)]
+        """List the checkpoints on disk: the run keeps only the newest train.keep_checkpoints."""
+        self.stats.list_checkpoints(self.run)
         # progress is throttled: a stop's checkpoint can be the first news of the last steps
         self.stats.step = max(self.stats.step, event.step)
         self._stats_dirty = True
+        self._show_checkpoints()
+
+    def _show_checkpoints(self) -> None:
         table = self.query_one("#checkpoints", DataTable)
-        table.clear()
-        for step, path in self.checkpoints:
-            table.add_row(f"{step:,}", path.name)
+        rows = [(f"{step:,}", path.name) for step, path in self.stats.checkpoints]
+        if [tuple(map(str, table.get_row_at(i))) for i in range(table.row_count)] != rows:
+            table.clear()
+            table.add_rows(rows)
 
     def _on_log_line(self, event: events.LogLine) -> None:
         self.query_one("#log", RichLog).write(event.text)
 
     def _on_finished(self, event: events.JobFinished) -> None:
         self._job_ended(event.status)
-        self.notify(f"{event.status}: {self.run_path}", title="training")
+        self.notify(f"{event.status}: {self.run.path}", title="training")
 
     def _on_error(self, event: events.JobError) -> None:
         self._job_ended("failed")
@@ -389,25 +443,38 @@ class TrainingScreen(Screen):
                     severity="error", timeout=15)
 
     def _job_ended(self, outcome: str) -> None:
-        self._handle, self._paused, self.outcome = None, False, outcome
+        self._handle, self._paused, self.stats.state = None, False, outcome
+        if self.run is not None:
+            self.stats.list_checkpoints(self.run)
         self._show_state()
         self._redraw(force=True)  # the last losses, then the timer rests
         self._keep_ticking()
 
     # ------------------------------------------------------------ drawing
 
-    def _start_fresh(self, run_path: Path) -> None:
+    def _start_fresh(self, run: RunDir) -> None:
         """Clear the last run's curves, preview, checkpoints and log."""
         self._reset_run_state()
-        self.run_path = run_path
-        self.query_one("#checkpoints", DataTable).clear()
+        self.run = run
         self.query_one("#log", RichLog).clear()
         self.query_one("#levels", Sparkline).data = []
-        self.query_one("#preview", TerminalImage).image = None
+        self.query_one("#preview", Picture).image = None
         self.query_one("#preview-title", Label).update("preview")
         self._show_stats()
 
+    @property
+    def run_path(self) -> Path | None:
+        """The folder of the run shown (the one started or continued last)."""
+        return self.run.path if self.run is not None else None
+
+    @property
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, folder) of each checkpoint of the run on disk."""
+        return self.stats.checkpoints
+
     def _show_stats(self) -> None:
+        """Draw every figure from the stats object: the stats line and the checkpoints table."""
+        self._show_checkpoints()
         stats = self.query_one("#stats", Static)
         stats.update(self.stats.line(), layout=False)
         # A layout pass reflows the whole screen (~10 ms here): ask for one only when the new
@@ -457,7 +524,7 @@ class TrainingScreen(Screen):
         plot.plot(steps, raw, line_style=RAW_STYLE, hires_mode=HiResMode.BRAILLE)
         plot.plot(steps, smooth, line_style=SMOOTH_STYLE, hires_mode=HiResMode.BRAILLE)
         plot.set_xlimits_with_room(steps[0], max(steps[-1], steps[0] + 1))
-        plot.set_ylimits(*_y_range(raw + smooth))
+        plot.set_ylimits_with_room(*_y_range(raw + smooth))
 
     def on_screen_resume(self) -> None:
         self._plot_dirty = self._stats_dirty = True  # what came in while another screen was shown

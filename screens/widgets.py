@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
@@ -25,6 +26,7 @@ from textual.widgets import (
     Tabs,
 )
 from textual_hires_canvas import Canvas
+from textual_image._terminal import get_cell_size  # cached at import by textual_image.widget, below
 from textual_image.renderable.halfcell import Image as HalfcellRenderable
 from textual_image.widget import HalfcellImage, SixelImage, TGPImage
 from textual_plot import PlotWidget
@@ -86,8 +88,9 @@ class HalfcellPreview(HalfcellImage, Renderable=HalfcellRenderable):
         self.refresh()
 
 
-def _image_widget_class() -> type:
-    """Sixel or Kitty graphics where the terminal said it has them, else half-block cells.
+def _image_widget_class() -> tuple[type, str, str]:
+    """Sixel or Kitty graphics where the terminal said it has them, else half-block cells;
+    with the mode's name and, for half cells, why.
 
     textual-image asks the terminal once, at import, before Textual takes the screen;
     half cells work everywhere (tmux, SSH, tests) and render a 64-column preview in a
@@ -100,14 +103,47 @@ def _image_widget_class() -> type:
 
     forced = os.environ.get("DIFFLAB_IMAGES", "auto")
     if forced == "sixel" or (forced == "auto" and detected is SixelRenderable):
-        return SixelImage
+        return SixelImage, "sixel", ""
     if forced == "kitty" or (forced == "auto" and detected is TGPRenderable):
-        return TGPImage
-    return HalfcellPreview
+        return TGPImage, "kitty", ""
+    if forced != "auto":
+        why = f"DIFFLAB_IMAGES={forced}"
+    elif not (sys.__stdout__ and sys.__stdout__.isatty()):
+        why = "not a terminal"
+    elif os.environ.get("TMUX") or os.environ.get("TERM", "").startswith(("screen", "tmux")):
+        why = "tmux/screen pass no Sixel or Kitty graphics"
+    else:
+        why = "the terminal did not answer that it has Sixel or Kitty graphics"
+    return HalfcellPreview, "halfcell", why
 
 
-TerminalImage = _image_widget_class()
-"""The one image widget every screen uses: fitted to its area, aspect ratio kept."""
+TerminalImage, IMAGE_MODE, IMAGE_MODE_WHY = _image_widget_class()
+"""The one image widget every screen uses (fitted to its area, aspect ratio kept), its mode and
+why it is half cells when it is."""
+
+COLOURS = {"truecolor": "truecolor", "256": "256 colours", "standard": "16 colours", "windows": "16 colours"}
+
+
+def cell_pixels() -> tuple[int, int]:
+    """Terminal pixels in one cell: 1×2 for half cells, the terminal's own cell size for real pixels."""
+    if IMAGE_MODE == "halfcell":
+        return 1, 2
+    size = get_cell_size()
+    return size.width, size.height
+
+
+def display_mode(color_system: str | None) -> str:
+    """The image mode and colours for the status line, with what to change when colours are few.
+
+    Rich picks its colours from TERM and COLORTERM: TERM=screen alone gives 16, and half-cell
+    pictures drop to a few greys.
+    """
+    colours = COLOURS.get(color_system or "", "no colour")
+    text = f"images: {IMAGE_MODE}, {colours}"
+    if colours != "truecolor":
+        term = os.environ.get("TERM", "") or "unset"
+        text += f" (TERM={term} without COLORTERM=truecolor: set it for full colour)"
+    return text
 
 
 class ScreenBar(Tabs):
@@ -124,10 +160,10 @@ class ScreenBar(Tabs):
 
 
 class StatusLine(Static):
-    """Device, current recipe file, unsaved changes."""
+    """Device, current recipe file, unsaved changes, how pictures are drawn."""
 
     DEFAULT_CSS = """
-    StatusLine { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
+    StatusLine { height: auto; max-height: 3; background: $panel; color: $text-muted; padding: 0 1; }
     """
 
     def on_mount(self) -> None:
@@ -139,7 +175,8 @@ class StatusLine(Static):
         app = self.app
         path = str(app.recipe_path) if app.recipe_path else "unsaved recipe"
         changed = " [b]●[/] modified" if app.dirty else ""
-        self.update(f"device: {app.device_label}   recipe: {path}{changed}")
+        images = display_mode(app.console.color_system)
+        self.update(f"device: {app.device_label}   recipe: {path}{changed}   {images}", layout=True)
 
 
 class ProbeSpinner(LoadingIndicator):
@@ -301,6 +338,19 @@ class LivePlot(PlotWidget):
             if len(kept) < 2 or cells * (kept[1] - kept[0]) / (high - low) >= widest + 1:
                 break
         self.set_xticks(kept)
+
+    def set_ylimits_with_room(self, low: float, high: float) -> None:
+        """set_ylimits, with a left margin wide enough for every y label.
+
+        textual-plot cuts y labels to the margin: a loss near 0.0001 has 7-character labels
+        ("0.00015"), and a 7-column margin showed them cut short.
+        """
+        self.set_ylimits(low, high)
+        formatter = NumericAxisFormatter()
+        labels = formatter.get_labels_for_ticks(formatter.get_ticks(low, high)) if high > low else []
+        wanted = max((len(label) for label in labels), default=0) + 2  # the label, a space, the axis
+        if wanted > self.margin_left:
+            self.margin_left = wanted
 
 
 def margin_plot(plot_id: str, bottom: int, left: int) -> LivePlot:

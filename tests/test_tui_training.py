@@ -61,7 +61,12 @@ async def steady_step(pilot, screen: TrainingScreen) -> int:
 
 
 def state(screen: TrainingScreen) -> str:
-    return str(screen.query_one("#state").render())
+    return screen.stats.state
+
+
+def log_text(screen: TrainingScreen) -> str:
+    """The log as one text: its lines are wrapped to the log's width."""
+    return " ".join(" ".join(str(line.text).split()) for line in screen.query_one("#log").lines)
 
 
 def notifications(app) -> list[str]:
@@ -78,7 +83,7 @@ async def test_train_pause_step_adjust_leave_and_stop(tmp_path, monkeypatch):
                     "losses, a preview, a checkpoint and the loss by noise level")
         assert screen.query_one("#loss").size.width > 0
         assert "img/s" in str(screen.query_one("#stats", Static).render())
-        assert " parameters" in "\n".join(str(line.text) for line in screen.query_one("#log").lines)
+        assert " parameters" in log_text(screen)
 
         await pilot.press("p")
         assert state(screen) == "paused"
@@ -115,7 +120,7 @@ async def test_train_pause_step_adjust_leave_and_stop(tmp_path, monkeypatch):
         step, last = screen.checkpoints[-1]
         assert (last / "model.safetensors").is_file() and last.parent.parent == screen.run_path
         assert step == screen.stats.step  # the stop wrote a checkpoint at the step it stopped on
-        assert "lr = 0.005" in "\n".join(str(line.text) for line in screen.query_one("#log").lines)
+        assert "lr = 0.005" in log_text(screen)
 
         logged_before = list(screen.curve.steps)
         await pilot.press("c")  # continue the stopped run from the checkpoint it wrote
@@ -123,7 +128,7 @@ async def test_train_pause_step_adjust_leave_and_stop(tmp_path, monkeypatch):
         # the curve so far, read back from metrics.jsonl, then the new steps
         assert screen.curve.steps[:len(logged_before)] == logged_before
         await until(pilot, lambda: screen.stats.step > step, "a step after the resume")
-        assert "resumed from step" in "\n".join(str(line.text) for line in screen.query_one("#log").lines)
+        assert "resumed from step" in log_text(screen)
         screen.stop()
         await until(pilot, lambda: not screen.running, "the second stop")
         assert screen.curve.steps == sorted(set(screen.curve.steps))  # no step logged twice
