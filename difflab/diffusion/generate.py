@@ -20,6 +20,7 @@ from difflab.diffusion.animate import denoising_gif
 from difflab.diffusion.audio import write_clips
 from difflab.diffusion.conditioning import guided_model_fn, sampling_labels
 from difflab.diffusion.guidance import GUIDANCE, make_guidance
+from difflab.diffusion.models import compiled_for_sampling
 from difflab.diffusion.render import image_grid, save_png, trajectory_figure
 from difflab.diffusion.samplers import (
     StepCallback,
@@ -60,7 +61,11 @@ class SamplingSetup:
 
     def model_fn(self, labels: torch.Tensor | None = None):
         """model_fn(x, t) for images of these classes, with the recipe's classifier-free guidance scale."""
-        return guided_model_fn(self.model, labels, self.recipe.sample.guidance_scale)
+        if not self.recipe.sample.compile:
+            return guided_model_fn(self.model, labels, self.recipe.sample.guidance_scale)
+        fn = guided_model_fn(compiled_for_sampling(self.model, self.device), labels, self.recipe.sample.guidance_scale)
+        # A CUDA graph replays into the same output buffer; multistep samplers keep earlier outputs.
+        return lambda x, t=None: fn(x, t).clone()
 
     def scheduler(self):
         return sampler_scheduler(self.recipe.sample.sampler, self.train_scheduler)

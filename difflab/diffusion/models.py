@@ -85,6 +85,7 @@ def denoise(model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor | None = 
     A class-conditional model given no labels predicts unconditionally (the "no class" label).
     """
     inner = getattr(model, "module", model)  # DistributedDataParallel wraps the real model
+    inner = getattr(inner, "_orig_mod", inner)  # and torch.compile wraps it too
     if isinstance(inner, UNet2DModel):
         if timesteps is None:
             timesteps = torch.zeros(len(x), dtype=torch.long, device=x.device)  # the course's "timestep 0"
@@ -147,3 +148,10 @@ def _shape_recorder(name: str, shapes: list):
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (optionally only those that train)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def compiled_for_sampling(model: nn.Module, device: str) -> nn.Module:
+    """The model under torch.compile for a sampler's many same-shaped calls; on CUDA also captured
+    in CUDA graphs (mode 'reduce-overhead'), which replays each step without launching kernels."""
+    mode = "reduce-overhead" if device.startswith("cuda") else None
+    return torch.compile(model, mode=mode, dynamic=False)

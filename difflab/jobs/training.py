@@ -117,7 +117,7 @@ class _Training(TrainingSession):
         total = torch.zeros((), device=self.device)
         for i, indices in enumerate(micro_batches):
             indices = indices.to(self.data.images.device)
-            x = self.data.images[indices].to(self.device, non_blocking=True)
+            x = self.data.images[indices].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             labels = self.labels(indices)
             if self.recipe.dataset.flip:
                 flip = torch.rand(len(x), generator=gen, device=self.device) < 0.5
