@@ -6,13 +6,19 @@ import subprocess
 import sys
 
 import pytest
-from textual.widgets import DataTable, Input, Select, Static
+from textual.widgets import DataTable, DirectoryTree, Input, Select, Static
 
 from difflab.cli.main import main
 from difflab.recipe import load_recipe, recipe_to_toml
 from difflab.screens.app import DifflabApp
 from difflab.screens.dataset import DatasetScreen
-from difflab.screens.dialogs import HelpScreen, RecipeBrowserScreen, SaveAsScreen
+from difflab.screens.dialogs import (
+    HelpScreen,
+    OpenRecipeScreen,
+    RecipeBrowserScreen,
+    SaveAsScreen,
+    UnsavedChangesScreen,
+)
 from difflab.screens.widgets import RecipeField, TerminalImage
 from tests.conftest import wait_for_probe
 
@@ -224,3 +230,126 @@ async def test_showing_the_recipe_in_a_field_never_writes_a_stale_value_back():
         app.recipe = app.recipe.model_copy(update={"train": train})
         await pilot.pause(0.3)
         assert app.recipe.train.batch_size == 64
+
+
+# ------------------------------------------------------------ no lost work
+
+
+async def edited(pilot, app) -> None:
+    """The recipe with an unsaved change, as a person leaves it after typing into a field."""
+    await wait_for_probe(pilot)
+    assert app.set_recipe_value("dataset.limit", 100) == ""
+    assert app.dirty
+
+
+async def test_opening_a_builtin_over_unsaved_changes_asks_and_discard_opens_it():
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await edited(pilot, app)
+        await pilot.press("ctrl+b")
+        names = [r.name for r in app.screen.recipes]
+        app.screen.query_one("OptionList").highlighted = names.index("ddpm-rgb-32")
+        await pilot.press("enter")
+        assert isinstance(app.screen, UnsavedChangesScreen)
+        assert app.recipe.dataset.limit == 100  # nothing replaced while it asks
+        await pilot.press("d")
+        await pilot.pause(0.1)
+        assert app.recipe_path.name == "ddpm-rgb-32.toml" and not app.dirty
+        assert app.recipe.schedule.kind == "ddpm"
+
+
+async def test_cancel_keeps_the_edited_recipe_and_its_changes(tmp_path):
+    other = tmp_path / "other.toml"
+    other.write_text("[train]\nepochs = 7\n")
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await edited(pilot, app)
+        await pilot.press("ctrl+o")
+        assert isinstance(app.screen, OpenRecipeScreen)
+        app.screen.query_one("#path", Input).value = str(other)
+        await pilot.press("enter")
+        assert isinstance(app.screen, UnsavedChangesScreen)
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert app.dirty and app.recipe_path is None and app.recipe.dataset.limit == 100
+        assert app.recipe.train.epochs != 7
+
+
+async def test_save_writes_the_changes_to_their_file_then_opens_the_other(tmp_path):
+    mine, other = tmp_path / "mine.toml", tmp_path / "other.toml"
+    other.write_text("[train]\nepochs = 7\n")
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        app.save_to(mine)
+        await edited(pilot, app)
+        app.open_recipe(other)
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, UnsavedChangesScreen)
+        await pilot.click("#save")
+        await pilot.pause(0.1)
+        assert app.recipe_path == other and app.recipe.train.epochs == 7 and not app.dirty
+    assert load_recipe(mine).dataset.limit == 100
+
+
+async def test_save_of_a_recipe_without_a_file_asks_for_its_name_first(tmp_path):
+    target, other = tmp_path / "kept.toml", tmp_path / "other.toml"
+    other.write_text("[train]\nepochs = 7\n")
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await edited(pilot, app)
+        app.open_recipe(other)
+        await pilot.pause(0.1)
+        await pilot.press("s")
+        assert isinstance(app.screen, SaveAsScreen)
+        app.screen.query_one(Input).value = str(target)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert app.recipe_path == other and app.recipe.train.epochs == 7
+    assert load_recipe(target).dataset.limit == 100
+
+
+async def test_an_unchanged_recipe_is_replaced_without_a_question(tmp_path):
+    other = tmp_path / "other.toml"
+    other.write_text("[train]\nepochs = 7\n")
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        app.open_recipe(other)
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, UnsavedChangesScreen) and app.recipe.train.epochs == 7
+
+
+async def test_a_field_being_edited_shows_the_newly_opened_recipe(tmp_path):
+    """The inversion source typed under one recipe stayed after loading another."""
+    other = tmp_path / "other.toml"
+    other.write_text("[invert]\nsource = 'runs/theirs'\n")
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("7")
+        source = field(app, "invert.source").query_one(Input)
+        source.focus()
+        source.value = "runs/mine"
+        await pilot.pause(0.1)
+        await pilot.press("ctrl+o")  # straight from the field: focus comes back to it afterwards
+        app.screen.query_one("#path", Input).value = str(other)
+        await pilot.press("enter", "d")
+        await pilot.pause(0.2)
+        assert app.recipe.invert.source == "runs/theirs"
+        assert source.value == "runs/theirs"
+
+
+async def test_open_starts_in_the_working_folder_and_lists_only_folders_and_recipes(tmp_path, monkeypatch):
+    (tmp_path / "mine.toml").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("ctrl+b", "enter")  # a built-in: its folder is inside the installed package
+        await pilot.pause(0.1)
+        await pilot.press("ctrl+o")
+        tree = app.screen.query_one(DirectoryTree)
+        assert tree.path == tmp_path
+        await pilot.pause(0.3)
+        shown = sorted(str(node.label) for node in tree.root.children)
+        assert shown == ["mine.toml", "runs"], shown
