@@ -18,11 +18,26 @@ def resolve_device(requested: str = "auto") -> str:
         if torch.cuda.is_available():
             return "cuda"
         return "mps" if torch.backends.mps.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError("device = 'cuda': no CUDA device is available here (use cpu or auto)")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise InputError("device = 'mps': no Apple MPS device is available here (use cpu or auto)")
+    if requested not in present_devices():
+        name = {"cuda": "CUDA", "mps": "Apple MPS"}.get(requested, requested)
+        raise InputError(f"device = '{requested}': no {name} device is available here; "
+                         f"devices here: {', '.join(present_devices())} (or auto)")
     return requested
+
+
+def present_devices() -> list[str]:
+    """The devices this machine has, as a recipe names them."""
+    import torch  # on the worker (see resolve_device)
+
+    return ["cpu", *(["cuda"] if torch.cuda.is_available() else []),
+            *(["mps"] if torch.backends.mps.is_available() else [])]
+
+
+def check_precision(mixed_precision: str, device: str) -> None:
+    """fp16 autocast needs a GPU's half-precision units (on the CPU it crawls); bf16 runs anywhere."""
+    if mixed_precision == "fp16" and not device.startswith("cuda"):
+        raise InputError(f"train.mixed_precision = 'fp16' needs CUDA and this job runs on {device}; "
+                         f"use 'bf16' (any device) or 'no'")
 
 
 @dataclass

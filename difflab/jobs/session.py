@@ -29,6 +29,7 @@ from difflab.diffusion.models import build_model, count_parameters
 from difflab.diffusion.objectives import make_objective
 from difflab.diffusion.schedules import training_noise_scheduler
 from difflab.errors import InputError, JobFailed
+from difflab.jobs.devices import check_precision
 from difflab.jobs.expectations import loss_drop_factor
 from difflab.jobs.meters import DivergenceWatch, LossMeter, NoiseLevelMeter, TrainingState
 from difflab.recipe import Recipe
@@ -68,6 +69,7 @@ class TrainingSession:
     @classmethod
     def start(cls, ctx: JobContext, recipe: Recipe, run: RunDir, recipe_dir: Path | None, resume: bool, data):
         """Build the model, optimizer, schedules and EMA; restore the last checkpoint on a resume."""
+        check_precision(recipe.train.mixed_precision, ctx.device)
         accelerator = _accelerator(recipe, ctx.device)
         session = cls(ctx, recipe, run, recipe_dir, resume, data, accelerator)
         cfg = recipe.train
