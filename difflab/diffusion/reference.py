@@ -161,6 +161,7 @@ def classify_accuracy(model: ReferenceClassifier, images: torch.Tensor, labels: 
     return float((predict(model, images).argmax(-1) == labels.cpu()).float().mean())
 
 
+@torch.enable_grad()  # guided sampling asks for the classifier from inside its no-grad loop
 def _train(split: RealSplit, classes: int, settings: ClassifierSettings, device: str) -> ReferenceClassifier:
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
