@@ -31,14 +31,7 @@ NUMBERS = {"steps": (int, 1, None), "eta": (float, 0.0, 1.0), "seed": (int, 0, N
 
 
 class StepView(Vertical, can_focus=True):
-    """The step-through: focusable, so the arrow keys reach the screen instead of a form field.
-
-    Its own home/end: the scrolling panel around it would take them to scroll instead."""
-
-    BINDINGS = [
-        Binding("home", "screen.scrub_to(0)", "First", show=False),
-        Binding("end", "screen.scrub_to(-1)", "Last", show=False),
-    ]
+    """The step-through: focusable, so the arrow keys reach the screen instead of a form field."""
 
 
 class SamplingScreen(LabScreen):
@@ -48,10 +41,14 @@ class SamplingScreen(LabScreen):
     CSS_PATH = "sampling.tcss"
     BINDINGS = [
         Binding("ctrl+r", "sample", "Sample", id="sampling.run", tooltip="sample with these settings"),
-        Binding("left", "scrub(-1)", "Step back", id="sampling.back", tooltip="the step before"),
-        Binding("right", "scrub(1)", "Step on", id="sampling.next", tooltip="the step after"),
-        Binding("home", "scrub_to(0)", "First", id="sampling.first", show=False, tooltip="the first step"),
-        Binding("end", "scrub_to(-1)", "Last", id="sampling.last", show=False, tooltip="the last step"),
+        # priority: the scrolling pane around the step-through would take them to scroll; a field
+        # being edited still gets them (check_action)
+        Binding("left", "scrub(-1)", "Step back", id="sampling.back", priority=True, tooltip="the step before"),
+        Binding("right", "scrub(1)", "Step on", id="sampling.next", priority=True, tooltip="the step after"),
+        Binding("home", "scrub_to(0)", "First", id="sampling.first", show=False, priority=True,
+                tooltip="the first step"),
+        Binding("end", "scrub_to(-1)", "Last", id="sampling.last", show=False, priority=True,
+                tooltip="the last step"),
         Binding("ctrl+g", "save", "Save PNG+GIF", id="sampling.save", tooltip="save the grids and the GIFs"),
         Binding("ctrl+e", "sweep", "Sweep", id="sampling.sweep",
                 tooltip="one labelled grid, a row per value of the sweep field"),
@@ -119,8 +116,6 @@ class SamplingScreen(LabScreen):
         self.result: dict | None = None
         self._sampling_id: int | None = None
         self.query("#probe-loading, #progress, #headings, .sampler-row, #final-title, #finals").set(display=False)
-        # A focused panel would take home/end to scroll; the step-through (focusable) is what they move
-        self.query_one(".output").can_focus = False
 
     @property
     def sampling(self) -> bool:
@@ -200,6 +195,12 @@ class SamplingScreen(LabScreen):
         if self.sampling:
             self.notify("still sampling; wait for it to finish", severity="warning")
         return self.sampling
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """The step keys move the step-through once there is one, unless a field is being edited."""
+        if action in ("scrub", "scrub_to"):
+            return self.result is not None and not isinstance(self.focused, (Input, Select))
+        return True
 
     def action_scrub(self, delta: int) -> None:
         self.step = max(0, min(self.step + delta, self.step_count - 1))

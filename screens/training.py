@@ -173,7 +173,8 @@ class TrainingScreen(Screen):
     def compose(self) -> ComposeResult:
         yield ScreenBar(self.SCREEN_NAME)
         with Horizontal(classes="work"):
-            with VerticalScroll(classes="form"):
+            # as LabScreen's: the form is no Tab stop of its own (its fields are)
+            with VerticalScroll(classes="form", can_focus=False):
                 yield from self.fields()
                 yield Static("lr and preview cadence also change a running job; "
                              "the rest applies to the next run.", id="hint")
@@ -210,7 +211,9 @@ class TrainingScreen(Screen):
                 yield Picture("preview", id="preview")
         with Horizontal(id="lower"):
             # min_width=1: RichLog wraps at 78 columns or more by default, cutting lines in a narrower log
-            yield RichLog(id="log", max_lines=200, wrap=True, markup=False, min_width=1)
+            log = RichLog(id="log", max_lines=200, wrap=True, markup=False, min_width=1)
+            log.can_focus = False  # it follows its newest line; no Tab stop that shows nothing
+            yield log
             with Vertical(id="checkpoints-box"):
                 yield Label("checkpoints", classes="plot-title")
                 yield DataTable(id="checkpoints", show_cursor=False)
@@ -228,6 +231,7 @@ class TrainingScreen(Screen):
 
     def on_resize(self) -> None:
         self.set_class(self.size.height < 30, "-short")  # a shorter log leaves the charts their rows
+        self.set_class(self.size.width < 90, "-narrow")  # the buttons in two rows
 
     # ------------------------------------------------------------ controls
 

@@ -356,6 +356,7 @@ class LivePlot(PlotWidget):
 def margin_plot(plot_id: str, bottom: int, left: int) -> LivePlot:
     """A fixed plot with no top margin and room for `bottom` rows of x ticks, `left` columns of y ticks."""
     plot = LivePlot(id=plot_id, allow_pan_and_zoom=False)
+    plot.can_focus = False  # fixed: nothing to pan or zoom, so no Tab stop
     # set_reactive: the margin watchers need the plot's children, which exist only once mounted
     plot.set_reactive(PlotWidget.margin_top, 0)
     plot.set_reactive(PlotWidget.margin_bottom, bottom)
