@@ -40,19 +40,22 @@ class SamplingScreen(LabScreen):
     SCREEN_NAME = "sampling"
     CSS_PATH = "sampling.tcss"
     BINDINGS = [
-        Binding("ctrl+r", "sample", "Sample", id="sampling.run", tooltip="sample with these settings"),
+        # Sample and Sweep are buttons that show their keys: the footer keeps room for the rest
+        Binding("ctrl+r", "sample", "Sample", id="sampling.run", show=False, tooltip="sample with these settings"),
         # priority: the scrolling pane around the step-through would take them to scroll; a field
         # being edited still gets them (check_action)
-        Binding("left", "scrub(-1)", "Step back", id="sampling.back", priority=True, tooltip="the step before"),
-        Binding("right", "scrub(1)", "Step on", id="sampling.next", priority=True, tooltip="the step after"),
+        Binding("left", "scrub(-1)", "Step back", id="sampling.back", show=False, priority=True,
+                tooltip="the step before"),
+        Binding("right", "scrub(1)", "Step on", id="sampling.next", show=False, priority=True,
+                tooltip="the step after"),
         Binding("home", "scrub_to(0)", "First", id="sampling.first", show=False, priority=True,
                 tooltip="the first step"),
         Binding("end", "scrub_to(-1)", "Last", id="sampling.last", show=False, priority=True,
                 tooltip="the last step"),
-        Binding("ctrl+g", "save", "Save PNG+GIF", id="sampling.save", tooltip="save the grids and the GIFs"),
-        Binding("ctrl+e", "sweep", "Sweep", id="sampling.sweep",
+        Binding("ctrl+g", "save", "PNG+GIF", id="sampling.save", tooltip="save the grids and the GIFs"),
+        Binding("ctrl+e", "sweep", "Sweep", id="sampling.sweep", show=False,
                 tooltip="one labelled grid, a row per value of the sweep field"),
-        Binding("f", "full_screen", "Full screen", id="sampling.full_screen",
+        Binding("f", "full_screen", "Enlarge", id="sampling.full_screen",
                 tooltip="the pictures over the whole terminal, one at a time (Escape closes)"),
     ]
 
@@ -89,8 +92,8 @@ class SamplingScreen(LabScreen):
         yield Input("guidance_scale=0,1,3,7", id="sweep",
                     tooltip="any \\[sample] or \\[guidance] key, class=all (a row per class) or checkpoint=all")
         with Horizontal(id="buttons"):
-            yield Button("Sample", id="sample", variant="primary", tooltip="ctrl+r")
-            yield Button("Sweep", id="sweep-button", tooltip="ctrl+e")
+            yield Button("Sample ^r", id="sample", variant="primary", tooltip="ctrl+r")
+            yield Button("Sweep ^e", id="sweep-button", tooltip="ctrl+e")
 
     def compose_output(self) -> ComposeResult:
         yield ProgressBar(id="progress", show_eta=False)
@@ -197,9 +200,12 @@ class SamplingScreen(LabScreen):
         return self.sampling
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        """The step keys move the step-through once there is one, unless a field is being edited."""
+        """The step keys move the step-through once there is one, from the step-through, the pane
+        or nothing focused; a field or a list being edited keeps them."""
         if action in ("scrub", "scrub_to"):
-            return self.result is not None and not isinstance(self.focused, (Input, Select))
+            focused = self.focused
+            return self.result is not None and (focused is None or isinstance(focused, StepView)
+                                                or focused.has_class("output"))
         return True
 
     def action_scrub(self, delta: int) -> None:

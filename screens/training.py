@@ -148,7 +148,7 @@ class TrainingScreen(Screen):
         Binding("c", "continue_run", "Continue", id="training.continue", show=False,
                 tooltip="continue the stopped run from its newest checkpoint (or pick a run folder)"),
         Binding("l", "toggle_log", "Log/linear", id="training.log_scale", tooltip="loss axis: linear or log"),
-        Binding("f", "full_screen", "Full screen", id="training.full_screen",
+        Binding("f", "full_screen", "Enlarge", id="training.full_screen",
                 tooltip="the preview over the whole terminal (Escape closes)"),
     ]
 

@@ -345,12 +345,15 @@ class LivePlot(PlotWidget):
         textual-plot cuts y labels to the margin: a loss near 0.0001 has 7-character labels
         ("0.00015"), and a 7-column margin showed them cut short.
         """
-        self.set_ylimits(low, high)
         formatter = NumericAxisFormatter()
         labels = formatter.get_labels_for_ticks(formatter.get_ticks(low, high)) if high > low else []
         wanted = max((len(label) for label in labels), default=0) + 2  # the label, a space, the axis
+        self.set_ylimits(low, high)
         if wanted > self.margin_left:
             self.margin_left = wanted
+            # the margin's canvas takes its new width at the next layout: draw again after it
+            # (textual-plot resizes its canvases on a layout refresh); labels drawn before are cut
+            self.call_after_refresh(self.refresh, layout=True)
 
 
 def margin_plot(plot_id: str, bottom: int, left: int) -> LivePlot:

@@ -145,7 +145,8 @@ async def test_a_class_and_loss_guidance_from_the_screen(trained_ddpm_run):  # n
         assert screen.query_one("#final-first").image is not None  # the labelled grid, on screen
 
 
-def test_the_sampling_screen_snapshot(snap_compare):
+def test_the_sampling_screen_snapshot(snap_compare, monkeypatch):
+    monkeypatch.setenv("COLORTERM", "truecolor")  # the status line names the colours the terminal has
     async def settle(pilot):
         await pilot.press("5")
         await wait_for_probe(pilot)
@@ -155,3 +156,49 @@ def test_the_sampling_screen_snapshot(snap_compare):
         await pilot.pause(0.1)
 
     assert snap_compare(DifflabApp(), terminal_size=(100, 32), run_before=settle)
+
+
+async def test_home_and_end_jump_to_the_first_and_last_step_even_from_the_pane():
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from textual.containers import VerticalScroll
+
+    from difflab.runtime.events import JobFinished
+
+    strip = Image.new("RGB", (62, 32), (127, 127, 127))
+    steps = SimpleNamespace(inputs=[strip] * 5, predictions=[strip] * 5, final=strip,
+                            trajectory=SimpleNamespace(guidance_norms=[]))
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("5")
+        screen = app.screen
+        screen._on_sampled(JobFinished(0, "finished", {"samplers": {"ddim": steps}}))
+        await pilot.pause()
+        screen.query_one(".output", VerticalScroll).focus()  # a click on the pane, or Tab
+        await pilot.press("end")
+        assert step_label(app).startswith("step 5 / 5")
+        await pilot.press("home")
+        assert step_label(app).startswith("step 1 / 5")
+        steps_field = screen.query_one("#steps", Input)
+        steps_field.focus()
+        steps_field.cursor_position = 0
+        await pilot.press("end")  # in a field: the end of its text, not the last step
+        assert steps_field.cursor_position == len(steps_field.value) and step_label(app).startswith("step 1 / 5")
+
+
+async def test_a_bad_eta_is_said_under_its_field_as_it_is_typed():
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("5")
+        screen = app.screen
+        error = screen.query_one("#eta-error")
+        screen.query_one("#eta", Input).value = "2"
+        await pilot.pause()
+        assert error.display and "eta = 2: must be from 0.0 to 1.0" in str(error.render())
+        screen.query_one("#eta", Input).value = "abc"
+        await pilot.pause()
+        assert "expected a number" in str(error.render())
+        screen.query_one("#eta", Input).value = "0.5"
+        await pilot.pause()
+        assert not error.display

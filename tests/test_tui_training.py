@@ -7,11 +7,14 @@ import contextlib
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from textual.widgets import Input, Static
 
 from difflab.recipe import load_recipe, save_recipe
+from difflab.runtime import events
+from difflab.runtime.runs import RunDir
 from difflab.screens.app import DifflabApp
 from difflab.screens.training import LossCurve, TrainingScreen
 from difflab.screens.widgets import LivePlot
@@ -227,7 +230,8 @@ def test_the_loss_curve_is_smoothed_and_thinned_for_the_plot():
     assert curve.points(width=50, log=True)[1][0] == 0.0  # log10(1)
 
 
-def test_the_training_screen_snapshot(snap_compare):
+def test_the_training_screen_snapshot(snap_compare, monkeypatch):
+    monkeypatch.setenv("COLORTERM", "truecolor")  # the status line names the colours the terminal has
     async def settle(pilot):
         await pilot.press("4")
         await until(pilot, lambda: pilot.app.device_label != "…", "the device probe")
@@ -262,3 +266,98 @@ async def test_quitting_while_training_asks_and_stopping_writes_a_checkpoint(tmp
         await until(pilot, lambda: not app.is_running, "the app to exit")
     step, last = screen.checkpoints[-1]
     assert (last / "model.safetensors").is_file() and step == screen.stats.step
+
+
+# ---------------------------------------------------------------- every figure after each transition
+# The job's events as the worker sends them, to a screen whose job is a stand-in: what a stop, a
+# single step, a resume and a continue do to the figures is seen exactly, with no race against torch.
+
+
+class StandInControl:
+    """JobControl's methods, recording what the screen asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: self.asked.append(name)
+
+
+def stats_text(screen: TrainingScreen) -> str:
+    return " ".join(str(screen.query_one("#stats", Static).render()).split())
+
+
+def table_rows(screen: TrainingScreen) -> list[tuple[str, str]]:
+    table = screen.query_one("#checkpoints")
+    return [tuple(str(cell) for cell in table.get_row_at(i)) for i in range(table.row_count)]
+
+
+def a_checkpoint(run: RunDir, step: int) -> Path:
+    folder = run.checkpoints / f"step_{step:06d}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+@contextlib.asynccontextmanager
+async def a_job_at_step_50_of_100(tmp_path: Path, monkeypatch):
+    """The training screen with a job 50 steps (10 s) into 100, a checkpoint at step 40 on disk."""
+    async with on_the_training_screen(tmp_path, monkeypatch) as (app, pilot, screen):
+        run = RunDir.create(tmp_path / "runs" / "job", app.recipe)
+        a_checkpoint(run, 40)
+        monkeypatch.setattr(app.bridge, "submit", lambda job, on_event: SimpleNamespace(control=StandInControl()))
+        screen._start_fresh(run)
+        screen._launch(None)
+        screen._on_event(events.JobStarted(1, "training", "cpu", total_steps=100))
+        screen._on_event(events.StepLogged(1, step=50, epoch=1, loss=0.25, lr=1e-3, images_per_sec=320.0,
+                                           elapsed=10.0))
+        screen._redraw(force=True)
+        await pilot.pause()
+        yield app, pilot, screen, run
+
+
+async def test_a_stop_says_stopping_then_stopped_and_drops_the_eta(tmp_path, monkeypatch):
+    async with a_job_at_step_50_of_100(tmp_path, monkeypatch) as (app, pilot, screen, run):
+        assert "ETA 0:10" in stats_text(screen) and table_rows(screen) == [("40", "step_000040")]
+        await pilot.press("x")
+        assert screen._handle.control.asked == ["stop"]
+        assert stats_text(screen).startswith("stopping: writing a checkpoint…") and "ETA" not in stats_text(screen)
+        checkpoint = a_checkpoint(run, 51)
+        screen._on_event(events.CheckpointSaved(1, 51, checkpoint))
+        screen._on_event(events.JobFinished(1, "stopped"))
+        await pilot.pause()
+        assert state(screen) == "stopped" and "ETA" not in stats_text(screen)
+        assert "step 51/100" in stats_text(screen)
+        assert table_rows(screen) == [("40", "step_000040"), ("51", "step_000051")]  # all on disk
+
+
+async def test_a_single_step_shows_its_step_and_loss_at_once_and_resume_brings_the_eta_back(tmp_path, monkeypatch):
+    async with a_job_at_step_50_of_100(tmp_path, monkeypatch) as (app, pilot, screen, run):
+        await pilot.press("p")
+        assert state(screen) == "paused" and "ETA" not in stats_text(screen)
+        await pilot.press("n")
+        assert screen._handle.control.asked == ["pause", "step_once"]
+        screen._on_event(events.Progress(1, step=51, total_steps=100, loss=0.125))
+        assert "step 51/100" in stats_text(screen) and "loss 0.125" in stats_text(screen)  # no timer tick needed
+        await pilot.press("p")
+        assert state(screen) == "training" and "ETA" in stats_text(screen)
+
+
+async def test_continue_shows_the_runs_figures_and_checkpoints_from_disk_before_its_first_step(tmp_path, monkeypatch):
+    async with on_the_training_screen(tmp_path, monkeypatch) as (app, pilot, screen):
+        run = RunDir.create(tmp_path / "runs" / "earlier", app.recipe)
+        for step in (200, 250):
+            a_checkpoint(run, step)
+        for step, elapsed in ((240, 47.5), (250, 49.0), (260, 51.0)):  # 260: logged after the checkpoint
+            run.append_metrics({"step": step, "epoch": 3, "loss": step / 1000, "lr": 2e-4, "img_per_s": 300.0,
+                                "elapsed": elapsed})
+        launched = []
+        monkeypatch.setattr(app.bridge, "submit",
+                            lambda job, on_event: launched.append(job) or SimpleNamespace(control=StandInControl()))
+        screen.continue_run(run.path)  # as the run-folder dialog (c) does
+        await pilot.pause()
+        assert launched and state(screen) == "training"
+        text = stats_text(screen)
+        assert "step 250/" in text and "epoch 4" in text and "loss 0.25 " in text and "lr 0.0002" in text
+        assert "elapsed 0:49" in text and "300 img/s" in text
+        assert table_rows(screen) == [("200", "step_000200"), ("250", "step_000250")]
+        assert screen.curve.steps == [240, 250]  # the curve up to the checkpoint; 260 is trained again

@@ -111,3 +111,25 @@ async def test_a_hidden_spinner_stops_its_timer_and_animates_again_when_shown():
         assert spinner.auto_refresh is None
         spinner.display = True
         assert spinner.auto_refresh == 1 / 16
+
+
+def test_the_status_line_says_how_pictures_are_drawn_and_why_colours_are_few(monkeypatch):
+    from difflab.screens.widgets import IMAGE_MODE, display_mode
+
+    assert display_mode("truecolor") == f"images: {IMAGE_MODE}, truecolor"
+    monkeypatch.setenv("TERM", "screen")
+    monkeypatch.delenv("COLORTERM", raising=False)
+    degraded = display_mode("standard")  # what Rich picks for TERM=screen
+    assert "16 colours" in degraded and "TERM=screen" in degraded and "COLORTERM=truecolor" in degraded
+
+
+async def test_the_loss_axis_widens_for_its_longest_label():
+    app = OnePlot()
+    async with app.run_test(size=(40, 12)) as pilot:
+        plot = app.query_one(LivePlot)
+        await pilot.pause()
+        plot.set_ylimits_with_room(0.0001, 0.0003)  # labels like "0.00015": 7 characters
+        await pilot.pause()
+        margin = plot.query_one("#margin-left", Canvas)
+        labels = [margin.render_line(y).text.strip() for y in range(margin.size.height)]
+        assert "0.00015" in labels and "0.00020" in labels, labels
