@@ -12,6 +12,7 @@ loop: UNet2DModel also takes the timestep, and maybe the class.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -110,9 +111,12 @@ class ModelReport:
 
 
 def dry_run(recipe: Recipe, device: str = "cpu") -> ModelReport:
-    """Build the recipe's model and push one image through it, counting FLOPs with torch's counter."""
+    """Build the recipe's model and push one image through it, counting FLOPs with torch's counter.
+    On the "meta" device nothing is allocated: shapes and parameter counts of any size, at no cost."""
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe).to(device).eval()
+    with torch.device("meta") if device == "meta" else contextlib.nullcontext():
+        model = build_model(recipe)
+    model = model.to(device).eval()
     size, channels = recipe.dataset.image_size, recipe.dataset.channels
     x = torch.zeros(1, channels, size, size, device=device)
     shapes: list[tuple[str, tuple[int, ...]]] = []

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from difflab.diffusion.models import build_model, denoise, dry_run
+from difflab.jobs.memory import check_training_memory, estimate_training_memory
 from difflab.recipe import Recipe
 from difflab.runtime.worker import JobContext
 
@@ -34,16 +35,14 @@ class ModelProbe:
     device: str = "auto"
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+        check_training_memory(self.recipe, ctx.device)  # before anything real is built
         report = dry_run(self.recipe, "cpu")
         size, channels = self.recipe.dataset.image_size, self.recipe.dataset.channels
         model = build_model(self.recipe).to(ctx.device)
         per_image = _fastest_step(model, self.timing_batch, channels, size, ctx.device) / self.timing_batch
-        batch = self.recipe.train.batch_size
-        # Adam keeps two moments per weight, plus the weights and their gradients: 4 copies;
-        # activations are roughly 3x the forward FLOPs' outputs, estimated from the block shapes.
-        activations = sum(4 * _numel(shape) for _, shape in report.blocks) * 3 * batch
-        memory = 4 * 4 * report.parameters + activations
-        return "finished", {"estimate": ModelEstimate(report, ctx.device, per_image * batch, memory)}
+        memory = estimate_training_memory(self.recipe, report).total
+        return "finished", {"estimate": ModelEstimate(report, ctx.device, per_image * self.recipe.train.batch_size,
+                                                      memory)}
 
 
 def _fastest_step(model, batch: int, channels: int, size: int, device: str, repeats: int = 3) -> float:
@@ -58,10 +57,3 @@ def _fastest_step(model, batch: int, channels: int, size: int, device: str, repe
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     return min(times[1:])
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for n in shape:
-        total *= n
-    return total

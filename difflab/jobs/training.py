@@ -19,6 +19,7 @@ from difflab.diffusion.models import count_parameters
 from difflab.diffusion.render import image_grid, save_png
 from difflab.errors import JobFailed
 from difflab.jobs.after_training import finish_training
+from difflab.jobs.memory import check_training_memory
 from difflab.jobs.session import TrainingSession
 from difflab.jobs.steering import Steering
 from difflab.recipe import Recipe
@@ -43,6 +44,7 @@ class TrainingJob:
     def run(self, ctx: JobContext) -> tuple[str, dict]:
         """Load the data and train; then what follows training, or a checkpoint when stopped."""
         emit = ctx.emit
+        check_training_memory(self.recipe, ctx.device)  # refused before the data or the model is built
         emit(events.LogLine(ctx.job_id, f"loading dataset '{self.recipe.dataset.source}'"))
         data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed, self.recipe.audio)
         session = _Training.start(ctx, self.recipe, self.run_dir, self.recipe_dir, self.resume, data)

@@ -1,0 +1,84 @@
+"""How much memory one training step needs, estimated from a dry run on the meta device (nothing
+is allocated, so a model of a trillion weights costs nothing to ask about), and the check that
+refuses a recipe this machine cannot hold before any of it is built. The model screen shows the
+same estimate."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from difflab.diffusion.models import ModelReport, dry_run
+from difflab.errors import InputError
+from difflab.recipe import Recipe
+
+FLOAT_BYTES = 4
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes of one training step at the recipe's batch, by what holds them."""
+
+    parameters: int
+    state_bytes: int        # weights, gradients, Adam's two moments, and an EMA copy if asked
+    activations_bytes: int  # what the backward pass keeps from the forward, for the whole batch
+
+    @property
+    def total(self) -> int:
+        return self.state_bytes + self.activations_bytes
+
+
+def estimate_training_memory(recipe: Recipe, report: ModelReport | None = None) -> MemoryEstimate:
+    """The estimate from the recipe's model (its block shapes, from a meta-device dry run)."""
+    report = report or dry_run(recipe, "meta")
+    copies = 4 + (1 if recipe.train.ema else 0)
+    # Each block's output is kept about three times over (its input, norm and activation) for backward.
+    per_image = sum(FLOAT_BYTES * math.prod(shape) for _, shape in report.blocks) * 3
+    return MemoryEstimate(report.parameters, copies * FLOAT_BYTES * report.parameters,
+                          per_image * recipe.train.batch_size)
+
+
+def check_training_memory(recipe: Recipe, device: str) -> MemoryEstimate:
+    """The estimate, or an InputError naming what to shrink when it exceeds the device's free memory."""
+    estimate = estimate_training_memory(recipe)
+    free = free_memory(device)
+    if free is None or estimate.total <= free:
+        return estimate
+    train, size = recipe.train, recipe.dataset.image_size
+    if estimate.state_bytes > estimate.activations_bytes:
+        change = f"a smaller model (now {estimate.parameters:,} parameters): fewer model channels or blocks"
+    else:
+        change = (f"a smaller train.batch_size (now {train.batch_size}) with train.gradient_accumulation to keep "
+                  f"the effective batch, or a smaller dataset.image_size (now {size})")
+    raise InputError(
+        f"one training step needs about {human_bytes(estimate.total)} (weights, gradients and optimizer "
+        f"{human_bytes(estimate.state_bytes)}, activations at batch {train.batch_size} and {size} px "
+        f"{human_bytes(estimate.activations_bytes)}) but {device} has {human_bytes(free)} free; use {change}")
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes the device can still give: CUDA's free memory, or the system's available RAM (None if unknown)."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def human_bytes(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if count < 1000 or unit == "PB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} PB"
