@@ -120,6 +120,9 @@ class DifflabApp(App):
         self.recipe_path = recipe_path
 
     def on_mount(self) -> None:
+        # 16 colours, e.g. TERM=screen (headless, as in tests, reports 16 too but draws truecolor)
+        if not self.is_headless and self.console.color_system in ("standard", "windows"):
+            self.add_class("-few-colours")  # app.tcss: field borders the theme's greys would hide
         self.set_interval(1 / DRAIN_HZ, self.bridge.drain)
         # The worker's first job imports torch, which holds the GIL for a second or so:
         # start it once the first frame is on screen, not before.

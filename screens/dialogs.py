@@ -250,6 +250,9 @@ class TooSmallScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Label(id="too-small")
 
+    def on_mount(self) -> None:
+        self.on_resize()
+
     def on_resize(self) -> None:
         self.query_one("#too-small", Label).update(
             f"make the terminal at least {MIN_WIDTH}×{MIN_HEIGHT}\n"

@@ -91,3 +91,20 @@ async def test_below_80_by_24_a_notice_replaces_the_lab_until_the_terminal_grows
         assert not isinstance(app.screen, TooSmallScreen)
         await pilot.press("2")
         assert app.current_mode == "schedule"
+
+
+async def test_in_16_colours_field_borders_do_not_fall_to_the_background():
+    """TERM=screen: the theme's dark grey border became the black of the background."""
+    from rich.color import ColorSystem
+    from textual.widgets import Input
+
+    def ansi_number(colour) -> int:
+        return colour.rich_color.downgrade(ColorSystem.STANDARD).number
+
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        app.add_class("-few-colours")  # what on_mount does on a 16-colour terminal (headless draws truecolor)
+        await pilot.pause(0.1)
+        for box in app.screen.query(Input):
+            _, background = box.background_colors
+            assert ansi_number(box.styles.border_top[1]) != ansi_number(background), box
