@@ -230,6 +230,10 @@ def test_a_bad_set_value_is_blamed_on_the_set_not_the_recipe_file(recipe_file, c
     assert run_cli("recipe", "show", path, "--set", "sample.guidance_scale=3") == 2  # a check across sections
     assert capsys.readouterr().err.startswith(
         "error: --set sample.guidance_scale=3: sample.guidance_scale = 3.0: classifier-free guidance needs")
+    # a check across keys that names a key the file gave: blamed on the --set that broke it
+    assert run_cli("recipe", "show", path, "--set", "train.lr=0.1", "--set", "schedule.kind=ddpm") == 2
+    assert capsys.readouterr().err.startswith(
+        "error: --set schedule.kind=ddpm: sample.sampler = 'toy': the toy sampler belongs to the toy schedule")
 
 
 def test_the_recipe_file_keeps_its_own_problems_beside_a_bad_set(recipe_file):

@@ -31,7 +31,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "describe_error",
     ),
     "loading": (
-        "apply_overrides", "check_profiles", "load_recipe", "parse_recipe", "parse_toml_value",
+        "apply_overrides", "check_profiles", "load_recipe", "parse_recipe", "parse_toml_value", "parse_with_overrides",
         "recipe_to_toml", "save_recipe", "with_profile"
     ),
 }

@@ -4,6 +4,7 @@ validate it (every problem one line), and write the resolved recipe back.
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -17,16 +18,25 @@ from difflab.recipe.messages import describe_error, shorten, show_value
 from difflab.recipe.schema import Recipe
 
 
-def parse_recipe(data: dict[str, Any], source: str = "<recipe>", overrides: list[str] = ()) -> Recipe:
-    """Validate a plain dict (as read from TOML) into a Recipe, or raise RecipeError.
-
-    `overrides` are the `--set` items already applied to `data`: a problem with a key one of them
-    gave is blamed on that `--set`, not on `source`.
-    """
+def parse_recipe(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a plain dict (as read from TOML) into a Recipe, or raise RecipeError."""
     problems = _problems(data)
     if problems:
-        raise OverrideError(source, [_blamed(problem, overrides) for problem in problems])
+        raise RecipeError(source, problems)
     return Recipe.model_validate(data)
+
+
+def parse_with_overrides(data: dict[str, Any], overrides: list[str], source: str) -> Recipe:
+    """`data` (a recipe as `source` says it) with `--set key.path=value` overrides laid over it, validated.
+
+    A problem the overrides brought is blamed on the `--set` that brought it, not on `source`.
+    """
+    changed = _overridden(data, overrides, source)
+    problems = _problems(changed)
+    if not problems:
+        return Recipe.model_validate(changed)
+    own = set(_problems(data))
+    raise OverrideError(source, [_blamed(problem, data, overrides, own) for problem in problems])
 
 
 class OverrideError(RecipeError):
@@ -38,21 +48,31 @@ class OverrideError(RecipeError):
         self.args = ("\n".join(p if p.startswith("--set ") else f"{source}: {p}" for p in self.problems),)
 
 
-def _blamed(problem: str, overrides: list[str]) -> str:
-    """`problem` blamed on the last `--set` that gave its key, a key inside it or the table it made,
-    else unchanged."""
+def _blamed(problem: str, data: dict[str, Any], overrides: list[str], own: set[str]) -> str:
+    """`problem` as the `--set` that caused it says it: the one that gave its key, else those that
+    break a check across keys (without which it passes, else each alone, else all); a problem of
+    the file's own is kept."""
     for item in reversed(overrides):
         key, _, raw = item.partition("=")
-        key = key.strip()
+        key, raw = key.strip(), raw.strip()
         parts = key.split(".")
         heads = [".".join(parts[:n]) for n in range(1, len(parts) + 1)]  # seed.x=1 made `seed` a table
-        if not problem.startswith((f"{key}.", f"{key}[", *(f"{head}{sep}" for head in heads for sep in (" = ", ": ")))):
-            continue
-        said = f"{key} = {show_value(parse_toml_value(raw.strip()))}: "
-        given = f"--set {shorten(f'{key}={raw.strip()}')}"
-        # `train.lr = nan: ...` says no more than `--set train.lr=nan: ...`; any other line is kept whole
-        return f"{given}: {problem.removeprefix(said)}" if problem.startswith(said) else f"{given}: {problem}"
-    return problem
+        if problem.startswith((f"{key}.", f"{key}[", *(f"{head}{sep}" for head in heads for sep in (" = ", ": ")))):
+            said = f"{key} = {show_value(parse_toml_value(raw))}: "
+            # `train.lr = nan: ...` says no more than `--set train.lr=nan: ...`; any other line is kept whole
+            return f"--set {shorten(f'{key}={raw}')}: {problem.removeprefix(said)}"
+    if problem in own or not overrides:
+        return problem
+    needed = [item for i, item in enumerate(overrides)
+              if problem not in _problems(_overridden(data, [*overrides[:i], *overrides[i + 1:]], ""))]
+    alone = [item for item in overrides if problem in _problems(_overridden(data, [item], ""))]
+    return " ".join(f"--set {shorten(item.strip())}" for item in needed or alone or overrides) + f": {problem}"
+
+
+def _overridden(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    changed = copy.deepcopy(data)
+    apply_overrides(changed, overrides, source)
+    return changed
 
 
 def check_profiles(data: dict[str, Any], source: str) -> None:
@@ -126,13 +146,12 @@ def load_recipe(path: str | Path, overrides: list[str] = (), profile: str | None
     check_profiles(data, str(path))
     if profile:
         data = with_profile(data, profile, str(path))
-    apply_overrides(data, overrides, str(path))
-    return parse_recipe(data, str(path), overrides)
+    return parse_with_overrides(data, overrides, str(path))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> None:
     """Apply `--set key.path=value` strings in place; values are TOML values, bare words are strings.
-    Validate the result with parse_recipe(data, source, overrides), which blames a bad value on its `--set`."""
+    (parse_with_overrides applies and validates, blaming a bad value on its `--set`.)"""
     problems = []
     for item in overrides:
         key, sep, raw = item.partition("=")
