@@ -96,6 +96,9 @@ def test_ema_weights_are_the_ones_exported_and_sampled(tmp_path, capsys):
     raw.load_state_dict(checkpoint["model"])
     assert len(exported) == len(shadow) and all(torch.equal(e, s) for e, s in zip(exported, shadow))
     assert any(not torch.equal(e, r) for e, r in zip(exported, raw.parameters())), "EMA equal to the raw weights"
+    torch.manual_seed(0)  # the recipe's seed: the weights the run started from
+    start = build_model(load_recipe(run / "recipe.toml"))
+    assert any(not torch.equal(e, s) for e, s in zip(exported, start.parameters())), "EMA never moved"
     # `difflab sample` samples the exported (EMA) model: the same images as the run's final grid
     assert run_cli("sample", run, "--device", "cpu") == 0
     capsys.readouterr()
@@ -239,10 +242,17 @@ def colour_distance(images: torch.Tensor, colour: list[float]) -> float:
 
 @pytest.mark.parametrize("through_model", [False, True])
 def test_colour_guidance_pulls_samples_toward_its_colour(tmp_path, through_model):
-    colour, switch = [0.1, 0.9, 0.5], f"guidance.through_model={str(through_model).lower()}"
-    plain = generate(sampling_setup(tmp_path, "guidance.function='color'", "guidance.scale=0", switch), 8, 4)
-    guided = generate(sampling_setup(tmp_path, "guidance.function='color'", "guidance.scale=400", switch), 8, 4)
-    assert colour_distance(guided, colour) < 0.8 * colour_distance(plain, colour)
+    red, blue, switch = [0.9, 0.1, 0.1], [0.1, 0.1, 0.9], f"guidance.through_model={str(through_model).lower()}"
+
+    def sampled(colour: list[float], scale: float) -> torch.Tensor:
+        return generate(sampling_setup(tmp_path, "guidance.function='color'", f"guidance.color={colour}",
+                                       f"guidance.scale={scale}", switch), 8, 4)
+
+    plain, reddened, blued = sampled(red, 0), sampled(red, 400), sampled(blue, 400)
+    assert colour_distance(reddened, red) < 0.8 * colour_distance(plain, red)
+    assert colour_distance(blued, blue) < 0.8 * colour_distance(plain, blue)
+    # each toward its own colour: more red in the red-guided samples, more blue in the blue-guided
+    assert reddened[:, 0].mean() > blued[:, 0].mean() + 0.2 and blued[:, 2].mean() > reddened[:, 2].mean() + 0.2
 
 
 def test_colour_guidance_through_the_model_is_another_gradient(tmp_path):
