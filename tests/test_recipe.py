@@ -56,6 +56,9 @@ BAD_RECIPES = [
     ('device = "tpu"', ["device = 'tpu'", "'cuda'"]),
     ('[sample]\nsteps = 0', ["sample.steps = 0", "greater than 0"]),
     ('[train\nlr = 1', ["not valid TOML"]),
+    # checks across keys name the key that was set (both found by tests/test_fuzz_recipes.py)
+    ('[invert]\nedit_class = 0', ["invert.edit_class = 0", "need a class-conditional model"]),
+    ('[audio]\nf_max = 1.0', ["audio.n_mels = 32", "audio.f_max = 1 Hz", "covers no STFT bin"]),
 ]
 
 

@@ -151,10 +151,12 @@ class Recipe(Section):
         if inv.enabled and self.schedule.kind != "ddpm" and not inv.source:
             raise ValueError("invert.enabled = true: DDIM inversion runs a noise schedule backwards; it needs "
                              "schedule.kind = 'ddpm'")
-        if not classes and not inv.source and (inv.guidance_scale != 1 or inv.sweep_guidance or inv.edit_class != -1
-                                               or inv.edit_guidance_scale not in (-1, 1)):
-            raise ValueError("invert.guidance_scale / edit_class / edit_guidance_scale / sweep_guidance: classes and "
-                             "classifier-free guidance need a class-conditional model (model.num_classes > 0)")
+        class_keys = {"guidance_scale": inv.guidance_scale != 1, "edit_class": inv.edit_class != -1,
+                      "edit_guidance_scale": inv.edit_guidance_scale not in (-1, 1), "sweep_guidance": inv.sweep_guidance}
+        given = [key for key, changed in class_keys.items() if changed]
+        if not classes and not inv.source and given:
+            raise ValueError(f"invert.{given[0]} = {getattr(inv, given[0])}: classes and classifier-free guidance "
+                             f"need a class-conditional model (model.num_classes > 0); leave it at its default")
         if classes and inv.edit_class >= classes:
             raise ValueError(f"invert.edit_class = {inv.edit_class}: outside 0..{classes - 1} "
                              f"(model.num_classes = {classes}; -1 = each image's own)")

@@ -218,8 +218,10 @@ class AudioConfig(Section):
                              f"audio.n_fft = {self.n_fft}; use at least {(self.n_fft // 2 + 1) / self.sample_rate:.3g} s")
         empty = _first_empty_mel_band(self)
         if empty is not None:
-            raise ValueError(f"audio.n_mels = {self.n_mels}: with n_fft = {self.n_fft} at {self.sample_rate} Hz, mel "
-                             f"band {empty} covers no STFT bin; use fewer mels or a larger n_fft")
+            raise ValueError(f"audio.n_mels = {self.n_mels}: mel band {empty} covers no STFT bin with audio.n_fft = "
+                             f"{self.n_fft} at audio.sample_rate = {self.sample_rate} Hz between audio.f_min = "
+                             f"{self.f_min:g} and audio.f_max = {self.top_frequency:g} Hz; use fewer mels, a larger "
+                             f"n_fft or a wider f_min..f_max")
         return self
 
     @property
