@@ -70,9 +70,9 @@ class LossCurve:
 STATES = {
     "idle": "idle: ctrl+r (or Start) trains this recipe into a new folder under runs/",
     "training": "[b]training[/b]",
-    "paused": "[b]paused[/b]: n takes one step, p resumes",
+    "paused": "[b]paused[/b] (n: one step)",
     "stopping": "[b]stopping[/b]: writing a checkpoint…",
-    "stopped": "[b]stopped[/b]: c continues from its newest checkpoint",
+    "stopped": "[b]stopped[/b] (c continues)",
     "finished": "[b]finished[/b]",
     "failed": "[b]failed[/b]",
 }
@@ -116,7 +116,8 @@ class TrainingStats:
         eta = self.eta()
         return (f"{state} · step [b]{self.step:,}[/b]/{self.total:,} · epoch {self.epoch + 1} · loss [b]{loss}[/b]"
                 f" · lr {lr}\n{rate} img/s · elapsed {_clock(self.elapsed)}"
-                f"{f' · ETA {_clock(eta)}' if eta is not None else ''} · memory {self.memory_bytes / 1e6:,.0f} MB")
+                f"{f' · ETA {_clock(eta)}' if eta is not None else ''}"
+                f"{f' · memory {self.memory_bytes / 1e6:,.0f} MB' if self.memory_bytes else ''}")
 
     def list_checkpoints(self, run: RunDir) -> None:
         """The run's checkpoints on disk (it keeps only the newest train.keep_checkpoints)."""
