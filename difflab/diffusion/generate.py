@@ -46,6 +46,7 @@ class SamplingSetup:
     train_scheduler: object | None = None  # the DDPMScheduler the model was trained with
     progress: StepCallback | None = None  # told of each step of the final grid's sampling
     data_dir: Path | None = None  # where a relative dataset path resolves (classifier guidance reads the data)
+    weights: str = ""  # where the model's weights came from, in words ("the step 250 checkpoint ...")
 
     def noise(self, count: int, seed: int | None = None) -> torch.Tensor:
         seed = self.recipe.sample.seed if seed is None else seed

@@ -23,10 +23,13 @@ from difflab.runtime.runs import RunDir
 
 
 def run_setup(run_dir: Path, overrides: list[str], device: str):
-    """Sampling setup for a finished run directory (its model/ folder)."""
+    """Sampling setup for a run directory: a finished run's model/ folder, else (a stopped, failed
+    or still running run) its newest checkpoint; `setup.weights` says which."""
     run, recipe = run_recipe(run_dir, overrides)
-    setup = setup_for(_load_run_model(run, recipe), recipe, device)
+    model, weights = _load_run_model(run, recipe)
+    setup = setup_for(model, recipe, device)
     setup.data_dir = Path(run_dir)  # as `difflab eval` reads the run's data
+    setup.weights = weights
     return setup
 
 
@@ -45,11 +48,17 @@ def setup_for(model: torch.nn.Module, recipe: Recipe, device: str):
                          training_noise_scheduler(recipe))
 
 
-def _load_run_model(run: RunDir, recipe: Recipe):
-    if not (run.model_dir / "config.json").is_file():
-        raise InputError(f"{run.model_dir}: no trained model yet (the run has not finished; "
-                         f"resume it with `difflab run --resume {run.path}`)")
-    return load_model_folder(run.model_dir, recipe.model.kind, str(run.model_dir))
+def _load_run_model(run: RunDir, recipe: Recipe) -> tuple[torch.nn.Module, str]:
+    """The run's model and where its weights came from, in words."""
+    if (run.model_dir / "config.json").is_file():
+        return load_model_folder(run.model_dir, recipe.model.kind, str(run.model_dir)), "the finished model"
+    checkpoints = run.list_checkpoints()
+    if not checkpoints:
+        raise InputError(f"{run.path}: no trained model yet: the run has not finished and has no checkpoint; "
+                         f"continue it with c on the lab's Train screen (4), or `difflab run --resume {run.path}`")
+    newest = checkpoints[-1]
+    step = int(newest.name.removeprefix("step_"))
+    return checkpoint_model(newest, recipe), f"the step {step} checkpoint (the run has not finished)"
 
 
 def load_model_folder(folder: Path, kind: str, what: str):

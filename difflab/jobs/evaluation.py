@@ -23,7 +23,7 @@ from difflab.diffusion.reference import Reference, missing_reason, reference_cla
 from difflab.diffusion.render import to_unit
 from difflab.errors import InputError
 from difflab.jobs.expectations import as_records, check_expectations
-from difflab.jobs.sampling import SamplingProgress
+from difflab.jobs.sampling import SamplingProgress, say_weights
 from difflab.runtime import events
 from difflab.runtime.runs import RunDir
 from difflab.runtime.worker import JobContext
@@ -98,6 +98,7 @@ class EvalJob:
         if self.sweep_steps:  # the largest step count must suit the schedule, as sample.steps must
             run_recipe(self.run_dir, [*self.overrides, f"sample.steps={max(self.sweep_steps)}"])
         setup = run_setup(self.run_dir, self.overrides, ctx.device)
+        say_weights(ctx, setup)
         recipe, log = setup.recipe, job_logger(ctx)
         count = self.samples or recipe.eval.num_samples
         data = load_dataset(recipe.dataset, self.run_dir, recipe.seed)

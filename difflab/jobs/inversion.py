@@ -37,7 +37,7 @@ from difflab.diffusion.render import image_grid, labelled_rows, save_png
 from difflab.errors import InputError
 from difflab.files import atomic_write_text
 from difflab.jobs.expectations import as_records, check_expectations
-from difflab.jobs.sampling import SampleSource
+from difflab.jobs.sampling import SampleSource, say_weights
 from difflab.recipe import InvertConfig, Recipe
 from difflab.runtime import events
 from difflab.runtime.worker import JobContext
@@ -192,6 +192,7 @@ class InvertJob:
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
         setup, data, base = self._load(ctx.device)
+        say_weights(ctx, setup)
         inputs = inversion_inputs(self.cfg, data, setup, base)
         total = model_calls(self.cfg, setup.recipe.model.num_classes > 0)
         ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, total, 0, self.out))

@@ -42,6 +42,7 @@ class SampleJob:
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
         setup = self._setup(ctx.device)
+        say_weights(ctx, setup)
         s = setup.recipe.sample
         ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, s.steps, 0, self.out))
         started = time.perf_counter()
@@ -51,12 +52,18 @@ class SampleJob:
         path = self.out / f"{stem}final.png"
         ctx.emit(events.PreviewReady(ctx.job_id, s.steps, grid, path))
         return "finished", {"status": "finished", "job": "sample", "samples": str(path), "sampler": s.sampler,
-                            "steps": s.steps, "seed": s.seed, "elapsed_s": round(time.perf_counter() - started, 3)}
+                            "steps": s.steps, "seed": s.seed, "weights": setup.weights or None, "elapsed_s": round(time.perf_counter() - started, 3)}
 
     def _setup(self, device: str):
         if self.source.pipeline:
             return pipeline_setup(self.source.pipeline, self.overrides, device)
         return run_setup(Path(self.source.run_dir), self.overrides, device)
+
+
+def say_weights(ctx: JobContext, setup) -> None:
+    """Log where a run's weights came from when it is not its finished model (a stopped run's checkpoint)."""
+    if setup.weights and setup.weights != "the finished model":
+        ctx.emit(events.LogLine(ctx.job_id, f"using {setup.weights}"))
 
 
 class SamplingProgress:

@@ -118,7 +118,7 @@ class StepThroughJob:
         return run_setup(folder, self.overrides(sampler), device)
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
-        from difflab.jobs.sampling import SamplingProgress  # on the worker (see setup)
+        from difflab.jobs.sampling import SamplingProgress, say_weights  # on the worker (see setup)
 
         total = self.steps * len(self.samplers)
         ctx.emit(events.JobStarted(ctx.job_id, self.name, ctx.device, total))
@@ -126,6 +126,7 @@ class StepThroughJob:
         for i, sampler in enumerate(self.samplers):
             if setup is None:
                 setup = self.setup(sampler, ctx.device)
+                say_weights(ctx, setup)  # once: every sampler uses the same weights
             else:  # the model is loaded once; only the recipe's sampler changes
                 setup.recipe = _with_sampler(setup.recipe, sampler)
             progress = SamplingProgress(ctx, self.steps, total, offset=i * self.steps)
