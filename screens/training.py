@@ -438,6 +438,8 @@ class TrainingScreen(Screen):
         self.query_one("#log", RichLog).write(event.text)
 
     def _on_finished(self, event: events.JobFinished) -> None:
+        if quality := _quality_line(event.summary):
+            self.query_one("#log", RichLog).write(quality)
         self._job_ended(event.status)
         self.notify(f"{event.status}: {self.run.path}", title="training")
 
@@ -546,6 +548,19 @@ def _y_range(values: list[float]) -> tuple[float, float]:
     low, high = min(values), max(values)
     pad = max((high - low) * 0.05, abs(high) * 0.05, 1e-3)
     return low - pad, high + pad
+
+
+def _quality_line(summary: dict) -> str:
+    """The finished run's sample quality (the [eval] numbers `difflab run` prints), in one line."""
+    if summary.get("eval_skipped"):
+        return f"sample quality not measured: {summary['eval_skipped']}"
+    quality = summary.get("eval")
+    if not quality:
+        return ""
+    return (f"sample quality ({quality['sampler']}, {quality['steps']} steps): FD norm. "
+            f"{quality['frechet_normalised']:.3f} (0 = as close as unseen real images, 1 = as far as noise), "
+            f"confidence {quality['confidence']:.3f}, classes {quality['class_entropy_bits']:.2f} of "
+            f"{quality['class_entropy_max_bits']:.2f} bits")
 
 
 def _suggestion(message: str) -> str:

@@ -361,3 +361,13 @@ async def test_continue_shows_the_runs_figures_and_checkpoints_from_disk_before_
         assert "elapsed 0:49" in text and "300 img/s" in text
         assert table_rows(screen) == [("200", "step_000200"), ("250", "step_000250")]
         assert screen.curve.steps == [240, 250]  # the curve up to the checkpoint; 260 is trained again
+
+
+async def test_the_finished_runs_sample_quality_is_written_to_the_log(tmp_path, monkeypatch):
+    async with a_job_at_step_50_of_100(tmp_path, monkeypatch) as (app, pilot, screen, run):
+        quality = {"sampler": "toy", "steps": 40, "frechet_normalised": 0.125, "confidence": 0.875,
+                   "class_entropy_bits": 3.1, "class_entropy_max_bits": 3.32}
+        screen._on_event(events.JobFinished(1, "finished", {"eval": quality}))
+        await pilot.pause()
+        assert "sample quality (toy, 40 steps): FD norm. 0.125" in log_text(screen)
+        assert "classes 3.10 of 3.32 bits" in log_text(screen) and state(screen) == "finished"
