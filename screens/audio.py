@@ -96,7 +96,7 @@ class AudioScreen(LabScreen):
         run = summary["run_dir"]
         self.query_one("#run-title", Static).update(
             f"{len(self._generated)} WAV files in {escape(str(run))}/samples" if run else
-            "none yet: train this recipe (screen 4) or `difflab run`; its samples are written as WAV files")
+            "none yet: train this recipe (ctrl+r on screen 4, or `difflab run`); its samples are written as WAV files")
         table = self.query_one("#generated", DataTable)
         table.clear(columns=True)
         table.add_columns("file", "seconds")

@@ -122,8 +122,8 @@ class InversionScreen(LabScreen):
         if not text:
             newest = newest_run()
             if newest is None:
-                raise ValueError("invert.source: no run under runs/ yet; train one (screen 4) or give a run "
-                                 "or pipeline folder")
+                raise ValueError("invert.source: no run under runs/ yet; train one (ctrl+r on screen 4, or "
+                                 "`difflab run`) or give a run or pipeline folder")
             return newest
         path = Path(text).expanduser()
         return path if path.is_absolute() else self._recipe_base() / path

@@ -353,3 +353,16 @@ async def test_open_starts_in_the_working_folder_and_lists_only_folders_and_reci
         await pilot.pause(0.3)
         shown = sorted(str(node.label) for node in tree.root.children)
         assert shown == ["mine.toml", "runs"], shown
+
+
+async def test_a_message_that_names_the_cli_resume_also_names_the_lab_key():
+    """A stopped run was a dead end in the lab: the engine's message named only `difflab run --resume`."""
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        app.notify("runs/a already holds a run; choose another folder or continue it with "
+                   "`difflab run --resume runs/a`", severity="error")
+        app.notify("stopped; `c` on the training screen (4) or `difflab run --resume runs/a` continues it")
+        await pilot.pause(0.1)
+        first, second = [n.message for n in app._notifications]
+        assert first.endswith("(in the lab: `c` on the training screen (4))")
+        assert second.count("`c` on the training screen (4)") == 1  # said once, not twice

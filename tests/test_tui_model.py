@@ -71,3 +71,18 @@ def test_the_model_screen_snapshot(snap_compare):
         await pilot.pause(0.1)
 
     assert snap_compare(DifflabApp(), terminal_size=(100, 32), run_before=settle)
+
+
+def test_the_step_estimate_says_where_its_numbers_come_from():
+    """A timed-and-scaled estimate moves with the machine's load (270 ms, then 2.4 s, for one setting):
+    the screen says it was timed now on a small batch, and shows a real step beside it when one was taken."""
+    from types import SimpleNamespace
+
+    from difflab.screens.model import _estimate_text
+
+    estimate = SimpleNamespace(device="cpu", step_seconds=0.27, memory_bytes=120e6, measured=None)
+    text = _estimate_text(estimate, 128)
+    assert "one training step at batch 128 on cpu: ~270 ms (a small batch timed now, scaled)" in text
+    assert "real step" not in text and "vary" in text
+    estimate.measured = SimpleNamespace(batch=32, seconds=2.4, estimated_seconds=0.07)
+    assert "a real step at batch 32 took 2.4 s (estimated 70 ms)" in _estimate_text(estimate, 128)
