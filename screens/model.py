@@ -98,7 +98,7 @@ def _estimate_text(estimate, batch: int) -> str:
     busy 2-core box), and the real step the probe took, beside what the estimate said for it."""
     text = (f"one training step at batch {batch:,} on {estimate.device}: ~{_duration(estimate.step_seconds)} "
             f"(a small batch timed now, scaled), ~{_megabytes(estimate.memory_bytes)}")
-    if (real := estimate.measured) is not None:
+    if (real := getattr(estimate, "measured", None)) is not None:  # None: not even one image fit
         text += (f"; a real step at batch {real.batch:,} took {_duration(real.seconds)} "
                  f"(estimated {_duration(real.estimated_seconds)})")
     return text + ". Times vary with the machine's other work; the training screen shows real ones."
