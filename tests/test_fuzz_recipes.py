@@ -14,6 +14,8 @@ import datetime
 import io
 import os
 import tomllib
+import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -55,7 +57,10 @@ TOML_VALUES = st.recursive(
 
 def refused(section: str, key: str, value) -> bool:
     """Whether the schema refuses a recipe with this one key set to `value`."""
-    data = {section: {key: value}} if section else {key: value}
+    return refused_data({section: {key: value}} if section else {key: value})
+
+
+def refused_data(data: dict) -> bool:
     try:
         Recipe.model_validate(data)
     except ValidationError:
@@ -126,6 +131,40 @@ def test_a_set_value_is_applied_or_refused_naming_the_set(key, raw):
     if code == 2:
         assert f"--set {key_path(section, name)}" in out or f"--set '{key_path(section, name)}" in out, out
         assert "recipes/from-scratch.toml" not in out, out  # blamed on the --set, not the recipe file
+
+
+def plausible(section: str, key: str) -> st.SearchStrategy:
+    """Values of the key's own type, near its limits: what reaches the checks across keys."""
+    annotation = (SECTIONS[section] if section else Recipe).model_fields[key].annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return st.sampled_from(args)
+    if origin is list:
+        return st.lists(plausible_scalar(args[0]), max_size=4)
+    if origin in (typing.Union, types.UnionType):  # float | None
+        return plausible_scalar(args[0])
+    return plausible_scalar(annotation)
+
+
+def plausible_scalar(kind) -> st.SearchStrategy:
+    if typing.get_origin(kind) is typing.Literal:
+        return st.sampled_from(typing.get_args(kind))
+    return {bool: st.booleans(), int: st.integers(min_value=-2, max_value=2000),
+            float: st.floats(min_value=-1, max_value=1000, allow_nan=False), str: st.text(max_size=5)}[kind]
+
+
+@FUZZ
+@given(data=st.data(), keys=st.lists(st.sampled_from(KEYS), min_size=2, max_size=5, unique=True))
+def test_a_refused_mix_of_values_names_a_key_it_set(recipe_path, data, keys):
+    recipe: dict = {}
+    for section, name in keys:
+        value = data.draw(plausible(section, name), label=key_path(section, name))
+        (recipe.setdefault(section, {}) if section else recipe)[name] = value
+    assume(refused_data(recipe))
+    recipe_path.write_text(tomlkit.dumps(recipe))
+    code, out = check(recipe_path)
+    assert code == 2 and "Traceback" not in out, out
+    assert any(key_path(section, name) in out for section, name in keys), out
 
 
 @FUZZ

@@ -72,9 +72,10 @@ class Recipe(Section):
         halvings = self.model.levels() - 1
         factor = 2**halvings
         if self.dataset.image_size % factor:
+            levels_key = "model.channels" if self.model.kind == "basic-unet" else "model.block_out_channels"
             raise ValueError(
                 f"dataset.image_size = {self.dataset.image_size}: a {self.model.kind} with "
-                f"{self.model.levels()} levels halves the image {halvings} times, so the size must be "
+                f"{self.model.levels()} levels ({levels_key}) halves the image {halvings} times, so the size must be "
                 f"divisible by {factor} (e.g. {_nearest_multiple(self.dataset.image_size, factor)})")
         return self
 
@@ -88,7 +89,7 @@ class Recipe(Section):
             if kind == "toy":
                 raise ValueError(f"sample.sampler = '{sampler}': diffusers samplers need schedule.kind = 'ddpm'")
             raise ValueError("sample.sampler = 'toy': the toy sampler belongs to the toy schedule; "
-                             f"with ddpm use one of: {', '.join(samplers_of_schedule(kind))}")
+                             f"with schedule.kind = 'ddpm' use one of: {', '.join(samplers_of_schedule(kind))}")
         if kind == "ddpm" and sampler in SAMPLERS_NEEDING_LOW_SIGMA_MAX:
             refusal = _schedule_refusal(self)
             if refusal is not None:  # refused before training, not when sampling after it
