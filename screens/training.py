@@ -7,9 +7,7 @@ the app's worker, not to this screen: switching screens leaves it running.
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from textual.app import ComposeResult
@@ -23,13 +21,12 @@ from difflab.errors import DifflabError
 from difflab.jobs import launch
 from difflab.runtime import events
 from difflab.runtime.runs import RunDir, default_run_dir
-from difflab.runtime.sequences import evenly_spaced
 
 from .dialogs import RunFolderScreen
 from .picture import Picture, PictureViewer
+from .training_stats import LossCurve, TrainingStats, quality_line
 from .widgets import LivePlot, RecipeField, ScreenBar, StatusLine, margin_plot
 
-SMOOTHING = 0.1  # EMA weight of each new logged loss: ~10 log intervals of memory, as TensorBoard's 0.9
 # While a job trains, each millisecond of the UI thread is taken from torch's threads (on 2
 # cores, out of proportion: measured in benchmarks/lab_responsiveness.py), and every frame
 # costs a few ms however little changed. So what changed is drawn together, in one frame:
@@ -40,98 +37,6 @@ RAW_STYLE, SMOOTH_STYLE = "#5a6a7a", "#4fc3f7"  # raw points faint, the smoothed
 SUGGESTIONS = {"diverged": "lower train.lr or set train.max_grad_norm = 1.0",
                "dataset": "check dataset.source and dataset.path on the dataset screen (1)"}
 LIVE_KEYS = ("lr", "sample_every")  # what a running job accepts through JobControl.adjust
-
-
-@dataclass
-class LossCurve:
-    """Logged losses and their exponential moving average, decimated for a plot of a given width."""
-
-    steps: list[int] = field(default_factory=list)
-    raw: list[float] = field(default_factory=list)
-    smooth: list[float] = field(default_factory=list)
-
-    _ema: float = 0.0
-
-    def add(self, step: int, loss: float) -> None:
-        self._ema += SMOOTHING * (loss - self._ema)
-        self.steps.append(step)
-        self.raw.append(loss)
-        # debiased as Adam and TensorBoard do: an EMA started at 0 would lag the first losses
-        self.smooth.append(self._ema / (1 - (1 - SMOOTHING) ** len(self.raw)))
-
-    def points(self, width: int, log: bool) -> tuple[list[int], list[float], list[float]]:
-        """At most ~2 points per column (braille draws 2 per cell): long runs cost the same to draw."""
-        picks = evenly_spaced(len(self.steps), max(2 * width, 2))
-        scale = (lambda v: math.log10(max(v, 1e-12))) if log else (lambda v: v)
-        return ([self.steps[i] for i in picks], [scale(self.raw[i]) for i in picks],
-                [scale(self.smooth[i]) for i in picks])
-
-
-STATES = {
-    "idle": "idle: ctrl+r (or Start) trains this recipe into a new folder under runs/",
-    "training": "[b]training[/b]",
-    "paused": "[b]paused[/b] (n: one step)",
-    "stopping": "[b]stopping[/b]: writing a checkpoint…",
-    "stopped": "[b]stopped[/b] (c continues)",
-    "finished": "[b]finished[/b]",
-    "failed": "[b]failed[/b]",
-}
-"""What the job is doing, as the stats' first words say it."""
-
-
-@dataclass
-class TrainingStats:
-    """Every figure the training screen shows: state, step, epoch, loss, lr, img/s, elapsed, ETA,
-    memory and the checkpoints. Events, a stop, a continue and a single step all update this one
-    object, and the screen draws only from it."""
-
-    state: str = "idle"
-    step: int = 0
-    total: int = 0
-    start_step: int = 0
-    epoch: int = 0
-    loss: float | None = None
-    lr: float | None = None
-    images_per_sec: float | None = None
-    elapsed: float = 0.0
-    elapsed_at_start: float = 0.0  # training time before this session (a continued run's checkpoint)
-    memory_bytes: int = 0
-    checkpoints: list[tuple[int, Path]] = field(default_factory=list)
-
-    def eta(self) -> float | None:
-        """Seconds left at the average step rate of this session so far; None unless it trains."""
-        done = self.step - self.start_step
-        session = self.elapsed - self.elapsed_at_start
-        if self.state != "training" or done <= 0 or session <= 0:
-            return None
-        return (self.total - self.step) * session / done
-
-    def line(self) -> str:
-        state = STATES[self.state]
-        if not self.total:
-            return state
-        loss = f"{self.loss:.4g}" if self.loss is not None else "–"
-        lr = f"{self.lr:.3g}" if self.lr is not None else "–"
-        rate = f"{self.images_per_sec:,.0f}" if self.images_per_sec is not None else "–"
-        eta = self.eta()
-        return (f"{state} · step [b]{self.step:,}[/b]/{self.total:,} · epoch {self.epoch + 1} · loss [b]{loss}[/b]"
-                f" · lr {lr}\n{rate} img/s · elapsed {_clock(self.elapsed)}"
-                f"{f' · ETA {_clock(eta)}' if eta is not None else ''}"
-                f"{f' · memory {self.memory_bytes / 1e6:,.0f} MB' if self.memory_bytes else ''}")
-
-    def list_checkpoints(self, run: RunDir) -> None:
-        """The run's checkpoints on disk (it keeps only the newest train.keep_checkpoints)."""
-        self.checkpoints = [(int(path.name.removeprefix("step_")), path) for path in run.list_checkpoints()]
-
-    def continued_from(self, history: list[dict], step: int) -> None:
-        """A continued run's figures as its metrics.jsonl had them at the checkpoint's `step`."""
-        self.step = self.start_step = step
-        for row in history:
-            if row.get("step", step + 1) <= step:
-                self.epoch = row.get("epoch", self.epoch)
-                self.loss, self.lr = row.get("loss", self.loss), row.get("lr", self.lr)
-                self.images_per_sec = row.get("img_per_s", self.images_per_sec)
-                self.elapsed = self.elapsed_at_start = row.get("elapsed", self.elapsed)
 
 
 class TrainingScreen(Screen):
@@ -438,7 +343,7 @@ class TrainingScreen(Screen):
         self.query_one("#log", RichLog).write(event.text)
 
     def _on_finished(self, event: events.JobFinished) -> None:
-        if quality := _quality_line(event.summary):
+        if quality := quality_line(event.summary):
             self.query_one("#log", RichLog).write(quality)
         self._job_ended(event.status)
         self.notify(f"{event.status}: {self.run.path}", title="training")
@@ -550,19 +455,6 @@ def _y_range(values: list[float]) -> tuple[float, float]:
     return low - pad, high + pad
 
 
-def _quality_line(summary: dict) -> str:
-    """The finished run's sample quality (the [eval] numbers `difflab run` prints), in one line."""
-    if summary.get("eval_skipped"):
-        return f"sample quality not measured: {summary['eval_skipped']}"
-    quality = summary.get("eval")
-    if not quality:
-        return ""
-    return (f"sample quality ({quality['sampler']}, {quality['steps']} steps): FD norm. "
-            f"{quality['frechet_normalised']:.3f} (0 = as close as unseen real images, 1 = as far as noise), "
-            f"confidence {quality['confidence']:.3f}, classes {quality['class_entropy_bits']:.2f} of "
-            f"{quality['class_entropy_max_bits']:.2f} bits")
-
-
 def _suggestion(message: str) -> str:
     lowered = message.lower()
     if "diverged" in lowered or "nan" in lowered:
@@ -570,9 +462,3 @@ def _suggestion(message: str) -> str:
     if "dataset" in lowered or "folder" in lowered or "not found" in lowered:
         return "Try: " + SUGGESTIONS["dataset"]
     return ""
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -16,7 +16,8 @@ from difflab.recipe import load_recipe, save_recipe
 from difflab.runtime import events
 from difflab.runtime.runs import RunDir
 from difflab.screens.app import DifflabApp
-from difflab.screens.training import LossCurve, TrainingScreen
+from difflab.screens.training import TrainingScreen
+from difflab.screens.training_stats import LossCurve
 from difflab.screens.widgets import LivePlot
 from tests.conftest import TINY, wait_for_probe
 
@@ -316,7 +317,7 @@ async def a_job_at_step_50_of_100(tmp_path: Path, monkeypatch):
 
 
 async def test_a_stop_says_stopping_then_stopped_and_drops_the_eta(tmp_path, monkeypatch):
-    async with a_job_at_step_50_of_100(tmp_path, monkeypatch) as (app, pilot, screen, run):
+    async with a_job_at_step_50_of_100(tmp_path, monkeypatch) as (_app, pilot, screen, run):
         assert "ETA 0:10" in stats_text(screen) and table_rows(screen) == [("40", "step_000040")]
         await pilot.press("x")
         assert screen._handle.control.asked == ["stop"]
@@ -331,7 +332,7 @@ async def test_a_stop_says_stopping_then_stopped_and_drops_the_eta(tmp_path, mon
 
 
 async def test_a_single_step_shows_its_step_and_loss_at_once_and_resume_brings_the_eta_back(tmp_path, monkeypatch):
-    async with a_job_at_step_50_of_100(tmp_path, monkeypatch) as (app, pilot, screen, run):
+    async with a_job_at_step_50_of_100(tmp_path, monkeypatch) as (_app, pilot, screen, _run):
         await pilot.press("p")
         assert state(screen) == "paused" and "ETA" not in stats_text(screen)
         await pilot.press("n")
@@ -364,7 +365,7 @@ async def test_continue_shows_the_runs_figures_and_checkpoints_from_disk_before_
 
 
 async def test_the_finished_runs_sample_quality_is_written_to_the_log(tmp_path, monkeypatch):
-    async with a_job_at_step_50_of_100(tmp_path, monkeypatch) as (app, pilot, screen, run):
+    async with a_job_at_step_50_of_100(tmp_path, monkeypatch) as (_app, pilot, screen, _run):
         quality = {"sampler": "toy", "steps": 40, "frechet_normalised": 0.125, "confidence": 0.875,
                    "class_entropy_bits": 3.1, "class_entropy_max_bits": 3.32}
         screen._on_event(events.JobFinished(1, "finished", {"eval": quality}))
