@@ -23,7 +23,8 @@ the full disk falls back to a file size limit (RLIMIT_FSIZE), which is not the s
 and the read-only cases are skipped: the report says so.
 
 Run: python benchmarks/faults.py [--trials 10] [--seed 0] [--keep DIR]
-About 5 minutes on 2 cores for 10 trials. Figures to quote, not a test (not in CI).
+About 35 runs of the tiny recipe for 10 trials: 21 minutes measured on the 2-core box under a
+load of 6-8 (a run took 36 s there, ~8 s on an idle box). Figures to quote, not a test (not in CI).
 """
 
 from __future__ import annotations

@@ -131,7 +131,8 @@ class RunDir:
         if isinstance(held, str):
             raise InputError(f"{flag + ' ' if flag else ''}{self.path}: in use by another difflab "
                              f"({_describe_holder(held)}); one process writes a run at a time: wait for it to "
-                             f"end or stop it, then continue with `difflab run --resume {self.path}`")
+                             f"end or stop it (then `difflab run --resume {self.path}` continues it), "
+                             f"or choose another --out")
         _held[key] = held
 
     def release(self) -> None:
