@@ -19,7 +19,7 @@ import torch
 from difflab.diffusion.checkpoints import Checkpoint, save_checkpoint
 from difflab.recipe import load_recipe
 from difflab.runtime.runs import RunDir
-from tests.conftest import read_losses, run_cli, tiny_args
+from tests.conftest import TINY, read_losses, run_cli, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,6 +72,23 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
     assert run_cli("run", "from-scratch", "--out", run, *tiny_args("train.epochs=1")) == 0
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
     assert (run / ".lock").read_text() == ""  # released at the end
+
+
+def test_the_lab_lets_go_of_a_run_when_its_job_ends(tmp_path):
+    from difflab.jobs.training import TrainingJob
+    from difflab.runtime.catalog import find_recipe
+    from difflab.runtime.worker import Worker
+
+    recipe = load_recipe(find_recipe("from-scratch"), [*TINY, "train.max_steps=1"])
+    run = RunDir.create(tmp_path / "run", recipe)  # as the training screen starts a run
+    worker = Worker("cpu")
+    handle = worker.submit(TrainingJob(recipe, run))
+    *_, last = worker.iter_events(handle.job_id)
+    worker.shutdown()
+    assert last.status == "finished"
+    holder = hold_the_lock(run.path)  # another process may write it now, while this one lives on
+    holder.kill()
+    holder.wait()
 
 
 def test_resume_before_the_first_checkpoint_starts_again_from_step_0(tmp_path, capsys):

@@ -43,6 +43,12 @@ class TrainingJob:
 
     def run(self, ctx: JobContext) -> tuple[str, dict]:
         """Load the data and train; then what follows training, or a checkpoint when stopped."""
+        try:
+            return self._train(ctx)
+        finally:
+            self.run_dir.release()  # another process may write the run now (the lab lives on after its job)
+
+    def _train(self, ctx: JobContext) -> tuple[str, dict]:
         emit = ctx.emit
         check_training_memory(self.recipe, ctx.device)  # refused before the data or the model is built
         emit(events.LogLine(ctx.job_id, f"loading dataset '{self.recipe.dataset.source}'"))
