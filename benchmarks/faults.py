@@ -105,7 +105,7 @@ class Outcome:
 
 
 def finish(cmd: list[str], log: list[Outcome], timeout: float = 300) -> Outcome:
-    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout, cwd=REPO)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout, cwd=REPO, check=False)
     outcome = Outcome(done.returncode, done.stdout + done.stderr)
     log.append(outcome)
     return outcome
@@ -251,7 +251,7 @@ def can_unshare() -> bool:
     if not shutil.which("unshare"):
         return False
     probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
-                           capture_output=True)
+                           capture_output=True, check=False)
     return probe.returncode == 0
 
 
@@ -260,7 +260,7 @@ def in_mount_namespace(script: str, work: Path) -> subprocess.CompletedProcess:
     path = work / "script.sh"
     path.write_text("set -u\n" + script)
     return subprocess.run(["unshare", "-m", "sh", str(path)], capture_output=True, text=True, env=ENV,
-                          cwd=REPO, timeout=600)
+                          cwd=REPO, timeout=600, check=False)
 
 
 def shell(cmd: list[str]) -> str:
@@ -323,7 +323,7 @@ def _file_size_limit_check(work: Path) -> Check:
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
 
     done = subprocess.run(run_command(work / "fsize-run"), capture_output=True, text=True, env=ENV, cwd=REPO,
-                          preexec_fn=limit, timeout=300)
+                          preexec_fn=limit, timeout=300, check=False)
     outcome = Outcome(done.returncode, done.stdout + done.stderr)
     return Check("file size limit (no tmpfs here: RLIMIT_FSIZE 50 kB, EFBIG, not a full disk)",
                  outcome.rc == 1 and not outcome.traceback, _first_error(outcome))
@@ -350,7 +350,7 @@ def corrupt_checks(work: Path, killed: Path, reference: Result) -> list[Check]:
             detail += ", identical" if ok else ", NOT identical"
         checks.append(Check(name, ok, detail))
 
-    latest = lambda run: sorted((run / "checkpoints").glob("step_*"))[-1]
+    latest = lambda run: max((run / "checkpoints").glob("step_*"))
     case("truncated model.safetensors in the newest checkpoint",
          lambda run: _truncate(latest(run) / "model.safetensors"), 2, "model.safetensors",
          then=lambda run: shutil.rmtree(latest(run)))

@@ -117,7 +117,7 @@ def test_resume_removes_what_a_killed_checkpoint_write_left(tmp_path, capsys):
 
 
 def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_earlier_checkpoints(tmp_path, capsys, monkeypatch):
-    import difflab.diffusion.checkpoints as checkpoints
+    from difflab.diffusion import checkpoints
 
     run = tiny_run(tmp_path, "train.epochs=1")
     before = {p.name: p.read_bytes() for p in RunDir(run).list_checkpoints()[-1].iterdir()}
@@ -142,7 +142,7 @@ def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_earlier_checkpoin
 
 
 def test_a_bug_is_one_line_naming_a_log_with_the_traceback(tmp_path, capsys, monkeypatch):
-    import difflab.jobs.training as training
+    from difflab.jobs import training
 
     def broken(self):
         raise ZeroDivisionError("a bug in the loop")

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
         return 130
-    except Exception as error:  # a bug: one line and a log file, never a bare traceback
+    except Exception as error:  # noqa: BLE001 (a bug: one line and a log file, never a bare traceback)
         report_internal_error(f"{type(error).__name__}: {error}", traceback.format_exc())
         return 1
 
