@@ -168,6 +168,18 @@ def test_a_refused_mix_of_values_names_a_key_it_set(recipe_path, data, keys):
 
 
 @FUZZ
+@given(data=st.data(), keys=st.lists(st.sampled_from(KEYS), min_size=2, max_size=5, unique=True))
+def test_every_problem_a_mix_of_sets_brings_is_blamed_on_a_set(data, keys):
+    items = [f"{key_path(section, name)}={tomlkit.item(data.draw(plausible(section, name))).as_string()}"
+             for section, name in keys]
+    code, out = show_with(*items)
+    assert code in (0, 2) and "Traceback" not in out, out
+    if code == 2:  # from-scratch is valid as it is: whatever is wrong, a --set made it so
+        lines = out.removeprefix("error: ").splitlines()
+        assert all(line.startswith("--set ") for line in lines), out
+
+
+@FUZZ
 @given(text=st.text(max_size=200))
 def test_any_text_as_a_recipe_file_is_checked_or_refused_in_one_message(recipe_path, text):
     recipe_path.write_text(text, encoding="utf-8")
