@@ -141,6 +141,22 @@ def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_earlier_checkpoin
     assert {p.name: p.read_bytes() for p in (run / "checkpoints" / "step_000004").iterdir()} == before
 
 
+def test_a_full_disk_elsewhere_in_a_run_says_so_too(tmp_path, capsys, monkeypatch):
+    from difflab.jobs import training
+    from difflab.runtime import runs
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(training, "save_png", disk_full)  # a preview: the worker's generic path
+    assert run_cli("run", "from-scratch", "--out", tmp_path / "run", *tiny_args()) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: disk full: OSError: [Errno 28]") and "Traceback" not in err
+    monkeypatch.setattr(runs, "atomic_write_text", disk_full)  # summary.json: where and how much is free
+    with pytest.raises(Exception, match=r"disk full: cannot write summary.json into .* free there"):
+        RunDir(tmp_path / "run").write_summary({})
+
+
 def test_a_bug_is_one_line_naming_a_log_with_the_traceback(tmp_path, capsys, monkeypatch):
     from difflab.jobs import training
 
