@@ -167,6 +167,8 @@ class StatusLine(Static):
     """
 
     def on_mount(self) -> None:
+        if IMAGE_MODE_WHY:  # why half cells and not real pixels, for whoever hovers over it
+            self.tooltip = f"images as half cells: {IMAGE_MODE_WHY}"
         for name in ("device_label", "recipe_path", "dirty"):
             self.watch(self.app, name, lambda _value: self.refresh_text(), init=False)
         self.refresh_text()
