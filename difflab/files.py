@@ -10,6 +10,7 @@ other file, so a teammate can read a run. `clean_leftovers` tidies what a killed
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -22,6 +23,7 @@ try:
 except ImportError:  # Windows: no advisory locks; `hold_lock` always succeeds there
     fcntl = None
 
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 _LEFTOVER = re.compile(r"^\.(?P<name>.+?)\.(?:[A-Za-z0-9_]{6,}\.tmp|old)$")  # .NAME.<random>.tmp, .NAME.old
 
 
@@ -148,6 +150,10 @@ def hold_lock(path: Path, note: str) -> HeldLock | str:
             holder = _read_note(fd)
             os.close(fd)
             return holder
+        except OSError as error:  # some network and FUSE mounts have no locks: writing goes on unguarded
+            if error.errno not in NO_LOCKS:
+                os.close(fd)
+                raise
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, note.encode("utf-8"), 0)
