@@ -187,6 +187,15 @@ class PictureViewer(ModalScreen[None]):
         self.pages, self.index = pages, start
 
     @classmethod
+    def show(cls, screen, nothing_yet: str) -> None:
+        """Every picture on `screen` full-screen (the `f` key), or `nothing_yet` when it shows none."""
+        viewer = cls.of(screen)
+        if viewer is None:
+            screen.notify(nothing_yet, severity="warning")
+        else:
+            screen.app.push_screen(viewer)
+
+    @classmethod
     def of(cls, screen, first: Picture | None = None) -> PictureViewer | None:
         """A viewer of every picture shown on `screen`, opened at `first` (else the first)."""
         pictures = [p for p in screen.query(Picture) if p.image is not None and p.display

@@ -216,11 +216,7 @@ class SamplingScreen(LabScreen):
 
     def action_full_screen(self) -> None:
         """Every picture shown here over the whole terminal, one at a time."""
-        viewer = PictureViewer.of(self)
-        if viewer is None:
-            self.notify("nothing to show yet: sample first (ctrl+r)", severity="warning")
-        else:
-            self.app.push_screen(viewer)
+        PictureViewer.show(self, "nothing to show yet: sample first (ctrl+r)")
 
     def action_save(self) -> None:
         if self.result is None:

@@ -228,11 +228,7 @@ class TrainingScreen(Screen):
 
     def action_full_screen(self) -> None:
         """The preview (and any other picture here) over the whole terminal."""
-        viewer = PictureViewer.of(self)
-        if viewer is None:
-            self.notify("no preview yet: it comes every train.sample_every steps", severity="warning")
-        else:
-            self.app.push_screen(viewer)
+        PictureViewer.show(self, "no preview yet: it comes every train.sample_every steps")
 
     def action_toggle_log(self) -> None:
         self._log_scale = not self._log_scale
