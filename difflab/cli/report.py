@@ -131,8 +131,8 @@ def run_job(job, device: str, console: Console) -> RunOutcome:
             print_error(f"disk full: {event.message}. Free some space, keep fewer checkpoints "
                         f"(train.keep_checkpoints), or write the run on another disk (--out)")
         else:
-            folder = reporter.run_dir or getattr(getattr(job, "run_dir", None), "path", None)
-            report_internal_error(event.message, event.traceback, folder)
+            folder = getattr(job, "run_dir", None)  # a RunDir (training) or a folder (eval)
+            report_internal_error(event.message, event.traceback, reporter.run_dir or getattr(folder, "path", folder))
         return RunOutcome(event.exit_code, "error", {})
     reporter.show_final(event.summary)
     if event.status == "stopped":
