@@ -187,7 +187,6 @@ class TrainingScreen(Screen):
             if row.get("step", resumed_at + 1) <= resumed_at and "loss" in row:
                 self.curve.add(row["step"], row["loss"])
         self.stats.continued_from(history, resumed_at)
-        self.stats.total = max(self.stats.total, resumed_at)
         self._launch(launch.training(recipe, run, run.path, resume=True))
 
     def _launch(self, launch) -> None:

@@ -75,19 +75,20 @@ class TrainingStats:
         """Seconds left at the average step rate of this session so far; None unless it trains."""
         done = self.step - self.start_step
         session = self.elapsed - self.elapsed_at_start
-        if self.state != "training" or done <= 0 or session <= 0:
+        if self.state != "training" or not self.total or done <= 0 or session <= 0:
             return None
         return (self.total - self.step) * session / done
 
     def line(self) -> str:
         state = STATES[self.state]
-        if not self.total:
+        if not (self.total or self.step):
             return state
+        total = f"{self.total:,}" if self.total else "…"  # a continued run's, until the job says
         loss = f"{self.loss:.4g}" if self.loss is not None else "–"
         lr = f"{self.lr:.3g}" if self.lr is not None else "–"
         rate = f"{self.images_per_sec:,.0f}" if self.images_per_sec is not None else "–"
         eta = self.eta()
-        return (f"{state} · step [b]{self.step:,}[/b]/{self.total:,} · epoch {self.epoch + 1} · loss [b]{loss}[/b]"
+        return (f"{state} · step [b]{self.step:,}[/b]/{total} · epoch {self.epoch + 1} · loss [b]{loss}[/b]"
                 f" · lr {lr}\n{rate} img/s · elapsed {_clock(self.elapsed)}"
                 f"{f' · ETA {_clock(eta)}' if eta is not None else ''}"
                 f"{f' · memory {self.memory_bytes / 1e6:,.0f} MB' if self.memory_bytes else ''}")
