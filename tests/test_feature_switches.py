@@ -291,3 +291,24 @@ def test_classifier_free_guidance_mixes_the_two_predictions_by_its_scale(tmp_pat
     assert torch.allclose(guided, uncond + 3 * (cond - uncond), atol=1e-5)
     class_alone = generate(sampling_setup(tmp_path, *CONDITIONAL, "sample.guidance_scale=1"), 4, 4)
     assert not torch.allclose(generate(setup, 4, 4), class_alone)
+
+
+# ------------------------------------------------------------------ torch.compile
+
+
+def test_compile_switches_hand_the_model_to_torch_compile(tmp_path, monkeypatch):
+    # inductor takes minutes on these CPUs: torch.compile is watched, and hands the model back as it is
+    compiled = []
+
+    def recording_compile(model, **options):
+        compiled.append((type(model).__name__, options))
+        return model
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    train(tmp_path / "eager", "train.max_steps=1", "sample.gif=false")
+    assert compiled == []
+    train(tmp_path / "compiled", "train.max_steps=1", "sample.gif=false", "train.compile=true")
+    assert [(name, options.get("backend")) for name, options in compiled] == [("BasicUNet", "inductor")]
+    compiled.clear()
+    train(tmp_path / "sampled", "train.max_steps=1", "sample.gif=false", "sample.compile=true")
+    assert compiled and {name for name, _ in compiled} == {"BasicUNet"}
