@@ -202,7 +202,8 @@ def test_the_app_module_does_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
-def test_the_dataset_screen_snapshot(snap_compare):
+def test_the_dataset_screen_snapshot(snap_compare, monkeypatch):
+    monkeypatch.setenv("COLORTERM", "truecolor")  # the status line names the colours the terminal has
     async def settle(pilot):
         await wait_for_probe(pilot)
         for widget in pilot.app.screen.query(Input):

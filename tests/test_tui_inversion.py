@@ -131,7 +131,8 @@ async def test_a_bad_source_or_a_class_edit_of_an_unconditional_model_is_an_erro
         assert (tmp_path / "inversion-pipeline" / "inversion" / "errors.json").is_file()
 
 
-def test_the_inversion_screen_snapshot(snap_compare):
+def test_the_inversion_screen_snapshot(snap_compare, monkeypatch):
+    monkeypatch.setenv("COLORTERM", "truecolor")  # the status line names the colours the terminal has
     async def settle(pilot):
         await pilot.press("7")
         await wait_for_probe(pilot)

@@ -59,7 +59,8 @@ async def test_the_course_models_their_sizes_and_a_rejected_change():
         assert groups.error == "" and not app.screen.query_one("#rejected").display
 
 
-def test_the_model_screen_snapshot(snap_compare):
+def test_the_model_screen_snapshot(snap_compare, monkeypatch):
+    monkeypatch.setenv("COLORTERM", "truecolor")  # the status line names the colours the terminal has
     async def settle(pilot):
         await pilot.press("3")  # here, not snap_compare's press=: that runs after run_before
         await wait_for_probe(pilot)

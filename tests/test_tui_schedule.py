@@ -105,6 +105,7 @@ async def _open_schedule_quietly(pilot: Pilot) -> None:
         box.cursor_blink = False
 
 
-def test_schedule_screen_snapshot(snap_compare):
+def test_schedule_screen_snapshot(snap_compare, monkeypatch):
+    monkeypatch.setenv("COLORTERM", "truecolor")  # the status line names the colours the terminal has
     # device="cpu": the status line names the device, and a GPU machine would name its card
     assert snap_compare(DifflabApp(device="cpu"), terminal_size=SIZE, run_before=_open_schedule_quietly)
