@@ -61,6 +61,7 @@ class TrainingSession:
         self.meter = LossMeter.zeros(self.device)
         self.levels = NoiseLevelMeter(self.device)
         self.watch = DivergenceWatch(self.device)
+        self._saved_step = -1  # the step of the last checkpoint this session wrote
         # Tensor-core convolutions on a GPU read NHWC; under autocast that layout is the fast one.
         fast_layout = self.device.startswith("cuda") and self.cfg.mixed_precision != "no"
         self.memory_format = torch.channels_last if fast_layout else torch.contiguous_format
@@ -145,7 +146,7 @@ class TrainingSession:
     def checkpoint(self) -> None:
         """Save all a resume needs to carry on exactly: weights, optimizer, schedules, EMA, RNG, meters.
         Only a good one: a run whose loss or weights went non-finite fails here instead."""
-        if not self.main:
+        if not self.main or self._saved_step == self.state.step:  # a stop right after a periodic one
             return
         self.check_finite(weights=True)
         state, meter = self.state, self.meter
@@ -164,6 +165,7 @@ class TrainingSession:
                                 optimizer={"optimizer": self.optimizer.state_dict(), **extra},
                                 tensors=tensors, counters=counters)
         path = save_checkpoint(self.run, checkpoint, self.cfg.keep_checkpoints)
+        self._saved_step = state.step
         self.ctx.emit(events.CheckpointSaved(self.ctx.job_id, state.step, path))
 
     def restore(self, checkpoint: Checkpoint) -> None:

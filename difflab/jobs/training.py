@@ -86,8 +86,12 @@ class _Training(TrainingSession):
         self._images_since_log = 0
         self.model.train()
         while self.state.step < self.total_steps:
+            waiting = time.perf_counter()
             if not self.steering.wait_turn():
                 return True
+            paused = time.perf_counter() - waiting  # elapsed and throughput count training time only
+            self._clock += paused
+            self._log_clock += paused
             self.cfg = self.steering.adjust(self.cfg, self.state.step, self.optimizer, self.lr_scheduler)
             epoch, position = divmod(self.state.step, self.steps_per_epoch)
             self.train_step(self.micro_batches(epoch, position))
@@ -147,6 +151,7 @@ class _Training(TrainingSession):
             self.ema.step(self.unwrapped.parameters())
         mean = total / len(micro_batches)
         self.meter.add(mean)
+        self._step_loss = mean  # a device tensor: read only when a person steps one at a time
         self.watch.see(mean, self.state.step + 1)
 
     def labels(self, indices: torch.Tensor) -> torch.Tensor | None:
@@ -200,7 +205,9 @@ class _Training(TrainingSession):
         single_step = self.steering.single_stepping
         if single_step or now - self._last_progress >= events.PROGRESS_INTERVAL_S or self.state.step == self.total_steps:
             self._last_progress = now
-            self.ctx.emit(events.Progress(self.ctx.job_id, self.state.step, self.total_steps, self.state.last_loss))
+            # A single step shows its own loss (one sync, at a person's pace); otherwise the last logged one.
+            loss = float(self._step_loss) if single_step else self.state.last_loss
+            self.ctx.emit(events.Progress(self.ctx.job_id, self.state.step, self.total_steps, loss))
 
     def finish(self) -> dict:
         """Hand the trained model to what follows training (after_training.py); summary.json's contents."""
