@@ -17,7 +17,7 @@ fast the screen answers a key meanwhile. Both sides of each ratio run in one pro
     Also printed: the share of one core the UI thread used while the job trained.
 
 Run: python benchmarks/lab_responsiveness.py [--steps 40] [--warmup 5] [--rounds 2] [--presses 40]
-                                            [--persistent-probes]
+                                            [--device cpu|cuda] [--persistent-probes]
 Figures to quote, not tests.
 """
 
@@ -41,14 +41,14 @@ from difflab.recipe import load_recipe, save_recipe  # noqa: E402
 from difflab.runtime import events  # noqa: E402
 
 
-def recipe_file(folder: Path, steps: int) -> Path:
+def recipe_file(folder: Path, steps: int, device: str = "cpu") -> Path:
     """from-scratch, cut to `steps` steps, no previews or checkpoints in the timed window."""
     from difflab.runtime.catalog import find_recipe
 
     recipe = load_recipe(find_recipe("from-scratch"), [
         f"train.max_steps={steps}", "train.sample_every=0", "train.checkpoint_every=0", "train.log_every=1",
         "sample.num_images=1", "sample.steps=1", "sample.trajectory_images=1", "sample.trajectory_steps=1",
-        "sample.gif=false", "device='cpu'"])
+        "sample.gif=false", f"device='{device}'"])
     path = folder / "bench.toml"
     save_recipe(recipe, path)
     return path
@@ -71,7 +71,7 @@ def headless_rate(path: Path, warmup: int, report: bool = False) -> float:
     from difflab.runtime.worker import Worker
 
     recipe = load_recipe(path)
-    worker = Worker("cpu")
+    worker = Worker(recipe.device)
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as terminal:
         handle = worker.submit(TrainingJob(recipe, RunDir.create(Path(tmp) / "run", recipe), path.parent))
         # as `difflab run` in a terminal: Rich redraws the bar 10 times a second on its own thread
@@ -133,7 +133,7 @@ async def in_app(path: Path, warmup: int, presses: int, keep_probe_thread: bool 
     default_idle_exit = bridge.PROBE_IDLE_EXIT
     if keep_probe_thread:
         bridge.PROBE_IDLE_EXIT = None
-    app = DifflabApp(path, device="cpu")
+    app = DifflabApp(path, device=load_recipe(path).device)
     app.bridge.probe_worker  # built now, with the idle exit asked for
     bridge.PROBE_IDLE_EXIT = default_idle_exit
     logged: list[events.StepLogged] = []
@@ -185,12 +185,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--presses", type=int, default=40)
     parser.add_argument("--switch-interval", type=float, default=None)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the job trains")
     parser.add_argument("--persistent-probes", action="store_true",
                         help="also train in an app whose probe thread never ends (its OpenMP team stays)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # the app writes its runs/ here
-        path = recipe_file(Path(tmp), args.warmup + args.steps)
+        path = recipe_file(Path(tmp), args.warmup + args.steps, args.device)
         ratios, runner_ratios, all_latencies, si_ratios, kept_ratios = [], [], [], [], []
         for round_ in range(1, args.rounds + 1):
             bare = headless_rate(path, args.warmup)

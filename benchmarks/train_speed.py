@@ -31,7 +31,9 @@ How to run it
 
 Flags: --steps N (timed steps, default 30), --warmup W (default 5), --rounds R
 (default 3), --batch B (default 128), --device cpu|cuda|auto (default auto),
---threads T (torch intra-op threads; default: torch's own choice).
+--threads T (torch intra-op threads; default: torch's own choice), --variant KEY=VALUE
+(repeatable: also time the engine with these recipe settings, e.g. train.compile=true or
+train.mixed_precision='bf16', and print variant/engine: the compile and bf16 speed-ups).
 
 Targets
 -------
@@ -133,23 +135,26 @@ def batch_sizes(dataset_size: int, batch: int, first_step: int, steps: int) -> i
 # ---------------------------------------------------------------- the engine
 
 
-def run_engine(device: str, batch: int, warmup: int, steps: int, workdir: Path, tag: str) -> dict:
+def run_engine(device: str, batch: int, warmup: int, steps: int, workdir: Path, tag: str,
+               overrides: list[str] = ()) -> dict:
     """One TrainingJob on a fresh Worker; seconds and images between StepLogged at W and at W+N."""
     from difflab.jobs.training import TrainingJob
-    from difflab.recipe import parse_recipe
+    from difflab.recipe import apply_overrides, parse_recipe
     from difflab.runtime.runs import RunDir
     from difflab.runtime.worker import Worker
 
     total = warmup + steps
     log_every = math.gcd(warmup, steps)  # divides both W and W+N, so both steps are logged
-    recipe = parse_recipe({
+    data = {
         "seed": SEED, "device": device,
         "dataset": {"source": "digits", "image_size": IMAGE_SIZE, "channels": 1, "value_range": "0..1"},
         "model": {"kind": "basic-unet", "channels": list(CHANNELS), "kernel_size": KERNEL_SIZE},
         "train": {"optimizer": "adam", "lr": LR, "batch_size": batch, "epochs": 100_000, "max_steps": total,
                   "log_every": log_every, "sample_every": 0, "checkpoint_every": 0, "keep_checkpoints": 1},
         "sample": {"steps": 1, "num_images": 1, "trajectory_steps": 1, "trajectory_images": 1},
-    }, "<benchmark>")
+    }
+    apply_overrides(data, list(overrides), "--variant")
+    recipe = parse_recipe(data, "<benchmark>")
     run = RunDir.create(workdir / f"engine-{tag}", recipe)
     worker = Worker(device)
     handle = worker.submit(TrainingJob(recipe, run))
@@ -241,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128, help="images per step")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                        help="also time the engine with these recipe settings (e.g. train.compile=true, "
+                             "train.mixed_precision='bf16') and print variant/engine")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1 or args.rounds < 1 or args.batch < 1:
         parser.error("--steps, --warmup, --rounds and --batch must be at least 1")
@@ -263,22 +271,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"BasicUNet {list(CHANNELS)} k{KERNEL_SIZE}, batch {args.batch}, {IMAGE_SIZE} px digits; "
                   f"{args.rounds} rounds of {args.steps} timed steps after {args.warmup} warm-up steps")
 
-    rows = []
+    rows, variants = [], []
     with tempfile.TemporaryDirectory(prefix="difflab-bench-") as tmp:
         workdir = Path(tmp)
         dataset = torchvision_digits(workdir / "mnist-root")
         for r in range(args.rounds):
             order = ("engine", "reference") if r % 2 == 0 else ("reference", "engine")
+            if args.variant:
+                order = (*order, "variant") if r % 2 == 0 else ("variant", *order)
             result = {}
             for which in order:
                 if which == "engine":
                     result[which] = run_engine(device, args.batch, args.warmup, args.steps, workdir, str(r))
+                elif which == "variant":
+                    result[which] = run_engine(device, args.batch, args.warmup, args.steps, workdir, f"v{r}",
+                                               args.variant)
                 else:
                     result[which] = run_reference(dataset, device, args.batch, args.warmup, args.steps)
                 res = result[which]
                 print(f"  round {r + 1} {which:9s}: {res['images'] / res['seconds']:8.1f} img/s "
                       f"({res['seconds'] / args.steps * 1000:.0f} ms/step)", flush=True)
             rows.append((r + 1, f"{order[0][:3]} first", result["engine"], result["reference"]))
+            if args.variant:
+                variants.append(result["variant"]["images"] / result["variant"]["seconds"]
+                                / (result["engine"]["images"] / result["engine"]["seconds"]))
 
     table = Table(title=f"training throughput ({device}, batch {args.batch}, {IMAGE_SIZE} px)")
     table.caption = "faults: minor page faults per timed step, whole process (fresh pages from the allocator)"
@@ -296,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     print(f"engine/reference throughput: {statistics.median(ratios):.2f}x "
           f"(median of {args.rounds} rounds, {device}, batch {args.batch}, {IMAGE_SIZE} px)")
+    if variants:
+        print(f"variant/engine throughput with {' '.join(args.variant)}: {statistics.median(variants):.2f}x "
+              f"(median of {args.rounds} rounds; the variant's warm-up W absorbs a compile)")
     return 0
 
 
