@@ -108,3 +108,26 @@ async def test_in_16_colours_field_borders_do_not_fall_to_the_background():
         for box in app.screen.query(Input):
             _, background = box.background_colors
             assert ansi_number(box.styles.border_top[1]) != ansi_number(background), box
+
+
+async def test_visiting_the_other_screens_leaves_this_ones_layout_as_it_was():
+    """A screen's .tcss applies to every screen once shown: the training screen's narrower form
+    narrowed the dataset and audio screens' left panel from 37 to 31 columns."""
+    from textual.widgets import Input
+
+    def layout(app) -> list:
+        form = app.screen.query_one(".form")
+        return [form.size] + [(box.size, box.styles.border_top) for box in app.screen.query(Input)]
+
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        before = {}
+        for key in "16":
+            await pilot.press(key)
+            await pilot.pause(0.2)
+            before[key] = layout(app)
+        for key in "2345716":
+            await pilot.press(key)
+            await pilot.pause(0.2)
+            if key in before:
+                assert layout(app) == before[key], key
