@@ -32,3 +32,13 @@ class JobFailed(DifflabError):
     """A job that started and could not finish (NaN loss, out of memory, ...)."""
 
     exit_code = 1
+
+
+def reason(error: BaseException, limit: int = 300) -> str:
+    """An exception's message in one line for a person: its first line, and when that only
+    announces a list ("Error(s) in loading state_dict for BasicUNet:"), the list's first item."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return text if len(text) <= limit else text[:limit - 1] + "…"

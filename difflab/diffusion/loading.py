@@ -17,7 +17,7 @@ from difflab.diffusion.generate import SamplingSetup
 from difflab.diffusion.lora import add_lora, merged_state_dict
 from difflab.diffusion.models import BasicUNet, build_model
 from difflab.diffusion.schedules import training_noise_scheduler
-from difflab.errors import InputError
+from difflab.errors import InputError, reason
 from difflab.recipe import VALUE_RANGES, Recipe, apply_overrides, parse_recipe
 from difflab.runtime.runs import RunDir
 
@@ -67,7 +67,7 @@ def load_model_folder(folder: Path, kind: str, what: str):
     try:
         return cls.from_pretrained(folder)
     except (OSError, ValueError, RuntimeError) as error:
-        raise InputError(f"{what}: cannot load the model in {folder} ({str(error).splitlines()[0]})") from None
+        raise InputError(f"{what}: cannot load the model in {folder} ({reason(error)})") from None
 
 
 def checkpoint_model(folder: Path, recipe: Recipe | None = None):
@@ -85,7 +85,7 @@ def checkpoint_model(folder: Path, recipe: Recipe | None = None):
         model.load_state_dict(checkpoint.model)
     except RuntimeError as error:
         raise InputError(f"{folder}: the checkpoint does not fit its run's recipe "
-                         f"({str(error).splitlines()[0]})") from None
+                         f"({reason(error)})") from None
     for i, parameter in enumerate(model.parameters()):
         if (ema := checkpoint.tensors.get(f"ema.{i}")) is not None:
             parameter.data.copy_(ema)
@@ -140,7 +140,7 @@ def load_pipeline(source: str, what: str | None = None):
             pipe = DDPMPipeline.from_pretrained(path)
         except (OSError, ValueError, TypeError) as error:
             raise InputError(f"{what}: cannot load it as an unconditional pipeline "
-                             f"({str(error).splitlines()[0]})") from None
+                             f"({reason(error)})") from None
         return pipe.unet, pipe.scheduler
     return _from_hub(source, what)
 
@@ -155,7 +155,7 @@ def _from_hub(hub_id: str, what: str):
         pipe = DDPMPipeline.from_pretrained(hub_id)
     except (OSError, ValueError) as error:
         raise InputError(f"{what}: not a local folder, not in the Hugging Face cache, and the hub "
-                         f"could not be reached or has no such pipeline ({str(error).splitlines()[0]}). "
+                         f"could not be reached or has no such pipeline ({reason(error)}). "
                          f"Offline, download it elsewhere and copy the folder here.") from None
     return pipe.unet, pipe.scheduler
 

@@ -24,7 +24,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from difflab.errors import InputError
+from difflab.errors import InputError, reason
 from difflab.files import atomic_dir
 from difflab.recipe import TrainConfig
 
@@ -57,7 +57,7 @@ def add_lora(model: nn.Module, cfg: TrainConfig, config=None) -> LoraReport:
         inject_adapter_in_model(config or lora_config(cfg), model)
     except ValueError as error:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))})
-        raise InputError(f"train.lora_targets = {list(cfg.lora_targets)}: {str(error).splitlines()[0]} "
+        raise InputError(f"train.lora_targets = {list(cfg.lora_targets)}: {reason(error)} "
                          f"(this model's linear and convolution layers end in: {', '.join(names)})") from None
     layers = sum(1 for m in model.modules() if isinstance(m, BaseTunerLayer))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -80,7 +80,7 @@ def load_lora(model: nn.Module, folder: str | Path) -> LoraReport:
         config = LoraConfig.from_pretrained(folder)
         weights = load_file(folder / ADAPTER_WEIGHTS)
     except (OSError, ValueError, json.JSONDecodeError) as error:
-        raise InputError(f"{folder}: not a LoRA adapter folder ({str(error).splitlines()[0]})") from None
+        raise InputError(f"{folder}: not a LoRA adapter folder ({reason(error)})") from None
     report = add_lora(model, TrainConfig(lora_rank=config.r, lora_alpha=float(config.lora_alpha),
                                          lora_targets=sorted(config.target_modules)), config)
     result = set_peft_model_state_dict(model, weights)

@@ -28,7 +28,7 @@ from difflab.diffusion.lora import add_lora
 from difflab.diffusion.models import build_model, count_parameters
 from difflab.diffusion.objectives import make_objective
 from difflab.diffusion.schedules import training_noise_scheduler
-from difflab.errors import InputError, JobFailed
+from difflab.errors import InputError, JobFailed, reason
 from difflab.jobs.devices import check_precision
 from difflab.jobs.expectations import loss_drop_factor
 from difflab.jobs.meters import DivergenceWatch, LossMeter, NoiseLevelMeter, TrainingState
@@ -179,7 +179,7 @@ class TrainingSession:
             self._restore_ema(checkpoint)
         except (RuntimeError, ValueError, KeyError, TypeError) as error:
             raise InputError(f"{self.run.checkpoints}: checkpoint step {checkpoint.step} does not match "
-                             f"this recipe's model ({str(error).splitlines()[0]})") from None
+                             f"this recipe's model ({reason(error)})") from None
         tensors, counters = checkpoint.tensors, checkpoint.counters
         self.generator.set_state(tensors["generator"])
         torch.set_rng_state(tensors["torch_rng"])  # dropout draws from the global generator

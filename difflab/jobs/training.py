@@ -17,7 +17,7 @@ from difflab.diffusion.data import load_dataset
 from difflab.diffusion.generate import generate
 from difflab.diffusion.models import count_parameters
 from difflab.diffusion.render import image_grid, save_png
-from difflab.errors import JobFailed
+from difflab.errors import JobFailed, reason
 from difflab.jobs.after_training import finish_training
 from difflab.jobs.memory import check_training_memory
 from difflab.jobs.session import TrainingSession
@@ -64,7 +64,7 @@ class TrainingJob:
             cfg = self.recipe.train
             raise JobFailed(
                 f"out of memory on {session.device} at step {session.state.step} "
-                f"({str(error).splitlines()[0]}). Try a smaller train.batch_size (now {cfg.batch_size}) with "
+                f"({reason(error)}). Try a smaller train.batch_size (now {cfg.batch_size}) with "
                 f"train.gradient_accumulation = {cfg.gradient_accumulation * 2} to keep the effective batch, "
                 f"or train.mixed_precision = 'bf16'") from None
         if stopped:
