@@ -171,17 +171,23 @@ class TrainingScreen(Screen):
                                  lambda path: path and self.continue_run(path))
 
     def continue_run(self, path: Path) -> None:
-        """Resume a run folder from its newest checkpoint, with the recipe saved in it."""
+        """Resume a run folder from its newest checkpoint, with the recipe saved in it; one killed
+        before its first checkpoint starts again from step 0 (as `difflab run --resume` does)."""
         try:
-            run, recipe = RunDir.open(path)
+            run, recipe = RunDir.resume(path)  # this lab becomes its one writer; killed writes cleaned up
             newest = run.list_checkpoints()
             if not newest:
-                run.latest_checkpoint()  # raises the "no checkpoint to resume from" message
+                run.restart()
             history = run.read_metrics()
         except (DifflabError, OSError, ValueError) as error:
             self.notify(str(error), title="cannot continue training", severity="error", timeout=10)
             return
         self._start_fresh(run)
+        if not newest:
+            self.notify(f"{run.path}: no checkpoint yet, so the run starts again from step 0 with its saved recipe",
+                        title="continue training", timeout=8)
+            self._launch(launch.training(recipe, run, run.path, resume=False))
+            return
         resumed_at = int(newest[-1].name.removeprefix("step_"))
         for row in history:  # the curve so far; steps after the checkpoint are trained again
             if row.get("step", resumed_at + 1) <= resumed_at and "loss" in row:
@@ -452,6 +458,8 @@ def _y_range(values: list[float]) -> tuple[float, float]:
 
 def _suggestion(message: str) -> str:
     lowered = message.lower()
+    if "try " in lowered or "try:" in lowered:  # the engine already named the fitting change
+        return ""
     if "diverged" in lowered or "nan" in lowered:
         return "Try: " + SUGGESTIONS["diverged"]
     if "dataset" in lowered or "folder" in lowered or "not found" in lowered:
