@@ -19,7 +19,7 @@ from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 from difflab.jobs import launch
 from difflab.recipe import GUIDANCE_FUNCTIONS
 from difflab.runtime.catalog import is_builtin
-from difflab.runtime.events import Event, JobError, JobFinished, JobStarted, Progress
+from difflab.runtime.events import Event, JobError, JobFinished, JobStarted, LogLine, Progress
 
 from .base import LabScreen
 from .sampling import newest_run
@@ -130,7 +130,9 @@ class InversionScreen(LabScreen):
 
     def _on_event_of_inversion(self, event: Event) -> None:
         progress = self.query_one("#progress", ProgressBar)
-        if isinstance(event, JobStarted):
+        if isinstance(event, LogLine) and event.text.startswith("using "):  # a stopped run's checkpoint
+            self.notify(event.text, title="inversion", timeout=8)
+        elif isinstance(event, JobStarted):
             progress.update(total=event.total_steps, progress=0)
         elif isinstance(event, Progress):
             progress.update(total=event.total_steps, progress=event.step)

@@ -19,7 +19,7 @@ from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 from difflab.jobs import launch
 from difflab.jobs.stepthrough import SaveStepThroughJob, StepThroughJob, samplers_for
 from difflab.recipe import GUIDANCE_FUNCTIONS, SAMPLERS
-from difflab.runtime.events import Event, JobError, JobFinished, PreviewReady, Progress
+from difflab.runtime.events import Event, JobError, JobFinished, LogLine, PreviewReady, Progress
 
 from .base import LabScreen
 from .picture import Picture, PictureViewer
@@ -275,6 +275,9 @@ class SamplingScreen(LabScreen):
         error_label.display = bool(message)
 
     def _on_sampled(self, event: Event) -> None:
+        if isinstance(event, LogLine) and event.text.startswith("using "):  # a stopped run's checkpoint
+            self.notify(event.text, title="sampling", timeout=8)
+            return
         if isinstance(event, Progress):
             self.query_one("#progress", ProgressBar).update(total=event.total_steps, progress=event.step)
             return

@@ -28,3 +28,26 @@ async def test_continuing_a_run_with_no_checkpoint_starts_it_again_from_step_0(t
         screen.stop()
         await until(pilot, lambda: not screen.running, "the stop")
         assert state(screen) == "stopped"
+
+
+async def test_the_sampling_screen_samples_a_stopped_run_from_its_checkpoint_and_says_which(tmp_path, monkeypatch):
+    from textual.widgets import Input
+
+    from tests.test_headless_run import stop_after
+    from tests.test_tui_sampling import errors, wait_for_worker
+
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    recipe = load_recipe(empty, TINY)
+    run = RunDir.create(tmp_path / "stopped", recipe)
+    stop_after(run, recipe, 4)
+    run.release()
+    async with on_the_training_screen(tmp_path, monkeypatch) as (app, pilot, screen):
+        await pilot.press("5")
+        app.screen.query_one("#source", Input).value = str(run.path)
+        app.screen.query_one("#steps", Input).value = "3"
+        await pilot.pause(0.1)
+        await pilot.press("ctrl+r")
+        await wait_for_worker(pilot)
+        assert errors(app) == []
+        assert any("using the step 4 checkpoint" in m for m in notifications(app)), notifications(app)
