@@ -83,12 +83,7 @@ async def test_pagedown_scrolls_the_right_hand_pane_wherever_the_focus_is():
         assert output.scroll_y > 0
 
 
-TRAINING_FORM = pytest.mark.xfail(
-    reason="screens/training.py composes its own form VerticalScroll, still a Tab stop that shows no "
-           "focus (LabScreen's is can_focus=False)", strict=False)
-
-
-@pytest.mark.parametrize("key", ["1", "2", "3", pytest.param("4", marks=TRAINING_FORM), "5", "6", "7"])
+@pytest.mark.parametrize("key", list("1234567"))
 async def test_tab_reaches_every_control_and_the_output_pane_never_a_bare_container(key):
     app = DifflabApp()
     async with app.run_test(size=(100, 32)) as pilot:
