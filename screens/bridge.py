@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable
+from dataclasses import replace
 
 from difflab.jobs.devices import resolve_device
-from difflab.runtime.events import TERMINAL_EVENTS, Event, Progress
+from difflab.runtime.crashes import internal_error_line, write_crash_log
+from difflab.runtime.events import TERMINAL_EVENTS, Event, JobError, Progress
 from difflab.runtime.worker import Job, JobHandle, Worker
 
 EventHandler = Callable[[Event], None]
@@ -95,6 +97,7 @@ class EngineBridge:
                     break
         delivered = 0
         for event in _coalesce(waiting):
+            event = _as_internal_error(event)
             handler = self._handlers.get(event.job_id)
             if handler is not None:
                 handler(event)
@@ -113,3 +116,12 @@ def _coalesce(events: list[Event]) -> list[Event]:
     """Drop every Progress that a later Progress of the same job supersedes."""
     last_progress = {e.job_id: i for i, e in enumerate(events) if isinstance(e, Progress)}
     return [e for i, e in enumerate(events) if not isinstance(e, Progress) or last_progress[e.job_id] == i]
+
+
+def _as_internal_error(event: Event) -> Event:
+    """A job's crash (a JobError carrying a traceback: a bug, not the user's input) becomes one line
+    naming a log file with the traceback, as the headless runner prints it; the screens show it."""
+    if not isinstance(event, JobError) or not event.traceback:
+        return event
+    log = write_crash_log(event.traceback)
+    return replace(event, message=internal_error_line(event.message, log), traceback="")

@@ -10,10 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
-import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +26,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from difflab import __version__
 from difflab.jobs.devices import resolve_device
 from difflab.runtime import events
+from difflab.runtime.crashes import internal_error_line, write_crash_log
 from difflab.runtime.worker import Worker
 
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
-ERROR_LOG = "internal-error.log"
 
 
 @dataclass
@@ -207,27 +203,11 @@ def print_error(message: str, details: str = "") -> None:
 
 
 def report_internal_error(summary: str, details: str, folder: Path | None = None) -> Path | None:
-    """A bug, not the user's input: one `internal error:` line naming a log file that holds the traceback.
-
-    The log goes into the run folder when there is one, else the temporary folder; where
-    neither can be written, the traceback is printed rather than lost.
-    """
-    text = (f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} difflab {__version__}: "
-            f"{' '.join(['difflab', *sys.argv[1:]])}\n{details.rstrip()}\n")
-    candidates = [Path(folder) / ERROR_LOG] if folder else []
-    candidates.append(Path(tempfile.gettempdir()) / f"difflab-internal-error-{os.getpid()}.log")
-    line = summary.strip().splitlines()[0] if summary.strip() else "unknown error"
-    for path in candidates:
-        try:
-            with path.open("a", encoding="utf-8") as log:
-                log.write(text)
-        except OSError:
-            continue
-        print_error(f"internal error: {line} (a bug in difflab; the traceback is in {path}, "
-                    f"please attach it to a bug report)")
-        return path
-    print_error(f"internal error: {line} (a bug in difflab; no log file could be written)", details)
-    return None
+    """A bug, not the user's input: one `internal error:` line naming a log file that holds the traceback
+    (runtime/crashes.py); where no log can be written, the traceback is printed rather than lost."""
+    path = write_crash_log(details, folder)
+    print_error(internal_error_line(summary, path), "" if path else details)
+    return path
 
 
 def _disk_full(message: str) -> bool:
