@@ -125,7 +125,7 @@ def test_bad_recipe_value_exits_2_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli("run", "from-scratch", "--out", out, "--set", "train.lr=-1") == 2
     err = capsys.readouterr().err
-    assert "train.lr = -1: input should be greater than 0" in err and "Traceback" not in err
+    assert "--set train.lr=-1: input should be greater than 0" in err and "Traceback" not in err
     assert not out.exists()
 
 
