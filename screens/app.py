@@ -47,6 +47,7 @@ from .widgets import SCREENS
 # for the same fix, the message names it too.
 LAB_KEYS = {"difflab run --resume": "`c` on the training screen (4)"}
 
+
 class DifflabCommands(Provider):
     """difflab's own commands in the command palette."""
 

@@ -73,7 +73,10 @@ class LabScreen(Screen):
     def action_page_output(self, pages: int) -> None:
         """PageDown/PageUp scroll the right-hand pane, wherever the focus is on this screen."""
         output = self.query_one(".output", VerticalScroll)
-        output.scroll_page_down() if pages > 0 else output.scroll_page_up()
+        if pages > 0:
+            output.scroll_page_down()
+        else:
+            output.scroll_page_up()
 
     def on_screen_resume(self) -> None:
         if getattr(self, "_stale", False):  # the recipe changed while another screen was shown

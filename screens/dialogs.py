@@ -253,6 +253,11 @@ class TooSmallScreen(Screen[None]):
     def on_mount(self) -> None:
         self.on_resize()
 
+    def on_screen_resume(self) -> None:
+        # a question asked meanwhile (quit while training) may have been on top when it grew
+        if self.app.size.width >= MIN_WIDTH and self.app.size.height >= MIN_HEIGHT:
+            self.app.pop_screen()
+
     def on_resize(self) -> None:
         self.query_one("#too-small", Label).update(
             f"make the terminal at least {MIN_WIDTH}×{MIN_HEIGHT}\n"
