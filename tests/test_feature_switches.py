@@ -33,7 +33,7 @@ from tests.conftest import TINY_DDPM, read_losses, run_cli, tiny_args
 CONDITIONAL = ["model.num_classes=3"]
 
 
-def train(out: Path, *extra: str, base: list[str] = None) -> Path:
+def train(out: Path, *extra: str, base: list[str] | None = None) -> Path:
     """A tiny run into `out` (from-scratch's recipe with the conftest's tiny settings)."""
     args = tiny_args(*extra) if base is None else tiny_args(*extra, base=base)
     assert run_cli("run", "from-scratch", "--out", out, *args) == 0
@@ -42,7 +42,7 @@ def train(out: Path, *extra: str, base: list[str] = None) -> Path:
 
 def last_checkpoint(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     """The newest checkpoint's weights (`model`) and tensor state (`state`: EMA shadow, RNG...)."""
-    folder = sorted((run / "checkpoints").iterdir())[-1]
+    folder = max((run / "checkpoints").iterdir())
     return {"model": load_file(folder / "model.safetensors"), "state": load_file(folder / "state.safetensors")}
 
 

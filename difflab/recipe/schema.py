@@ -153,7 +153,8 @@ class Recipe(Section):
             raise ValueError("invert.enabled = true: DDIM inversion runs a noise schedule backwards; it needs "
                              "schedule.kind = 'ddpm'")
         class_keys = {"guidance_scale": inv.guidance_scale != 1, "edit_class": inv.edit_class != -1,
-                      "edit_guidance_scale": inv.edit_guidance_scale not in (-1, 1), "sweep_guidance": inv.sweep_guidance}
+                      "edit_guidance_scale": inv.edit_guidance_scale not in (-1, 1),
+                      "sweep_guidance": inv.sweep_guidance}
         given = [key for key, changed in class_keys.items() if changed]
         if not classes and not inv.source and given:
             raise ValueError(f"invert.{given[0]} = {getattr(inv, given[0])}: classes and classifier-free guidance "
