@@ -34,3 +34,10 @@ def test_a_run_with_no_checkpoint_names_the_lab_key_and_the_command(tmp_path, ca
     err = capsys.readouterr().err
     assert "no trained model yet" in err and "c on the lab's Train screen (4)" in err
     assert f"difflab run --resume {run}" in err
+
+
+def test_a_bad_set_on_sample_is_blamed_on_the_set_not_the_runs_recipe(tmp_path, capsys):
+    run = stopped_run(tmp_path, 4)
+    assert run_cli("sample", run, "--out", tmp_path / "samples", "--set", "sample.eta=nan") == 2
+    err = capsys.readouterr().err
+    assert "--set sample.eta=nan: input should be a finite number" in err

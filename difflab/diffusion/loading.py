@@ -18,7 +18,7 @@ from difflab.diffusion.lora import add_lora, merged_state_dict
 from difflab.diffusion.models import BasicUNet, build_model
 from difflab.diffusion.schedules import training_noise_scheduler
 from difflab.errors import InputError, reason
-from difflab.recipe import VALUE_RANGES, Recipe, apply_overrides, parse_recipe
+from difflab.recipe import VALUE_RANGES, Recipe, parse_with_overrides
 from difflab.runtime.runs import RunDir
 
 
@@ -37,8 +37,7 @@ def run_recipe(run_dir: Path, overrides: list[str]) -> tuple[RunDir, Recipe]:
     """A run's recipe with `key=value` overrides applied and validated."""
     run, recipe = RunDir.open(run_dir)
     data = recipe.model_dump(mode="json")
-    apply_overrides(data, overrides, str(run.recipe_path))
-    return run, parse_recipe(data, str(run.recipe_path))
+    return run, parse_with_overrides(data, overrides, str(run.recipe_path))
 
 
 def setup_for(model: torch.nn.Module, recipe: Recipe, device: str):
@@ -113,8 +112,7 @@ def pipeline_setup(source: str, overrides: list[str], device: str):
         "train": {"objective": objective},
         "sample": {"sampler": "ddim", "steps": 50},
     }
-    apply_overrides(data, overrides, source)
-    recipe = parse_recipe(data, f"{source} (pipeline)")
+    recipe = parse_with_overrides(data, overrides, f"{source} (pipeline)")
     if recipe.train.objective != objective:
         raise InputError(f"train.objective = '{recipe.train.objective}': the pipeline's scheduler predicts "
                          f"'{prediction}'; a sampler must use the pipeline's own prediction type")

@@ -75,7 +75,7 @@ def _with_batch(recipe: Recipe, batch: int) -> Recipe:
     return recipe.model_copy(update={"train": recipe.train.model_copy(update={"batch_size": batch})})
 
 
-def _fastest_step(model, batch: int, channels: int, size: int, device: str, repeats: int = 5) -> float:
+def _fastest_step(model, batch: int, channels: int, size: int, device: str, repeats: int = 3) -> float:
     """Seconds for one forward+backward pass: the median of a few after a warm-up pass (one outlier
     on a busy machine moves a median less than a mean, and the warm-up picks kernels)."""
     x = torch.randn(batch, channels, size, size, device=device)
@@ -91,20 +91,19 @@ def _fastest_step(model, batch: int, channels: int, size: int, device: str, repe
 
 
 def _real_step(model, batch: int, channels: int, size: int, device: str) -> tuple[float, int | None]:
-    """Two optimizer steps at the full batch: the second one's seconds, and the peak memory over both
-    above what was in use before (CUDA's allocator peak, or the process's resident-set high-water mark)."""
+    """One optimizer step at `batch` (the timing passes warmed the kernels): its seconds, and its peak
+    memory above what was in use before (CUDA's allocator peak, or the resident-set high-water mark)."""
     optimizer = torch.optim.Adam(model.parameters())
     x = torch.randn(batch, channels, size, size, device=device)
     t = torch.randint(0, 1000, (batch,), device=device)
+    model.zero_grad(set_to_none=True)  # the timing passes left gradients: a real step starts without
     before = _reset_peak(device)
-    for _ in range(2):
-        started = time.perf_counter()
-        denoise(model, x, t).square().mean().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    denoise(model, x, t).square().mean().backward()
+    optimizer.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
     peak = _peak(device)
     return seconds, None if peak is None or before is None else max(peak - before, 0)
 
