@@ -106,7 +106,7 @@ def test_a_wav_with_no_samples_is_an_input_error(tmp_path):
 
 
 def test_mel_settings_that_cannot_work_are_refused_with_the_reason(recipe_file):
-    with pytest.raises(InputError, match="audio.n_mels = 256: with n_fft = 256 at 8000 Hz, mel band 0 covers no"):
+    with pytest.raises(InputError, match="audio.n_mels = 256: mel band 0 covers no STFT bin with audio.n_fft = 256"):
         load_recipe(recipe_file("[audio]\nn_mels = 256\nn_fft = 256\n"))
     with pytest.raises(InputError, match="dataset.channels = 3: a spectrogram image has one channel"):
         load_recipe(recipe_file('[dataset]\nsource = "audio"\nchannels = 3\n'))

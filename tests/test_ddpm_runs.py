@@ -120,7 +120,7 @@ def test_difflab_sample_from_a_pipeline_folder(trained_ddpm_run, tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--sampler", "dpm"], "sample.sampler = 'dpm'"),
+    (["--sampler", "dpm"], "sample.sampler='dpm': input should be"),
     (["--steps", "5000"], "must be between 1 and schedule.num_train_timesteps = 1000"),
     (["--set", "train.objective=x0"], "predicts 'epsilon'"),
 ])

@@ -166,7 +166,7 @@ def test_eval_sweeps_step_counts_and_keeps_the_summary(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,fragment", [
     (["--sweep-steps", "10,x"], "--sweep-steps 10,x: expected positive step counts"),
-    (["--sweep-steps", "5000"], "sample.steps = 5000"),
+    (["--sweep-steps", "5000"], "sample.steps=5000: must be between 1 and"),
     (["--samples", "1"], "--samples 1: must be at least 2"),
 ])
 def test_eval_rejects_bad_settings(tmp_path, capsys, argv, fragment):

@@ -27,7 +27,7 @@ from difflab.diffusion.render import labelled_rows, save_png, to_unit
 from difflab.errors import InputError
 from difflab.files import atomic_write_text
 from difflab.jobs.sampling import SampleSource, SamplingProgress
-from difflab.recipe import parse_toml_value, parse_with_overrides
+from difflab.recipe import apply_overrides, parse_recipe, parse_toml_value
 from difflab.runtime import events
 from difflab.runtime.runs import CHECKPOINT_PATTERN, RunDir
 from difflab.runtime.worker import JobContext
@@ -158,7 +158,8 @@ def _checkpoint_setups(run_dir: Path, values: list, overrides: list[str], device
 def _with(base, overrides: list[str]):
     """A copy of `base` whose recipe has `overrides` applied and validated (same model, same device)."""
     data = base.recipe.model_dump(mode="json")
-    return replace(base, recipe=parse_with_overrides(data, overrides, "--sweep"))
+    apply_overrides(data, overrides, "--sweep")
+    return replace(base, recipe=parse_recipe(data, "--sweep"))  # blamed on --sweep, not on a --set
 
 
 def _row_numbers(images: torch.Tensor, setup) -> dict:
