@@ -264,6 +264,9 @@ class Scenario:
             await self.walk_every_screen(typed_chars=0)  # every value replaced in one edit
             app.open_recipe(self.lab / "ddpm.toml")
             await self.settle()
+            if app.dirty:  # every field was edited: the lab asks before dropping the changes
+                await pilot.press("d")  # discard
+                await self.settle()
             if app.recipe.schedule.kind != "ddpm":
                 self.problems.append("the DDPM recipe did not open")
             await self.walk_every_screen(typed_chars=TYPED_CHARS)
