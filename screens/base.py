@@ -19,6 +19,8 @@ PROBE_DELAY_S = 0.3  # typing "128" should start one probe, not three
 class LabScreen(Screen):
     """A screen = recipe fields on the left, what the engine computed from them on the right."""
 
+    COMPACT_FOOTER = False  # a screen with many keys packs them closer so none is cut at 80 columns
+
     SCREEN_NAME = ""
     # Opened with nothing focused (None would mean the app's "*"), so the screen and action
     # keys work at once; Tab enters the fields, Escape (an app key) leaves them.
@@ -59,7 +61,7 @@ class LabScreen(Screen):
                 yield ProbeSpinner(id="probe-loading")
                 yield from self.compose_output()
         yield StatusLine()
-        yield Footer()
+        yield Footer(compact=self.COMPACT_FOOTER)
 
     def on_mount(self) -> None:
         self._job_id: int | None = None

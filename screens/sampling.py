@@ -39,6 +39,7 @@ class SamplingScreen(LabScreen):
 
     SCREEN_NAME = "sampling"
     CSS_PATH = "sampling.tcss"
+    COMPACT_FOOTER = True
     BINDINGS = [
         # Sample and Sweep are buttons that show their keys: the footer keeps room for the rest
         Binding("ctrl+r", "sample", "Sample", id="sampling.run", show=False, tooltip="sample with these settings"),
