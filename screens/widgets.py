@@ -337,7 +337,8 @@ class LivePlot(PlotWidget):
         for every in range(1, len(ticks)):
             kept = ticks[::every]
             widest = max(len(label) for label in formatter.get_labels_for_ticks(kept))
-            if len(kept) < 2 or cells * (kept[1] - kept[0]) / (high - low) >= widest + 1:
+            # widest + 2: label positions round to whole cells, and "14" and "16" 3.0 cells apart touched
+            if len(kept) < 2 or cells * (kept[1] - kept[0]) / (high - low) >= widest + 2:
                 break
         self.set_xticks(kept)
 
