@@ -101,7 +101,7 @@ def _estimate_text(estimate, batch: int) -> str:
     if (real := getattr(estimate, "measured", None)) is not None:  # None: not even one image fit
         text += (f"; a real step at batch {real.batch:,} took {_duration(real.seconds)} "
                  f"(estimated {_duration(real.estimated_seconds)})")
-        if real.memory_bytes and estimate.device.startswith("cuda"):  # a CPU's resident set says little
+        if getattr(real, "memory_bytes", None) and estimate.device.startswith("cuda"):  # a CPU's resident set says little
             text += f", peak {_megabytes(real.memory_bytes)} (estimated {_megabytes(real.estimated_bytes)})"
     return text + ". Times vary with the machine's other work; the training screen shows real ones."
 
