@@ -1,5 +1,5 @@
-"""The paths that differ on a GPU, run on DIFFLAB_TEST_DEVICE: cpu here and in CI, cuda when
-benchmarks/gpu_check.sh runs `pytest -m device` on a GPU machine. On CUDA each training step also
+"""The paths that differ on a GPU, run on DIFFLAB_TEST_DEVICE: cuda when benchmarks/gpu_check.sh
+runs `pytest -m device` on a GPU machine (cpu to try them here; unset, they skip). On CUDA each training step also
 runs under torch.cuda.set_sync_debug_mode("error"), so any host sync inside a step fails the test."""
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ from difflab.runtime.runs import RunDir
 from tests.conftest import TINY_DDPM, read_losses, run_cli, tiny_args
 from tests.test_headless_run import stop_after
 
-DEVICE = os.environ.get("DIFFLAB_TEST_DEVICE", "cpu")
-pytestmark = [pytest.mark.device,
-              pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="no CUDA here")]
+DEVICE = os.environ.get("DIFFLAB_TEST_DEVICE", "")
+pytestmark = [
+    pytest.mark.device,
+    # On the CPU these paths are covered by test_ddpm_runs (bf16), test_headless_run (exact resume) and
+    # test_compile: run again here they only cost the suite time. `DIFFLAB_TEST_DEVICE=cpu` runs them anyway.
+    pytest.mark.skipif(not DEVICE, reason="device tests: set DIFFLAB_TEST_DEVICE (gpu_check.sh sets cuda)"),
+    pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="no CUDA here"),
+]
 
 
 def on_device(*extra: str) -> list[str]:
