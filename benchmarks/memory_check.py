@@ -48,9 +48,10 @@ def main() -> int:
 
     import torch
 
-    from difflab.jobs.memory import estimate_training_memory, human_bytes
+    from difflab.jobs.memory import estimate_training_memory
     from difflab.recipe import load_recipe
     from difflab.runtime.catalog import builtin_recipes
+    from difflab.runtime.runs import human_size
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("memory_check: no CUDA device here; nothing measured")
@@ -65,8 +66,8 @@ def main() -> int:
             torch.cuda.reset_peak_memory_stats()
         estimate = estimate_training_memory(recipe).total
         peak = measured_peak(recipe, args.device)
-        print(f"{builtin.name:26s} {recipe.train.batch_size:6d} {human_bytes(estimate):>10s} "
-              f"{human_bytes(peak):>10s} {peak / estimate:6.2f}")
+        print(f"{builtin.name:26s} {recipe.train.batch_size:6d} {human_size(estimate):>10s} "
+              f"{human_size(peak):>10s} {peak / estimate:6.2f}")
     return 0
 
 

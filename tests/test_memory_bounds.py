@@ -15,7 +15,7 @@ def test_a_model_of_half_a_trillion_weights_is_refused_before_it_is_built(tmp_pa
     assert run_cli("run", "from-scratch", "--out", tmp_path / "r",
                    *tiny_args("model.channels=[100000, 100000]")) == 2
     err = capsys.readouterr().err
-    assert "one training step needs about" in err and "TB" in err and "fewer model channels" in err
+    assert "one training step needs about" in err and "TiB" in err and "fewer model channels" in err
     assert "Traceback" not in err
 
 

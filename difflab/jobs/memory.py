@@ -14,6 +14,7 @@ import torch
 from difflab.diffusion.models import ModelReport, dry_run
 from difflab.errors import InputError
 from difflab.recipe import Recipe
+from difflab.runtime.runs import human_size
 
 FLOAT_BYTES = 4
 
@@ -54,9 +55,9 @@ def check_training_memory(recipe: Recipe, device: str) -> MemoryEstimate:
         change = (f"a smaller train.batch_size (now {train.batch_size}) with train.gradient_accumulation to keep "
                   f"the effective batch, or a smaller dataset.image_size (now {size})")
     raise InputError(
-        f"one training step needs about {human_bytes(estimate.total)} (weights, gradients and optimizer "
-        f"{human_bytes(estimate.state_bytes)}, activations at batch {train.batch_size} and {size} px "
-        f"{human_bytes(estimate.activations_bytes)}) but {device} has {human_bytes(free)} free; use {change}")
+        f"one training step needs about {human_size(estimate.total)} (weights, gradients and optimizer "
+        f"{human_size(estimate.state_bytes)}, activations at batch {train.batch_size} and {size} px "
+        f"{human_size(estimate.activations_bytes)}) but {device} has {human_size(free)} free; use {change}")
 
 
 def free_memory(device: str) -> int | None:
@@ -75,10 +76,3 @@ def free_memory(device: str) -> int | None:
     except (ValueError, OSError):
         return None
 
-
-def human_bytes(count: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if count < 1000 or unit == "PB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} PB"

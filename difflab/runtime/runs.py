@@ -222,9 +222,9 @@ def disk_full(folder: Path, what: str, needed: int | None = None, keep: int | No
     """The message for a disk that filled up while writing `what` into `folder`: how much is free,
     roughly how much was needed, and what to change."""
     free = shutil.disk_usage(_existing(folder)).free
-    need = f"; it needs about {_size(needed)}" if needed else ""
+    need = f"; it needs about {human_size(needed)}" if needed else ""
     fewer = f"fewer checkpoints (train.keep_checkpoints = {keep} now)" if keep else "fewer checkpoints"
-    return JobFailed(f"disk full: cannot write {what} into {folder} ({_size(free)} free there{need}). Free some "
+    return JobFailed(f"disk full: cannot write {what} into {folder} ({human_size(free)} free there{need}). Free some "
                      f"space, keep {fewer}, or start the run on another disk (--out); the checkpoints written so "
                      f"far are kept, and `difflab run --resume` continues from the last one once there is room")
 
@@ -235,12 +235,12 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+def human_size(n: float) -> str:
+    """A byte count for a person: 44.0 KiB, 1.2 GiB, 465.7 TiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _command_line() -> str:
