@@ -104,6 +104,10 @@ SOURCES = by_name(
     Source("mnist", "MNIST through torchvision from a local root", classes=10),
     Source("fashion-mnist", "Fashion-MNIST through torchvision from a local root", classes=10),
     Source("folder", "any folder of images"),
+    Source("imagefolder", "a folder in the imagefolder layout (datasets' loader; metadata.jsonl for labels and "
+                          "captions, as diffusers' text-to-image example reads)"),
+    Source("hub", "a Hugging Face dataset through the datasets library: a hub name in path (from the local "
+                  "cache offline), or a folder written by save_to_disk, or parquet files"),
     Source("audio", "sound clips as mel spectrogram images (generated, or the WAV files in path; see [audio])"),
 )
 SOURCE_CLASSES = {s.name: s.classes for s in SOURCES.values() if s.classes is not None}

@@ -43,17 +43,28 @@ class DatasetConfig(Section):
     """Where the training images come from and how they are shaped."""
 
     source: Literal[tuple(SOURCES)] = Field("digits", description=help_of(SOURCES.values()))
-    path: str = Field("", description="root folder for mnist / fashion-mnist / folder, or a folder of WAV files "
-                      "for audio (empty: generated clips); relative to the recipe")
+    path: str = Field("", description="root folder for mnist / fashion-mnist / folder / imagefolder, a folder of "
+                      "WAV files for audio (empty: generated clips), or for hub a dataset name (owner/name), a "
+                      "save_to_disk folder or a folder of parquet files; relative to the recipe")
     image_size: int = Field(28, gt=0, le=1024, description="images are resized to this many pixels square")
     channels: Literal[1, 3] = Field(1, description="1 = grey, 3 = RGB")
     value_range: Literal[tuple(VALUE_RANGES)] = Field(
         "0..1", description="pixel range fed to the model: the from-scratch chapter uses 0..1, DDPM -1..1")
     limit: int = Field(0, ge=0, description="use at most this many images (0 = all)")
-    split: Literal["train", "test"] = Field("train", description="which split of mnist / fashion-mnist")
+    split: str = Field("train", min_length=1, description="which split: train or test for mnist / fashion-mnist; "
+                       "for hub and imagefolder any split the dataset has, with slicing (e.g. 'train[:500]')")
+    image_column: str = Field("image", min_length=1, description="hub / imagefolder: the column of images")
+    label_column: str = Field("", description="hub / imagefolder: the column of class labels (empty = none)")
+    caption_column: str = Field("", description="hub / imagefolder: the column of captions (empty = none)")
     download: bool = Field(False, description="let torchvision download mnist / fashion-mnist (needs internet)")
     num_images: int = Field(1000, gt=0, le=100_000, description="how many images (shapes) or clips (audio) the generators make")
     flip: bool = Field(False, description="random horizontal flip of each training batch")
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        if self.source in ("mnist", "fashion-mnist") and self.split not in ("train", "test"):
+            raise ValueError(f"dataset.split = {self.split!r}: {self.source} has the splits 'train' and 'test'")
+        return self
 
 
 class ScheduleConfig(Section):
@@ -175,6 +186,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(200, ge=0, description="steps between checkpoints (0 = only at the end)")
     keep_checkpoints: int = Field(2, gt=0, description="how many recent checkpoints to keep")
     preview_images: int = Field(16, gt=0, le=256, description="images in each preview grid")
+    log_with: Literal["none", "tensorboard", "wandb"] = Field(
+        "none", description="also log loss, learning rate, img/s and previews through Accelerate's trackers into "
+        "RUN/logs/ (tensorboard: pip install 'difflab[tensorboard]'; wandb: pip install wandb)")
     init_from: str = Field(
         "", description="start from trained weights: a run folder (its final model, else its latest "
         "checkpoint), a checkpoint folder, a diffusers pipeline or model folder, or a hub id (empty = from scratch)")
