@@ -1,7 +1,7 @@
 """Image datasets, decoded and normalised once into one resident tensor.
 
 Every source (scikit-learn digits, generated shapes, MNIST IDX files, a folder of
-images) is decoded, resized and scaled a single time when a job starts; training
+images, a Hugging Face dataset or imagefolder through `datasets`) is decoded, resized and scaled a single time when a job starts; training
 batches are then index slices of that tensor on the training device. Nothing is
 re-decoded or re-transformed per step: on these 2 cores one BasicUNet step takes
 about 0.25 s and data loading must stay a few percent of it, which per-item PIL
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import colorsys
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from torchvision.datasets import MNIST, FashionMNIST
 
 from difflab.diffusion.audio import SpectrogramCodec
 from difflab.diffusion.folders import class_of_file, resolve_data_path, seeded_subset
+from difflab.diffusion.hub_data import encoded_images, open_table, read_captions, read_labels
 from difflab.diffusion.sounds import clip_source, load_waves
 from difflab.errors import InputError
 from difflab.recipe import VALUE_RANGES, AudioConfig, DatasetConfig
@@ -46,33 +47,39 @@ class DatasetSummary:
     value_min: float
     value_max: float
     class_counts: dict[str, int]
+    captioned: int = 0  # images with a non-empty caption
+    first_captions: list[str] = field(default_factory=list)  # of the first images, in order
 
 
 @dataclass
 class ImageDataset:
-    """All images of a dataset as one (N, C, H, W) float32 tensor in `value_range`, with labels."""
+    """All images of a dataset as one (N, C, H, W) float32 tensor in `value_range`, with labels
+    and, for sources that have them, one caption per image."""
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: list[str]
     name: str
     value_range: tuple[float, float]
+    captions: list[str] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def to(self, device: torch.device | str) -> ImageDataset:
-        """A copy of this dataset with images and labels on `device`."""
+        """A copy of this dataset with images and labels on `device` (captions stay a list)."""
         return replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
-    def summary(self) -> DatasetSummary:
-        """Size, image shape, value range and images per class."""
+    def summary(self, first_captions: int = 4) -> DatasetSummary:
+        """Size, image shape, value range, images per class, and how many have captions."""
         labelled = self.labels[self.labels >= 0].cpu()
         counts = torch.bincount(labelled, minlength=len(self.class_names)).tolist()
+        captions = self.captions or []
         return DatasetSummary(
             name=self.name, size=len(self), shape=tuple(self.images.shape[1:]),
             value_min=float(self.images.min()), value_max=float(self.images.max()),
-            class_counts=dict(zip(self.class_names, counts)))
+            class_counts=dict(zip(self.class_names, counts)),
+            captioned=sum(1 for c in captions if c), first_captions=captions[:first_captions])
 
 
 class _Decoded(NamedTuple):
@@ -82,6 +89,7 @@ class _Decoded(NamedTuple):
     labels: torch.Tensor
     class_names: list[str]
     name: str
+    captions: list[str] | None = None
 
 
 def load_dataset(cfg: DatasetConfig, base_dir: Path | None = None, seed: int = 0,
@@ -102,15 +110,16 @@ def load_dataset(cfg: DatasetConfig, base_dir: Path | None = None, seed: int = 0
 
 def _finish(decoded: _Decoded, cfg: DatasetConfig, seed: int) -> ImageDataset:
     """Subset, channels, size and value range: the same last steps for every source."""
-    images, labels = decoded.images, decoded.labels
+    images, labels, captions = decoded.images, decoded.labels, decoded.captions
     keep = seeded_subset(len(images), cfg.limit, seed)
     if keep is not None:  # before resizing, so only the kept images are resized
         images, labels = images[keep], labels[keep]
+        captions = None if captions is None else [captions[i] for i in keep.tolist()]
     images = _resize(_to_channels(images, cfg.channels), cfg.image_size)
     low, high = VALUE_RANGES[cfg.value_range]
     images = (images * (high - low) + low).to(torch.float32).contiguous()
     return ImageDataset(images, labels.to(torch.int64).contiguous(), decoded.class_names,
-                        decoded.name, (low, high))
+                        decoded.name, (low, high), captions)
 
 
 def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -212,11 +221,17 @@ def _load_folder(cfg: DatasetConfig, base_dir: Path | None, seed: int) -> _Decod
     keep = seeded_subset(len(files), cfg.limit, seed)
     if keep is not None:  # choose before decoding, so a limit also saves the decoding time
         files, labels = [files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
-    mode = "L" if cfg.channels == 1 else "RGB"
-    pixels = np.stack([decode_image(f, cfg.image_size, mode) for f in files])
-    images = torch.from_numpy(pixels.reshape(len(files), cfg.image_size, cfg.image_size, -1))
-    images = images.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
+    images = _decode_all([(f, str(f)) for f in files], cfg)
     return _Decoded(images, torch.tensor(labels, dtype=torch.int64), names, f"folder:{root}")
+
+
+def _decode_all(sources: list[tuple[Path | IO[bytes], str]], cfg: DatasetConfig) -> torch.Tensor:
+    """(image file or bytes, its name) pairs as 0..1 float32 (N, C, size, size) in cfg.channels."""
+    mode = "L" if cfg.channels == 1 else "RGB"
+    what = "dataset.path" if not cfg.path else f"dataset.path = {cfg.path!r}"
+    pixels = np.stack([decode_image(file, cfg.image_size, mode, what, name) for file, name in sources])
+    images = torch.from_numpy(pixels.reshape(len(sources), cfg.image_size, cfg.image_size, -1))
+    return images.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
 
 
 def _check_folder(cfg: DatasetConfig, root: Path) -> None:
@@ -236,18 +251,34 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
-def decode_image(file: Path, size: int, mode: str, what: str = "dataset.path") -> np.ndarray:
+def decode_image(file: Path | IO[bytes], size: int, mode: str, what: str = "dataset.path",
+                 name: str | None = None) -> np.ndarray:
     """Decode one image, upright, in `mode`, shorter side scaled to `size` and centre-cropped square.
 
-    `what` names the setting that asked for the file in the error a missing or corrupt one raises.
+    `what` names the setting that asked for the file, and `name` the image (default: the file),
+    in the error a missing or corrupt one raises.
     """
     try:
         with Image.open(file) as img:
             img.load()  # decode now, so a truncated file fails here and not later
             upright = ImageOps.exif_transpose(img).convert(mode)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        raise InputError(f"{what}: cannot read image {file}: {error}") from None
+        raise InputError(f"{what}: cannot read image {name or file}: {error}") from None
     return np.asarray(ImageOps.fit(upright, (size, size), Image.Resampling.BICUBIC))
+
+
+def _load_datasets_library(cfg: DatasetConfig, base_dir: Path | None, seed: int) -> _Decoded:
+    """A hub dataset, save_to_disk folder, parquet files or imagefolder: one split, its columns."""
+    table = open_table(cfg, base_dir)
+    labels, names = read_labels(table, cfg)
+    captions = read_captions(table, cfg)
+    keep = seeded_subset(len(table.rows), cfg.limit, seed)
+    if keep is not None:  # choose before decoding: limit = 64 of a big dataset decodes 64 images
+        keep = keep.tolist()
+        labels = [labels[i] for i in keep]
+        captions = None if captions is None else [captions[i] for i in keep]
+    images = _decode_all(encoded_images(table, cfg, keep), cfg)
+    return _Decoded(images, torch.tensor(labels, dtype=torch.int64), names, table.name, captions)
 
 
 def _load_audio(cfg: DatasetConfig, base_dir: Path | None, seed: int, audio: AudioConfig) -> _Decoded:
@@ -261,4 +292,5 @@ def _load_audio(cfg: DatasetConfig, base_dir: Path | None, seed: int, audio: Aud
 _LOADERS = {
     "digits": _load_digits, "shapes": _load_shapes, "mnist": _load_mnist,
     "fashion-mnist": _load_mnist, "folder": _load_folder,
+    "hub": _load_datasets_library, "imagefolder": _load_datasets_library,
 }

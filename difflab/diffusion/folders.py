@@ -3,6 +3,7 @@ each file's subfolder names, and the seeded subset that dataset.limit keeps."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -25,9 +26,21 @@ def resolve_data_path(cfg: DatasetConfig, base_dir: Path | None) -> Path:
         raise InputError(f"dataset.path = {cfg.path!r}: cannot follow {path} ({error})") from None
 
 
+def recorded_data_path(cfg: DatasetConfig, base_dir: Path | None) -> str:
+    """dataset.path as a run's recipe.toml records it, to replay from anywhere: absolute, except
+    a hub dataset name (source hub) that names no local folder, which stays a name."""
+    local = resolve_data_path(cfg, base_dir)
+    if cfg.source == "hub" and not local.exists() and HUB_ID.fullmatch(cfg.path):
+        return cfg.path
+    return str(local)
+
+
+# owner/name, or an old canonical name like "mnist" (huggingface_hub checks the finer rules)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
 ROOT_HINTS = {
     "mnist": "the folder holding MNIST/raw", "fashion-mnist": "the folder holding FashionMNIST/raw",
-    "folder": "a folder of images",
+    "folder": "a folder of images", "imagefolder": "a folder in the imagefolder layout",
 }
 
 
