@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import DDPMPipeline, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 
 from difflab.diffusion.checkpoints import load_checkpoint
 from difflab.diffusion.generate import SamplingSetup
@@ -96,7 +96,7 @@ def checkpoint_model(folder: Path, recipe: Recipe | None = None):
 
 
 def pipeline_setup(source: str, overrides: list[str], device: str):
-    """Sampling setup for any unconditional UNet2DModel pipeline on disk or on the hub."""
+    """Sampling setup for any UNet2DModel pipeline (unconditional or class-conditional) on disk or on the hub."""
     unet, scheduler = load_pipeline(source)
     cfg = unet.config
     prediction = scheduler.config.get("prediction_type", "epsilon")
@@ -108,7 +108,8 @@ def pipeline_setup(source: str, overrides: list[str], device: str):
         "dataset": {"image_size": _size(cfg.sample_size), "channels": cfg.in_channels, "value_range": "-1..1"},
         "model": {"kind": "unet2d", "block_out_channels": list(cfg.block_out_channels),
                   "down_block_types": list(cfg.down_block_types), "up_block_types": list(cfg.up_block_types),
-                  "layers_per_block": cfg.layers_per_block, "norm_num_groups": cfg.norm_num_groups},
+                  "layers_per_block": cfg.layers_per_block, "norm_num_groups": cfg.norm_num_groups,
+                  "num_classes": (cfg.num_class_embeds or 1) - 1},  # the last embedding is "no class"
         "train": {"objective": objective},
         "sample": {"sampler": "ddim", "steps": 50},
     }
@@ -125,7 +126,7 @@ def _size(sample_size) -> int:
 
 
 def load_pipeline(source: str, what: str | None = None):
-    """(unet, scheduler) of a DDPM-style pipeline: a local folder, else a hub id (cache first).
+    """(unet, scheduler) of a DDPM-style pipeline (class-conditional too): a local folder, else a hub id (cache first).
 
     `what` names the setting in errors (default: the --pipeline flag).
     """
@@ -135,27 +136,29 @@ def load_pipeline(source: str, what: str | None = None):
         if not (path / "model_index.json").is_file():
             raise InputError(f"{what}: not a diffusers pipeline folder (no model_index.json)")
         try:
-            pipe = DDPMPipeline.from_pretrained(path)
+            return _unet_and_scheduler(path)
         except (OSError, ValueError, TypeError) as error:
-            raise InputError(f"{what}: cannot load it as an unconditional pipeline "
-                             f"({reason(error)})") from None
-        return pipe.unet, pipe.scheduler
+            raise InputError(f"{what}: cannot load its UNet2DModel and scheduler ({reason(error)})") from None
     return _from_hub(source, what)
+
+
+def _unet_and_scheduler(source, **options):
+    """The pipeline's two parts, read as data: a class-conditional run's pipeline.py is never run."""
+    return (UNet2DModel.from_pretrained(source, subfolder="unet", **options),
+            DDPMScheduler.from_pretrained(source, subfolder="scheduler", **options))
 
 
 def _from_hub(hub_id: str, what: str):
     try:
-        pipe = DDPMPipeline.from_pretrained(hub_id, local_files_only=True)
-        return pipe.unet, pipe.scheduler
+        return _unet_and_scheduler(hub_id, local_files_only=True)
     except (OSError, ValueError):
         pass  # not cached: try the network below
     try:
-        pipe = DDPMPipeline.from_pretrained(hub_id)
+        return _unet_and_scheduler(hub_id)
     except (OSError, ValueError) as error:
         raise InputError(f"{what}: not a local folder, not in the Hugging Face cache, and the hub "
                          f"could not be reached or has no such pipeline ({reason(error)}). "
                          f"Offline, download it elsewhere and copy the folder here.") from None
-    return pipe.unet, pipe.scheduler
 
 
 def checkpoint_setup(folder: Path, overrides: list[str], device: str):

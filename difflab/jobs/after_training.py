@@ -5,16 +5,20 @@ recipe's inversion, its expectations and summary.json.
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 from diffusers import DDPMPipeline
 
+from difflab.diffusion import class_pipeline
+from difflab.diffusion.class_pipeline import ClassConditionalDDPMPipeline
 from difflab.diffusion.data import ImageDataset
 from difflab.diffusion.generate import SamplingSetup, guidance_effect, write_samples
 from difflab.diffusion.lora import merged_state_dict, save_lora
-from difflab.diffusion.models import build_model
+from difflab.diffusion.models import build_model, null_class
 from difflab.files import atomic_dir
 from difflab.jobs.evaluation import job_logger, measure_model
 from difflab.jobs.expectations import as_records, check_expectations
@@ -51,7 +55,7 @@ def finish_training(ctx: JobContext, recipe: Recipe, run: RunDir, data: ImageDat
 
 
 def export(setup: SamplingSetup, recipe: Recipe, run: RunDir) -> None:
-    """RUN/model (save_pretrained) always; RUN/pipeline, loadable by DDPMPipeline, for DDPM runs.
+    """RUN/model (save_pretrained) always; RUN/pipeline, which plain diffusers loads, for DDPM runs.
 
     A LoRA run also writes RUN/lora (the adapter alone); its model and pipeline have the
     adapter merged in, so plain diffusers loads them too.
@@ -64,8 +68,24 @@ def export(setup: SamplingSetup, recipe: Recipe, run: RunDir) -> None:
     with atomic_dir(run.model_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     if setup.train_scheduler is not None:
-        with atomic_dir(run.pipeline_dir) as tmp:
-            DDPMPipeline(unet=model, scheduler=setup.train_scheduler).save_pretrained(tmp, safe_serialization=True)
+        save_pipeline(model, setup.train_scheduler, run.pipeline_dir)
+
+
+def save_pipeline(model, scheduler, folder: Path) -> None:
+    """A diffusers pipeline folder: a DDPMPipeline, or for a class-conditional UNet a
+    ClassConditionalDDPMPipeline with its code beside it (pipeline.py, named in model_index.json),
+    which `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads without difflab."""
+    with atomic_dir(folder) as tmp:
+        if null_class(model) is None:
+            DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
+        else:
+            ClassConditionalDDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
+            shutil.copyfile(class_pipeline.__file__, tmp / "pipeline.py")
+            # diffusers' custom-pipeline form: [module file in the folder, class name]
+            index = tmp / "model_index.json"
+            config = json.loads(index.read_text())
+            config["_class_name"] = ["pipeline", ClassConditionalDDPMPipeline.__name__]
+            index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def evaluate(ctx: JobContext, setup: SamplingSetup, recipe: Recipe, data: ImageDataset) -> dict:
