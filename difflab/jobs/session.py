@@ -32,6 +32,7 @@ from difflab.errors import InputError, JobFailed, reason
 from difflab.jobs.devices import check_precision
 from difflab.jobs.expectations import loss_drop_factor
 from difflab.jobs.meters import DivergenceWatch, LossMeter, NoiseLevelMeter, TrainingState
+from difflab.jobs.tracking import accelerator_options, start_tracking
 from difflab.recipe import Recipe
 from difflab.runtime import events
 from difflab.runtime.runs import RunDir
@@ -71,7 +72,7 @@ class TrainingSession:
     def start(cls, ctx: JobContext, recipe: Recipe, run: RunDir, recipe_dir: Path | None, resume: bool, data):
         """Build the model, optimizer, schedules and EMA; restore the last checkpoint on a resume."""
         check_precision(recipe.train.mixed_precision, ctx.device)
-        accelerator = _accelerator(recipe, ctx.device)
+        accelerator = _accelerator(recipe, ctx.device, run.logs)
         session = cls(ctx, recipe, run, recipe_dir, resume, data, accelerator)
         cfg = recipe.train
         torch.manual_seed(recipe.seed)  # weight initialisation
@@ -92,6 +93,7 @@ class TrainingSession:
             recipe.seed + 1 + accelerator.process_index)
         if resume:
             session.restore(load_latest_checkpoint(run))
+        start_tracking(accelerator, recipe, run.logs, session.state.step)
         return session
 
     def prepare_model(self, model) -> None:
@@ -250,15 +252,16 @@ def _resident(data, device: str):
     return data if device == "cpu" else data.to(device)
 
 
-def _accelerator(recipe: Recipe, device: str) -> Accelerator:
-    """An Accelerator for this job: the worker's device, the recipe's precision."""
+def _accelerator(recipe: Recipe, device: str, logs: Path) -> Accelerator:
+    """An Accelerator for this job: the worker's device, the recipe's precision and tracker (train.log_with)."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # Accelerate keeps one process-wide state; a long-lived lab runs many jobs with
         # different devices and precisions, so a single-process job starts it afresh.
         AcceleratorState._reset_state(reset_partial_state=True)
         PartialState._reset_state()
     return Accelerator(cpu=device == "cpu", mixed_precision=recipe.train.mixed_precision,
-                       dynamo_backend="inductor" if recipe.train.compile else "no")
+                       dynamo_backend="inductor" if recipe.train.compile else "no",
+                       **accelerator_options(recipe, logs))
 
 
 def _optimizer(recipe: Recipe, model: torch.nn.Module, device: str) -> torch.optim.Optimizer:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from difflab.diffusion.conditioning import drop_labels
 from difflab.diffusion.data import load_dataset
@@ -22,6 +23,7 @@ from difflab.jobs.after_training import finish_training
 from difflab.jobs.memory import check_training_memory
 from difflab.jobs.session import TrainingSession
 from difflab.jobs.steering import Steering
+from difflab.jobs.tracking import check_tracker, log_grid
 from difflab.recipe import Recipe
 from difflab.runtime import events
 from difflab.runtime.runs import RunDir
@@ -51,6 +53,7 @@ class TrainingJob:
     def _train(self, ctx: JobContext) -> tuple[str, dict]:
         emit = ctx.emit
         check_training_memory(self.recipe, ctx.device)  # refused before the data or the model is built
+        check_tracker(self.recipe.train.log_with)
         emit(events.LogLine(ctx.job_id, f"loading dataset '{self.recipe.dataset.source}'"))
         data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed, self.recipe.audio)
         session = _Training.start(ctx, self.recipe, self.run_dir, self.recipe_dir, self.resume, data)
@@ -59,7 +62,14 @@ class TrainingJob:
                                session.state.step, self.run_dir.path, count_parameters(model),
                                count_parameters(model, trainable_only=True)))
         try:
-            stopped = session.loop()
+            return self._end(session, self._loop(session))
+        finally:
+            session.accelerator.end_training()  # closes the trackers' files, whatever ended the job
+
+    def _loop(self, session: _Training) -> bool:
+        """The training loop; True when stopped early. Running out of memory fails the job with advice."""
+        try:
+            return session.loop()
         except torch.OutOfMemoryError as error:
             cfg = self.recipe.train
             raise JobFailed(
@@ -67,6 +77,9 @@ class TrainingJob:
                 f"({reason(error)}). Try a smaller train.batch_size (now {cfg.batch_size}) with "
                 f"train.gradient_accumulation = {cfg.gradient_accumulation * 2} to keep the effective batch, "
                 f"or train.mixed_precision = 'bf16'") from None
+
+    def _end(self, session: _Training, stopped: bool) -> tuple[str, dict]:
+        """A stopped run's checkpoint and summary, or what follows a finished run's last step."""
         if stopped:
             session.checkpoint()
             summary = session.summary("stopped")
@@ -175,6 +188,7 @@ class _Training(TrainingSession):
         if self.main:
             self.run.append_metrics({"step": row.step, "epoch": row.epoch, "loss": row.loss, "lr": row.lr,
                                      "img_per_s": round(rate, 2), "elapsed": round(row.elapsed, 3)})
+            self.accelerator.log({"loss": row.loss, "lr": row.lr, "img_per_s": rate}, step=row.step)
         self.state.last_loss = loss
         self.ctx.emit(row)
         self.ctx.emit(events.LossByNoiseLevel(self.ctx.job_id, self.state.step, self.levels.edges,
@@ -197,6 +211,7 @@ class _Training(TrainingSession):
             images = generate(self.sampling_setup(), self.cfg.preview_images, self.recipe.sample.steps)
         grid = image_grid(images, self.data.value_range, scale=2)
         path = save_png(grid, self.run.samples / f"step_{self.state.step:06d}.png")
+        log_grid(self.accelerator, "samples", grid, self.state.step)
         self.ctx.emit(events.PreviewReady(self.ctx.job_id, self.state.step, grid, path))
 
     def progress(self) -> None:
@@ -213,9 +228,14 @@ class _Training(TrainingSession):
         """Hand the trained model to what follows training (after_training.py); summary.json's contents."""
         if not self.main:
             return self.summary("finished")
-        return finish_training(self.ctx, self.recipe, self.run, self.data, self.sampling_setup(), self.recipe_dir,
-                               step=self.state.step, ema_weights=self.sampling_weights,
-                               save_checkpoint=self.checkpoint, summary=self.summary)
+        result = finish_training(self.ctx, self.recipe, self.run, self.data, self.sampling_setup(), self.recipe_dir,
+                                 step=self.state.step, ema_weights=self.sampling_weights,
+                                 save_checkpoint=self.checkpoint, summary=self.summary)
+        final = self.run.samples / "final.png"
+        if self.accelerator.trackers and final.is_file():
+            with Image.open(final) as grid:
+                log_grid(self.accelerator, "final", grid, self.state.step)
+        return result
 
 
 def _peak_memory(device: str) -> int:

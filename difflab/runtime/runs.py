@@ -4,10 +4,11 @@ RUN/recipe.toml      resolved recipe (every default written out)
 RUN/metrics.jsonl    one JSON object per logged step
 RUN/samples/         PNG grids during training and at the end
 RUN/model/           save_pretrained output of the trained network
-RUN/pipeline/        for DDPM runs: a DDPMPipeline that plain diffusers loads
+RUN/pipeline/        for DDPM runs: a pipeline plain diffusers loads (class-conditional: with its pipeline.py)
 RUN/lora/            for LoRA runs: only the adapter (safetensors + peft's adapter_config.json)
 RUN/checkpoints/     resumable state: weights as safetensors, the rest weights_only-loadable
 RUN/summary.json     what ran, where, how long, versions, final metrics
+RUN/logs/            train.log_with's tracker files (TensorBoard events, wandb)
 RUN/.lock            held (flock) by the one process writing the run; its pid, host and command inside
 
 Every write is atomic. Nothing read back from a run is unpickled: weights load
@@ -56,6 +57,7 @@ class RunDir:
         self.lora_dir = self.path / "lora"
         self.checkpoints = self.path / "checkpoints"
         self.summary_path = self.path / "summary.json"
+        self.logs = self.path / "logs"
 
     # ------------------------------------------------------------ create / open
 
