@@ -164,9 +164,14 @@ def test_jobs_submitted_back_to_back_all_run_on_an_idle_exit_worker():
 
 
 OPENMP_TEAM = """
-import os, torch
+import os, time, torch
 from difflab.runtime.worker import Worker
-from tests.test_worker import _wait_until
+
+def _wait_until(condition, seconds=10.0):  # not imported from this file: its imports cost ~15 s
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
 
 def threads():
     return len(os.listdir("/proc/self/task"))
