@@ -364,13 +364,16 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
+    """`difflab model`: the recipe's network dry-run, and where each of its settings comes from."""
     # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
     from difflab.diffusion.models import dry_run
+    from difflab.diffusion.sources import provenance, resolve
     from difflab.recipe import load_recipe
     from difflab.runtime.catalog import find_recipe
 
-    recipe = load_recipe(find_recipe(args.recipe), args.overrides)
-    report = dry_run(recipe)
+    path = find_recipe(args.recipe)
+    resolution = resolve(load_recipe(path, args.overrides), path.parent)
+    report = dry_run(resolution.recipe, base_dir=path.parent)
     console = Console()
     console.print(f"[bold]{report.kind}[/]: {report.parameters:,} parameters; one forward pass of one "
                   f"{report.input_shape} image: {report.flops_per_image / 1e9:.3f} GFLOPs")
@@ -378,6 +381,13 @@ def cmd_model(args: argparse.Namespace) -> int:
     for name, shape in report.blocks:
         table.add_row(name, str(shape))
     console.print(table)
+    wide = Console(width=max(shutil.get_terminal_size().columns, 100), highlight=False)
+    origins = Table("setting", "value", "from", title="where each setting comes from")
+    for key, value, origin in provenance(resolution):
+        origins.add_row(key, str(value), origin, style="dim" if origin == "default" else None)
+    wide.print(origins)
+    if resolution.source is not None:
+        wide.print(f"'source' is train.init_from = {resolution.source.where}", soft_wrap=True)
     return 0
 
 
@@ -414,7 +424,8 @@ def cmd_audio(args: argparse.Namespace) -> int:
 
 def _prepare_training(args: argparse.Namespace):
     # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
-    from difflab.diffusion.folders import resolve_data_path
+    from difflab.diffusion.folders import recorded_data_path
+    from difflab.diffusion.sources import resolve
     from difflab.jobs.training import TrainingJob
     from difflab.recipe import load_recipe
     from difflab.runtime.catalog import find_recipe
@@ -442,9 +453,10 @@ def _prepare_training(args: argparse.Namespace):
     recipe = load_recipe(path, [*args.overrides, *device], args.profile)
     if recipe.dataset.path and not Path(recipe.dataset.path).expanduser().is_absolute():
         # The run's recipe.toml must replay from anywhere, so paths are written out absolute.
-        recipe.dataset.path = str(resolve_data_path(recipe.dataset, path.parent))
+        recipe.dataset.path = recorded_data_path(recipe.dataset, path.parent)
     if recipe.train.init_from:
         recipe.train.init_from = _init_source(recipe.train.init_from, path)
+        recipe = resolve(recipe, path.parent).recipe  # the source's network and schedule, as recipe.toml says
     out = args.out or default_run_dir(path)
     if recipe.invert.enabled and recipe.invert.source:
         return _inversion_run(recipe, path, out)

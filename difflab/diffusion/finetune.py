@@ -2,26 +2,25 @@
 
 `train.init_from` names where the weights come from: a run folder (its exported
 model, else its latest checkpoint), a checkpoint folder, a diffusers pipeline or
-model folder, or a hub id. The recipe's own [model] must build the same network;
-when it does not, the error lists the tensors that differ.
-LoRA adapters are lora.py's.
+model folder, or a hub id. build_model has already built the source's own network
+(its saved config, sources.py); this fills in the source's weights. A class
+embedding the source lacks (an unconditional model made class-conditional) starts
+fresh. LoRA adapters are lora.py's.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
+from diffusers import UNet2DModel
 from torch import nn
 
-from difflab.diffusion.loading import checkpoint_model, load_model_folder, load_pipeline
-from difflab.errors import InputError
+from difflab.diffusion.loading import checkpoint_model, load_model_folder
+from difflab.diffusion.sources import HUB_ID, local_path, open_source
+from difflab.errors import InputError, reason
 from difflab.recipe import Recipe
 from difflab.runtime.runs import RunDir, source_kind
-
-# owner/name: what a hub id looks like (a local path that does not exist may look the same)
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def load_initial_weights(model: nn.Module, recipe: Recipe, base_dir: Path | None = None) -> str:
@@ -30,14 +29,14 @@ def load_initial_weights(model: nn.Module, recipe: Recipe, base_dir: Path | None
     weights = source_weights(source, recipe, base_dir)
     own = model.state_dict()
     mismatched = [(k, tuple(weights[k].shape), tuple(v.shape)) for k, v in own.items()
-                  if k in weights and weights[k].shape != v.shape]
-    # A class embedding may be new (an unconditional source made conditional) or dropped: it starts fresh.
+                  if k in weights and weights[k].shape != v.shape and not k.startswith("class_embedding.")]
+    # A class embedding may be new (an unconditional source made conditional), resized or dropped: it starts fresh.
     missing = [k for k in own if k not in weights and not k.startswith("class_embedding.")]
     unexpected = [k for k in weights if k not in own and not k.startswith("class_embedding.")]
     if mismatched or missing or unexpected:
         raise InputError(_mismatch_message(source, mismatched, missing, unexpected))
-    fresh = [k for k in own if k not in weights]
-    model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
+    fresh = [k for k in own if k not in weights or weights[k].shape != own[k].shape]
+    model.load_state_dict({k: v for k, v in weights.items() if k in own and k not in fresh}, strict=False)
     note = f"; {', '.join(fresh)} start fresh" if fresh else ""
     return f"initialised from {source}: {len(own) - len(fresh)} tensors{note}"
 
@@ -53,9 +52,8 @@ def _mismatch_message(source: str, mismatched, missing, unexpected) -> str:
     if unexpected:
         parts.append(f"{len(unexpected)} of the source's tensors have no place in the recipe's model: "
                      f"{', '.join(unexpected[:3])}{_more(unexpected)}")
-    return (f"train.init_from = '{source}': its weights do not fit the model this recipe builds; "
-            + "; ".join(parts) + ". Make [model] (and dataset.channels, dataset.image_size) match the "
-            "source's (its recipe.toml or config.json)")
+    return (f"train.init_from = '{source}': its weights do not fit the network its config describes; "
+            + "; ".join(parts) + ". Its config.json and weights disagree: was the folder edited by hand?")
 
 
 def _more(items: list) -> str:
@@ -64,35 +62,43 @@ def _more(items: list) -> str:
 
 def source_weights(source: str, recipe: Recipe, base_dir: Path | None = None) -> dict[str, torch.Tensor]:
     """The state dict `source` holds: run, checkpoint, pipeline or model folder, or hub id."""
-    path = Path(source).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    if path.is_dir():
+    path = local_path(source, base_dir)
+    if path is not None and path.is_dir():
         return _folder_weights(path, source, recipe)
-    if path.exists() or not _HUB_ID.match(source):
-        raise InputError(f"train.init_from = '{source}': no such folder ({path}); give a run folder, a "
-                         f"checkpoint folder, a diffusers pipeline or model folder, or a hub id (owner/name)")
-    return _pipeline_unet(source, source).state_dict()
+    if path is not None or not HUB_ID.match(source):
+        raise InputError(f"train.init_from = '{source}': no such folder; give a run folder, a checkpoint "
+                         f"folder, a diffusers pipeline or model folder, or a hub id (owner/name)")
+    return _hub_unet(source).state_dict()
 
 
 def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.Tensor]:
     kind = source_kind(path)
+    what = f"train.init_from = '{source}'"
     if kind == "pipeline":
-        return _pipeline_unet(str(path), source).state_dict()
+        return load_model_folder(path / "unet", "unet2d", what).state_dict()
     if kind == "checkpoint":
         return checkpoint_model(path).state_dict()
     if (path / "config.json").is_file():  # a model folder written by save_pretrained (RUN/model)
-        return load_model_folder(path, recipe.model.kind, f"train.init_from = '{source}'").state_dict()
+        kind = open_source(str(path)).model_kind
+        return load_model_folder(path, kind, what).state_dict()
     run, _ = RunDir.open(path)  # says clearly when it is not a run folder either
     if (run.model_dir / "config.json").is_file():
         return _folder_weights(run.model_dir, source, recipe)
     checkpoints = run.list_checkpoints()
     if not checkpoints:
-        raise InputError(f"train.init_from = '{source}': the run has neither a final model ({run.model_dir}) "
-                         f"nor a checkpoint to start from")
+        raise InputError(f"{what}: the run has neither a final model ({run.model_dir}) nor a checkpoint to "
+                         f"start from")
     return checkpoint_model(checkpoints[-1]).state_dict()
 
 
-def _pipeline_unet(location: str, source: str) -> nn.Module:
-    """The UNet of a pipeline folder or hub id (cache first, then the network), as `difflab sample` loads it."""
-    return load_pipeline(location, f"train.init_from = '{source}'")[0]
+def _hub_unet(hub_id: str) -> UNet2DModel:
+    """The UNet of a hub pipeline (its unet/ folder, or a bare model repo): the cache first, then the network."""
+    error: Exception | None = None
+    for offline in (True, False):
+        for subfolder in ("unet", None):
+            try:
+                return UNet2DModel.from_pretrained(hub_id, subfolder=subfolder, local_files_only=offline)
+            except (OSError, ValueError) as failure:
+                error = failure
+    raise InputError(f"train.init_from = '{hub_id}': not a local folder, not in the Hugging Face cache, and the "
+                     f"hub could not be reached or has no such model ({reason(error)})")

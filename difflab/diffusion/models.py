@@ -3,7 +3,8 @@
 BasicUNet is the course's from-scratch model, kept short enough to read whole. It
 is a diffusers ModelMixin so it saves and loads with save_pretrained /
 from_pretrained (config.json + safetensors) like every other diffusers model.
-UNet2DModel is diffusers' own, built from the recipe's knobs; a class-conditional
+UNet2DModel is diffusers' own, built from the recipe's knobs (or from a pretrained
+source's saved config: sources.py); a class-conditional
 one uses diffusers' class embedding (`num_class_embeds`: a learned vector per class
 added to the timestep embedding) with one extra "no class" index for label dropout
 and classifier-free guidance. `denoise` hides the differences that matter to a
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import ConfigMixin, ModelMixin, UNet2DModel
@@ -21,6 +23,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from difflab.diffusion.sources import network_config
 from difflab.recipe import Recipe
 
 
@@ -58,18 +61,16 @@ class BasicUNet(ModelMixin, ConfigMixin):
         return x
 
 
-def build_model(recipe: Recipe) -> nn.Module:
-    """The model a recipe describes, freshly initialised (seed the RNG first)."""
-    cfg, channels = recipe.model, recipe.dataset.channels
-    if cfg.kind == "basic-unet":
-        return BasicUNet(in_channels=channels, out_channels=channels,
-                         channels=tuple(cfg.channels), kernel_size=cfg.kernel_size)
-    return UNet2DModel(
-        sample_size=recipe.dataset.image_size, in_channels=channels, out_channels=channels,
-        layers_per_block=cfg.layers_per_block, block_out_channels=tuple(cfg.block_out_channels),
-        down_block_types=tuple(cfg.down_block_types), up_block_types=tuple(cfg.up_block_types),
-        norm_num_groups=cfg.norm_num_groups, attention_head_dim=cfg.attention_head_dim, dropout=cfg.dropout,
-        num_class_embeds=cfg.num_classes + 1 if cfg.num_classes else None)
+def build_model(recipe: Recipe, base_dir: Path | None = None, estimate: bool = False) -> nn.Module:
+    """The model a recipe describes, freshly initialised (seed the RNG first).
+
+    Starting from `train.init_from`, the network is the source's own (its saved config, the
+    recipe's changes on top, sources.py); load_initial_weights then fills in its weights.
+    `estimate`: for sizes only, where a source not at hand may be stood in for (network_config).
+    """
+    config = network_config(recipe, base_dir, estimate)
+    cls = BasicUNet if config.get("_class_name") == "BasicUNet" else UNet2DModel
+    return cls.from_config(config)
 
 
 def null_class(model: nn.Module) -> int | None:
@@ -110,12 +111,13 @@ class ModelReport:
     flops_per_image: int
 
 
-def dry_run(recipe: Recipe, device: str = "cpu") -> ModelReport:
+def dry_run(recipe: Recipe, device: str = "cpu", base_dir: Path | None = None) -> ModelReport:
     """Build the recipe's model and push one image through it, counting FLOPs with torch's counter.
-    On the "meta" device nothing is allocated: shapes and parameter counts of any size, at no cost."""
+    On the "meta" device nothing is allocated: shapes and parameter counts of any size, at no cost
+    (and a pretrained source not at hand is estimated by the recipe's own [model])."""
     torch.manual_seed(recipe.seed)
     with torch.device("meta") if device == "meta" else contextlib.nullcontext():
-        model = build_model(recipe)
+        model = build_model(recipe, base_dir, estimate=device == "meta")
     model = model.to(device).eval()
     size, channels = recipe.dataset.image_size, recipe.dataset.channels
     x = torch.zeros(1, channels, size, size, device=device)
