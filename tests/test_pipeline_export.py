@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import TINY_DDPM, run_cli, tiny_args
 
@@ -91,6 +92,15 @@ def test_difflab_samples_the_exported_class_conditional_pipeline_too(conditional
     assert run_cli("sample", "--pipeline", conditional_run / "pipeline", "--class-label", "2", "--steps", "2",
                    "--num-images", "2", "--out", out, "--device", "cpu") == 0
     assert (out / "ddim-2steps-seed0-final.png").is_file()
+
+
+def test_its_model_card_names_the_classes_and_shows_the_code(conditional_run):
+    _, front, body = (conditional_run / "pipeline" / "README.md").read_text(encoding="utf-8").split("---\n", 2)
+    assert yaml.safe_load(front)["tags"] == ["pytorch", "diffusers", "class-conditional", "difflab"]
+    assert "| 0 | circle |\n| 1 | square |\n| 2 | triangle |" in body
+    folder = conditional_run / "pipeline"
+    assert f'DiffusionPipeline.from_pretrained("{folder}", trust_remote_code=True)' in body
+    assert "pipe(class_labels=[0, 1, 2], guidance_scale=1.0, num_inference_steps=50," in body
 
 
 def test_the_readme_shows_the_code_this_test_runs():

@@ -136,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     roundtrip.add_argument("--clips", type=int, default=20, help="clips to measure, spread over the dataset")
     roundtrip.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    export = commands.add_parser(
+        "export", help="write a run's pipeline folder (RUN/pipeline) with its model card, ready to share",
+        description="Write RUN/pipeline from the run's trained weights (its finished model, else its newest "
+                    "checkpoint) in the form plain diffusers loads, with a Hub model card (README.md: the "
+                    "recipe, the training figures, the evaluation, a sample grid, the code that loads it).")
+    export.add_argument("run_dir", type=Path, help="a DDPM run directory")
+    push = commands.add_parser(
+        "push", help="upload a run's pipeline folder to the Hugging Face Hub",
+        description="Upload RUN/pipeline (write it first with difflab export) to a Hub model repository, "
+                    "created when missing. Needs a network and a token with write access (hf auth login, or "
+                    "HF_TOKEN); without them it exits 2 and uploads nothing.")
+    push.add_argument("run_dir", type=Path, help="a run directory with a pipeline folder")
+    push.add_argument("repo_id", help="the Hub repository, owner/name")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+
     commands.add_parser("recipes", help="list the built-in recipes")
     return parser
 
@@ -153,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return open_lab(argv[0] if argv else None)
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "recipe": cmd_recipe, "recipes": cmd_recipes, "sample": cmd_sample,
-                "eval": cmd_eval, "invert": cmd_invert, "model": cmd_model, "preview": cmd_preview, "audio": cmd_audio}
+                "eval": cmd_eval, "invert": cmd_invert, "model": cmd_model, "preview": cmd_preview, "audio": cmd_audio,
+                "export": cmd_export, "push": cmd_push}
     try:
         return handlers[args.command](args)
     except DifflabError as error:
@@ -167,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-COMMANDS = ("run", "recipe", "recipes", "sample", "eval", "invert", "model", "preview", "audio")
+COMMANDS = ("run", "recipe", "recipes", "sample", "eval", "invert", "model", "preview", "audio", "export", "push")
 
 
 def open_lab(recipe: str | None) -> int:
@@ -283,6 +299,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InputError("--steps and --sweep-steps: give one of them")
     job = EvalJob(args.run_dir, overrides, args.samples, sweep, args.inception, args.device)
     return run_job(job, args.device, Console(highlight=False)).exit_code
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`difflab export RUN`: RUN/pipeline and its model card."""
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
+    from difflab.jobs.after_training import export_run
+
+    folder, weights = export_run(args.run_dir)
+    Console(highlight=False, soft_wrap=True).print(f"{folder}: the diffusers pipeline of {weights}, with its "
+                                                   f"model card (README.md)")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """`difflab push RUN REPO_ID`: RUN/pipeline uploaded to the Hub."""
+    # here, not at the top: keeps `difflab --help` fast (no torch, pydantic or TOML parser)
+    from difflab.jobs.sharing import push_run
+
+    url = push_run(args.run_dir, args.repo_id, args.private)
+    Console(highlight=False, soft_wrap=True).print(f"{args.run_dir}/pipeline uploaded: {url}")
+    return 0
 
 
 def cmd_invert(args: argparse.Namespace) -> int:

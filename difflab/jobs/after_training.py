@@ -1,6 +1,6 @@
 """What follows the last training step: the final checkpoint, the exported model (RUN/model,
 RUN/lora, RUN/pipeline), the final samples, their evaluation, the guidance effect, the
-recipe's inversion, its expectations and summary.json.
+recipe's inversion, its expectations, summary.json and the pipeline's model card.
 """
 
 from __future__ import annotations
@@ -17,12 +17,16 @@ from difflab.diffusion import class_pipeline
 from difflab.diffusion.class_pipeline import ClassConditionalDDPMPipeline
 from difflab.diffusion.data import ImageDataset
 from difflab.diffusion.generate import SamplingSetup, guidance_effect, write_samples
+from difflab.diffusion.loading import run_setup
 from difflab.diffusion.lora import merged_state_dict, save_lora
 from difflab.diffusion.models import build_model, null_class
+from difflab.diffusion.schedules import training_noise_scheduler
+from difflab.errors import InputError
 from difflab.files import atomic_dir
 from difflab.jobs.evaluation import job_logger, measure_model
 from difflab.jobs.expectations import as_records, check_expectations
 from difflab.jobs.inversion import inversion_inputs, log_errors, run_inversion
+from difflab.jobs.model_card import write_model_card
 from difflab.recipe import Recipe
 from difflab.runtime import events
 from difflab.runtime.runs import RunDir
@@ -51,6 +55,8 @@ def finish_training(ctx: JobContext, recipe: Recipe, run: RunDir, data: ImageDat
     result = {**summary("finished"), **quality}
     result["expectations"] = as_records(check_expectations(recipe.expect, result))
     run.write_summary(result)
+    if run.pipeline_dir.is_dir():
+        write_model_card(run, recipe, str(run.pipeline_dir))  # RUN/pipeline/README.md, with the figures above
     return result
 
 
@@ -86,6 +92,23 @@ def save_pipeline(model, scheduler, folder: Path) -> None:
             config = json.loads(index.read_text())
             config["_class_name"] = ["pipeline", ClassConditionalDDPMPipeline.__name__]
             index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def export_run(run_dir: Path) -> tuple[Path, str]:
+    """RUN/pipeline written from the run's trained weights (its finished model, else its newest
+    checkpoint) with its model card; returns the folder and where the weights came from, in words."""
+    run, recipe = RunDir.open(run_dir)
+    if training_noise_scheduler(recipe) is None:
+        raise InputError(f"{run.path}: a {recipe.schedule.kind}-schedule run has no diffusers pipeline; "
+                         f"only schedule.kind = 'ddpm' runs (a UNet2DModel) export one")
+    run.lock(flag="difflab export")  # not while another process trains it
+    try:
+        setup = run_setup(run.path, [], "cpu")
+        save_pipeline(setup.model, setup.train_scheduler, run.pipeline_dir)
+        write_model_card(run, recipe, str(run.pipeline_dir))
+    finally:
+        run.release()
+    return run.pipeline_dir, setup.weights
 
 
 def evaluate(ctx: JobContext, setup: SamplingSetup, recipe: Recipe, data: ImageDataset) -> dict:
