@@ -41,12 +41,12 @@ def accelerator_options(recipe: Recipe, logs: Path) -> dict:
 def start_tracking(accelerator: Accelerator, recipe: Recipe, logs: Path, step: int) -> None:
     """Open the recipe's tracker run, with the recipe as its configuration (hyperparameters).
 
-    A resumed run starts at `step`: TensorBoard drops what the earlier session logged from
-    there on (purge_step), as metrics.jsonl is cut back to its checkpoint.
+    A run resumed from its step `step` checkpoint: TensorBoard drops what the earlier session
+    logged after that step (purge_step), as metrics.jsonl is cut back to it.
     """
     if recipe.train.log_with == "none":
         return
-    options = {"tensorboard": {"purge_step": step} if step else {}, "wandb": {"dir": str(logs)}}
+    options = {"tensorboard": {"purge_step": step + 1} if step else {}, "wandb": {"dir": str(logs)}}
     accelerator.init_trackers(PROJECT, config=flat_config(recipe), init_kwargs=options)
 
 
