@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from importlib.resources import files
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
@@ -142,8 +143,22 @@ def display_mode(color_system: str | None) -> str:
     text = f"images: {IMAGE_MODE}, {colours}"
     if colours != "truecolor":
         term = os.environ.get("TERM", "") or "unset"
-        text += f" (TERM={term} without COLORTERM=truecolor: set it for full colour)"
+        text += f" (TERM={term}; COLORTERM=truecolor for full colour)"
     return text
+
+
+def shown_path(path) -> str:
+    """A recipe's path as short as it stays clear: built-ins by name, files under the working
+    folder relative to it, under the home folder with ~ (at 80 columns a full path took a row)."""
+    from pathlib import Path
+
+    path = Path(path).resolve()
+    if path.parent == Path(files("difflab.recipes")).resolve():
+        return f"{path.name} (built-in)"
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        if path.is_relative_to(base.resolve()):
+            return prefix + str(path.relative_to(base.resolve()))
+    return str(path)
 
 
 class ScreenBar(Tabs):
@@ -175,7 +190,7 @@ class StatusLine(Static):
 
     def refresh_text(self) -> None:
         app = self.app
-        path = str(app.recipe_path) if app.recipe_path else "unsaved recipe"
+        path = shown_path(app.recipe_path) if app.recipe_path else "unsaved recipe"
         changed = " [b]●[/] modified" if app.dirty else ""
         images = display_mode(app.console.color_system)
         self.update(f"device: {app.device_label}   recipe: {path}{changed}   {images}", layout=True)

@@ -123,6 +123,20 @@ def test_the_status_line_says_how_pictures_are_drawn_and_why_colours_are_few(mon
     assert "16 colours" in degraded and "TERM=screen" in degraded and "COLORTERM=truecolor" in degraded
 
 
+def test_the_status_line_shows_recipe_paths_short(tmp_path, monkeypatch):
+    from difflab.runtime.catalog import find_recipe
+    from difflab.screens.widgets import shown_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    assert shown_path(find_recipe("from-scratch")) == "from-scratch.toml (built-in)"
+    assert shown_path(tmp_path / "mine" / "a.toml") == "mine/a.toml"
+    monkeypatch.setenv("HOME", str(tmp_path / "mine"))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert shown_path(tmp_path / "mine" / "a.toml") == "~/a.toml"
+
+
 async def test_the_loss_axis_widens_for_its_longest_label():
     app = OnePlot()
     async with app.run_test(size=(40, 12)) as pilot:
