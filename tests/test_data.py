@@ -266,6 +266,7 @@ def test_summary_describes_the_dataset(digits):
     assert list(summary.class_counts) == [str(d) for d in range(10)]
     assert sum(summary.class_counts.values()) == 1797
     assert summary.class_counts["0"] == int((digits.labels == 0).sum())
+    assert digits.captions is None and summary.captioned == 0 and summary.first_captions == []
 
 
 def test_to_moves_images_and_labels(digits):

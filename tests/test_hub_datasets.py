@@ -17,11 +17,14 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from datasets import Image as ImageFeature
 from PIL import Image
+from textual.widgets import DataTable, Static
 
 from difflab.diffusion.data import load_dataset
 from difflab.errors import InputError
 from difflab.recipe import DatasetConfig
-from tests.conftest import read_losses, run_cli, tiny_args
+from difflab.screens.app import DifflabApp
+from difflab.screens.widgets import RecipeField
+from tests.conftest import read_losses, run_cli, tiny_args, wait_for_probe
 
 NAMES = ["red", "green", "blue"]
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
@@ -302,3 +305,34 @@ def test_a_bad_split_slice_says_how_to_write_one(table, tmp_path):
     with pytest.raises(InputError, match=r"dataset.split = 'train\[a:b\]': .*such as 'train\[:500\]'"):
         load_dataset(hub_config(saved_to_disk(table, tmp_path / "saved"), split="train[a:b]"))
 
+
+
+# ---------------------------------------------------------------- the dataset screen
+
+
+@pytest.mark.anyio
+async def test_the_dataset_screen_shows_a_hub_dataset_with_its_columns_and_captions(table, tmp_path):
+    folder = saved_to_disk(table, tmp_path / "saved")
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await wait_for_probe(pilot)
+
+        def shown(key: str) -> bool:
+            return app.screen.query_one(f"#field-{key.replace('.', '-')}", RecipeField).display
+
+        assert not shown("dataset.caption_column") and not shown("dataset.split")  # digits has neither
+        assert not app.screen.query_one("#captions", Static).display
+        choices = app.screen.query_one("#field-dataset-source", RecipeField).choices
+        assert {"hub", "imagefolder", "folder", "digits"} <= set(choices)
+        for key, value in (("dataset.path", str(folder)), ("dataset.label_column", "label"),
+                           ("dataset.caption_column", "text"), ("dataset.channels", 3), ("dataset.source", "hub")):
+            assert app.set_recipe_value(key, value) == ""
+        await pilot.pause(0.5)
+        await wait_for_probe(pilot)
+        assert all(shown(key) for key in ("dataset.split", "dataset.image_column", "dataset.label_column",
+                                          "dataset.caption_column"))
+        facts = str(app.screen.query_one("#facts", Static).render())
+        assert f"hub:{folder}: 12 images of 3×28×28" in facts, facts
+        captions = str(app.screen.query_one("#captions", Static).render())
+        assert "12 captioned" in captions and f"1. {caption(0)}" in captions and f"4. {caption(3)}" in captions
+        assert app.screen.query_one("#classes", DataTable).row_count == 3

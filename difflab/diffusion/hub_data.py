@@ -46,8 +46,8 @@ def open_table(cfg: DatasetConfig, base_dir: Path | None) -> Table:
         loaded = _call(lambda: datasets.load_dataset("imagefolder", data_dir=str(root)), cfg, root)
         where, name = str(root), f"imagefolder:{root}"
     else:
-        loaded, where = _open_hub(cfg, base_dir)
-        name = f"hub:{cfg.path}"
+        loaded, where = _open_hub(cfg, base_dir)  # where: the resolved folder, or the hub name
+        name = f"hub:{where}"
     rows = _pick_split(loaded, cfg, where)
     table = Table(rows, f"{where} (split {cfg.split!r})", name)
     for key in ("image_column", "label_column", "caption_column"):
