@@ -46,6 +46,8 @@ def start_tracking(accelerator: Accelerator, recipe: Recipe, logs: Path, step: i
     """
     if recipe.train.log_with == "none":
         return
+    if accelerator.is_main_process:
+        logs.mkdir(parents=True, exist_ok=True)  # wandb.init(dir=...) wants it to exist
     options = {"tensorboard": {"purge_step": step + 1} if step else {}, "wandb": {"dir": str(logs)}}
     accelerator.init_trackers(PROJECT, config=flat_config(recipe), init_kwargs=options)
 
