@@ -1,11 +1,11 @@
 """Image datasets, decoded and normalised once into one resident tensor.
 
 Every source (scikit-learn digits, generated shapes, MNIST IDX files, a folder of
-images, a Hugging Face dataset or imagefolder through `datasets`) is decoded, resized and scaled a single time when a job starts; training
-batches are then index slices of that tensor on the training device. Nothing is
-re-decoded or re-transformed per step: on these 2 cores one BasicUNet step takes
-about 0.25 s and data loading must stay a few percent of it, which per-item PIL
-decoding and transforms would not.
+images, a Hugging Face dataset or imagefolder through `datasets`) is decoded, resized
+and scaled a single time when a job starts; training batches are then index slices of
+that tensor on the training device. Nothing is re-decoded or re-transformed per step:
+on these 2 cores one BasicUNet step takes about 0.25 s and data loading must stay a few
+percent of it, which per-item PIL decoding and transforms would not.
 """
 
 from __future__ import annotations

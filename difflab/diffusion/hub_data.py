@@ -55,6 +55,10 @@ def open_table(cfg: DatasetConfig, base_dir: Path | None) -> Table:
         if column and column not in rows.column_names:
             raise InputError(f"dataset.{key} = {column!r}: no such column in {table.where}; "
                              f"its columns are {', '.join(rows.column_names)}")
+    feature = rows.features[cfg.image_column]
+    if not isinstance(feature, datasets.Image) and not _is_image_struct(feature):
+        raise InputError(f"dataset.image_column = {cfg.image_column!r}: not a column of images in {table.where} "
+                         f"(its type is {feature}); its columns are {', '.join(rows.column_names)}")
     return table
 
 
@@ -96,13 +100,9 @@ def encoded_images(table: Table, cfg: DatasetConfig, keep: list[int] | None) -> 
     """The kept rows' images still encoded (bytes or a file), each with its name for errors."""
     datasets = _datasets()
     column = cfg.image_column
-    feature = table.rows.features[column]
-    if not isinstance(feature, datasets.Image) and not _is_image_struct(feature):
-        raise InputError(f"dataset.image_column = {column!r}: not a column of images in {table.where} "
-                         f"(its type is {feature}); its columns are {', '.join(table.rows.column_names)}")
     indices = keep if keep is not None else range(len(table.rows))
     rows = table.rows.select(indices) if keep is not None else table.rows
-    if isinstance(feature, datasets.Image):  # undecoded: PIL images per row would be decoded twice
+    if isinstance(rows.features[column], datasets.Image):  # as bytes: decode_image decodes and names them
         rows = rows.cast_column(column, datasets.Image(decode=False))
     return [_encoded(cell, row, cfg, table) for row, cell in zip(indices, rows[column])]
 
