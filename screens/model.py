@@ -1,4 +1,5 @@
-"""Model screen: the knobs of BasicUNet or UNet2DModel; its size, shapes, compute and rough cost."""
+"""Model screen: the knobs of BasicUNet or UNet2DModel; its size, shapes, compute and rough cost;
+starting from a pretrained source (train.init_from), where each setting of its network comes from."""
 
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ class ModelScreen(LabScreen):
         yield Label("output of each block (C×H×W)", classes="section-title")
         yield DataTable(id="blocks", show_cursor=False, zebra_stripes=True)
         yield Static(id="estimate")
+        # shown only for a recipe that starts from a pretrained source: its network is the source's own
+        yield Label(id="origins-title", classes="section-title", markup=False)
+        yield DataTable(id="origins", show_cursor=False, zebra_stripes=True)
 
     def on_mount(self) -> None:
         # LabScreen.on_mount also runs (Textual dispatches on_mount along the MRO)
@@ -63,7 +67,7 @@ class ModelScreen(LabScreen):
             self.watch(field, "error", self._show_rejection, init=False)
 
     def make_probe(self):
-        return launch.probe("model_probe:ModelProbe", recipe=self.app.recipe)
+        return launch.probe("model_probe:ModelProbe", recipe=self.app.recipe, recipe_dir=self.app.recipe_dir)
 
     def show_result(self, summary: dict) -> None:
         estimate = summary["estimate"]
@@ -77,6 +81,20 @@ class ModelScreen(LabScreen):
         for name, shape in report.blocks:
             table.add_row(name, _shape(shape))
         self.query_one("#estimate", Static).update(_estimate_text(estimate, self.app.recipe.train.batch_size))
+        self._show_origins(summary.get("origins", []), summary.get("source"))
+
+    def _show_origins(self, origins: list, source: str | None) -> None:
+        """Each network and schedule setting, its value and where it came from: the source, the recipe
+        or a default (a recipe changes only what it sets; the rest is the source's own)."""
+        title, table = self.query_one("#origins-title", Label), self.query_one("#origins", DataTable)
+        title.display = table.display = source is not None
+        if source is None:
+            return
+        title.update(f"where each setting comes from ('source': train.init_from = {source})")
+        table.clear(columns=True)
+        table.add_columns("setting", "value", "from")
+        for key, value, origin in origins:
+            table.add_row(key, str(value), origin)
 
     def _show_kind_fields(self, recipe) -> None:
         """Show the chosen kind's knobs and hide the other kind's."""

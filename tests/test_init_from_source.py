@@ -194,6 +194,27 @@ def test_a_hub_id_that_is_not_cached_offline_is_bad_input(hub_cache, tmp_path, c
     assert build_model(parse_recipe({"train": {"init_from": "nobody/no-such-ddpm"}}), estimate=True)
 
 
+@pytest.mark.anyio
+async def test_the_model_screen_says_where_each_setting_comes_from(pipeline, tmp_path):
+    from textual.widgets import DataTable
+
+    from difflab.screens.app import DifflabApp
+    from tests.conftest import wait_for_probe
+
+    folder, _ = pipeline
+    recipe = tmp_path / "fine-tune.toml"
+    recipe.write_text(FINE_TUNE.replace("[train]\n", f"[train]\ninit_from = '{folder.name}'\n"))
+    app = DifflabApp(recipe)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("3")
+        await wait_for_probe(pilot)
+        table = app.screen.query_one("#origins", DataTable)
+        rows = {str(row[0]): (str(row[1]), str(row[2])) for row in map(table.get_row_at, range(table.row_count))}
+        assert table.display and rows["model.block_out_channels"] == ("[32, 32]", "source")
+        assert rows["UNet2DModel.flip_sin_to_cos"] == ("False", "source")
+        assert "UNet2DModel · 285,667 parameters" in str(app.screen.query_one("#headline").render())
+
+
 def test_the_model_command_says_where_each_setting_comes_from(pipeline, tmp_path, capsys):
     folder, _ = pipeline
     recipe = tmp_path / "fine-tune.toml"
@@ -206,3 +227,32 @@ def test_the_model_command_says_where_each_setting_comes_from(pipeline, tmp_path
     assert rows["model.block_out_channels"] == ("[32, 32]", "source")
     assert rows["model.dropout"] == ("0.1", "recipe")
     assert rows["UNet2DModel.freq_shift"] == ("1", "source") and rows["UNet2DModel.norm_eps"] == ("1e-06", "source")
+
+
+# ------------------------------------------------------------------ the built-in recipe
+
+
+def test_the_built_in_fine_tune_replays_offline_from_a_pipeline_folder(pipeline, tmp_path):
+    folder, _ = pipeline
+    run = tmp_path / "run"
+    quick = ["train.max_steps=2", "train.batch_size=8", "dataset.num_images=16", "sample.steps=3",
+             "sample.num_images=2", "sample.trajectory_steps=2", "sample.trajectory_images=1",
+             "eval.enabled=false", "expect.enabled=false"]
+    # unconditional, as the course's fine-tune (the smoke profile's own source is class-conditional)
+    plain = ["model.num_classes=0", "sample.class_labels=[]", "sample.guidance_scale=1.0"]
+    sets = [arg for item in [f"train.init_from='{folder}'", *quick, *plain] for arg in ("--set", item)]
+    assert run_cli("run", "finetune-pretrained", "--profile", "smoke", "--out", run, "--device", "cpu", *sets) == 0
+    recipe = load_recipe(run / "recipe.toml")
+    assert recipe.dataset.channels == 3 and recipe.dataset.image_size == 16  # the source's, the profile's
+    tuned = DDPMPipeline.from_pretrained(run / "pipeline")
+    assert {k: tuned.unet.config[k] for k in GOOGLE_DDPM} == GOOGLE_DDPM and tuned.unet.config.sample_size == 16
+    images = tuned(batch_size=1, num_inference_steps=2, generator=torch.manual_seed(0), output_type="np").images
+    assert images.shape == (1, 16, 16, 3)
+
+
+def test_the_built_in_fine_tune_without_its_hub_model_says_so(hub_cache, tmp_path, capsys):
+    assert run_cli("run", "finetune-pretrained", "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("error: train.init_from = 'google/ddpm-celebahq-256': not a local folder, "
+                                           "not in the Hugging Face cache")
+    assert "--set train.init_from=PATH" in err and not (tmp_path / "run").exists()

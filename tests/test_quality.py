@@ -95,7 +95,7 @@ def test_an_expectation_that_needs_evaluation_with_evaluation_off_is_bad_input(t
 
 
 # Recipes whose smoke profile fine-tunes class-conditional-digits' smoke run (train.init_from).
-FINE_TUNES = {"finetune", "lora-finetune"}
+FINE_TUNES = {"finetune", "finetune-pretrained", "lora-finetune"}
 # Smoke replays that other tests read too: made once by a session fixture (tests/conftest.py).
 SHARED_RUNS = {"class-conditional-digits": "conditional_smoke_run", "ddim-inversion": "inversion_smoke_run"}
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from difflab.diffusion.models import build_model, denoise, dry_run
+from difflab.diffusion.sources import provenance, resolve
 from difflab.jobs.memory import check_training_memory, estimate_training_memory, free_memory
 from difflab.recipe import Recipe
 from difflab.runtime.worker import JobContext
@@ -48,16 +49,19 @@ class ModelProbe:
     real step, at as much of the batch as fits in about a second, to measure the estimate's error."""
 
     recipe: Recipe
+    recipe_dir: Path | None = None  # where a relative train.init_from is found
     timing_batch: int = 16
     name: str = "model"
     device: str = "auto"
     measure_budget_s: float = 1.0  # the probe reruns on every change: keep the real step short
 
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+        resolution = resolve(self.recipe, self.recipe_dir)  # a pretrained source's network and schedule
+        self.recipe = resolution.recipe
         memory = check_training_memory(self.recipe, ctx.device).total  # before anything real is built
-        report = dry_run(self.recipe, "cpu")
+        report = dry_run(self.recipe, "cpu", self.recipe_dir)
         size, channels = self.recipe.dataset.image_size, self.recipe.dataset.channels
-        model = build_model(self.recipe).to(ctx.device)
+        model = build_model(self.recipe, self.recipe_dir).to(ctx.device)
         batch = self.recipe.train.batch_size
         timing_batch = min(self.timing_batch, batch)
         per_image = _fastest_step(model, timing_batch, channels, size, ctx.device) / timing_batch
@@ -68,7 +72,8 @@ class ModelProbe:
         if free is None or 2 * expected < free:
             seconds, used = _real_step(model, measure_batch, channels, size, ctx.device)
             estimate.measured = MeasuredStep(measure_batch, seconds, used, per_image * measure_batch, expected)
-        return "finished", {"estimate": estimate}
+        source = resolution.source.where if resolution.source else None
+        return "finished", {"estimate": estimate, "origins": provenance(resolution), "source": source}
 
 
 def _with_batch(recipe: Recipe, batch: int) -> Recipe:

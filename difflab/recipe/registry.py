@@ -261,7 +261,7 @@ CHAPTERS = {chapter.number: chapter for chapter in (
     Chapter(3, "从零开始做扩散模型", "Diffusion from scratch", "unit 1, notebook 2", ("from-scratch", "unet2d-digits")),
     Chapter(4, "Diffusers实战", "DDPM with diffusers", "unit 1, notebook 1", ("ddpm-rgb-32",)),
     Chapter(5, "微调和引导", "Fine-tuning and guidance", "unit 2",
-            ("class-conditional-digits", "finetune", "guidance-color")),
+            ("class-conditional-digits", "finetune", "finetune-pretrained", "guidance-color")),
     Chapter(6, "Stable Diffusion", "Stable Diffusion", "unit 3"),
     Chapter(7, "DDIM反转", "DDIM inversion", "unit 4", ("ddim-inversion",)),
     Chapter(8, "音频扩散模型", "Audio diffusion", "unit 4", ("audio-spectrogram",)),
