@@ -129,6 +129,14 @@ def test_a_setting_the_weights_cannot_take_is_refused_in_one_line(pipeline, tmp_
     assert len(err.splitlines()) == 1
 
 
+def test_a_network_difflab_does_not_fine_tune_is_named(tmp_path):
+    folder = tmp_path / "text-to-image-unet"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "in_channels": 4}))
+    with pytest.raises(InputError, match="its network is a UNet2DConditionModel; difflab fine-tunes UNet2DModel"):
+        build_model(parse_recipe({"train": {"init_from": str(folder)}}))
+
+
 def test_the_source_schedule_comes_with_it_unless_the_recipe_sets_one(tmp_path):
     folder = tmp_path / "cosine"
     save_pipeline(folder, num_train_timesteps=500, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
@@ -155,6 +163,17 @@ def test_a_run_fine_tuned_from_it_loads_in_plain_diffusers_and_samples(pipeline,
     # a run folder is a source too: its exported model, its recipe's schedule
     again = from_source(parse_recipe({"train": {"init_from": str(run)}}))
     assert (outputs(again) - outputs(tuned.unet)).abs().max().item() == 0
+
+
+def test_a_checkpoint_of_a_fine_tune_rebuilds_the_source_network_from_the_run_recipe(pipeline, tmp_path):
+    from difflab.diffusion.loading import checkpoint_model
+
+    folder, _ = pipeline
+    assert fine_tune(tmp_path, folder, "train.checkpoint_every=2") == 0
+    run = tmp_path / "run"
+    model = checkpoint_model(run / "checkpoints" / "step_000002")  # as a resume or `difflab sample` builds it
+    assert {k: model.config[k] for k in GOOGLE_DDPM} == GOOGLE_DDPM
+    assert (outputs(model) - outputs(UNet2DModel.from_pretrained(run / "model"))).abs().max().item() == 0
 
 
 @pytest.fixture

@@ -92,12 +92,18 @@ def open_source(init_from: str, base_dir: Path | None = None, online: bool = Tru
     from the Hugging Face cache, else (`online`) from the hub."""
     path = local_path(init_from, base_dir)
     if path is not None:
-        return _folder_source(path, init_from)
-    if not HUB_ID.match(init_from):
+        source = _folder_source(path, init_from)
+    elif HUB_ID.match(init_from):
+        source = _hub_source(init_from, online)
+    else:
         where = Path(base_dir or Path.cwd()) / init_from
         raise InputError(f"train.init_from = '{init_from}': no such folder ({where}); give a run folder, a "
                          f"checkpoint folder, a diffusers pipeline or model folder, or a hub id (owner/name)")
-    return _hub_source(init_from, online)
+    network_class = source.network.get("_class_name", "UNet2DModel")
+    if network_class not in ("UNet2DModel", "BasicUNet"):
+        raise InputError(f"train.init_from = '{init_from}': its network is a {network_class}; difflab fine-tunes "
+                         f"UNet2DModel (DDPM-style pipelines) and its own BasicUNet")
+    return source
 
 
 def local_path(init_from: str, base_dir: Path | None) -> Path | None:
