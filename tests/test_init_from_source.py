@@ -152,6 +152,31 @@ def test_the_source_schedule_comes_with_it_unless_the_recipe_sets_one(tmp_path):
     assert explicit.recipe.schedule.beta_schedule == "squaredcos_cap_v2"
 
 
+def test_a_run_the_lab_starts_trains_with_the_source_schedule_and_records_it(tmp_path):
+    from difflab.jobs.training import TrainingJob
+    from difflab.runtime.runs import RunDir
+    from difflab.runtime.worker import Worker
+
+    save_pipeline(tmp_path / "cosine", num_train_timesteps=500, beta_schedule="squaredcos_cap_v2",
+                  prediction_type="v_prediction")
+    path = tmp_path / "fine-tune.toml"
+    path.write_text(FINE_TUNE.replace("[train]\n", "[train]\ninit_from = 'cosine'\n"))
+    # as the lab holds a recipe after any edit: every key written out, the source beside the recipe file
+    recipe = Recipe.model_validate(load_recipe(path).model_dump(mode="json"))
+    run = RunDir.create(tmp_path / "run", recipe)
+    worker = Worker("cpu")
+    try:
+        handle = worker.submit(TrainingJob(recipe, run, path.parent))
+        assert list(worker.iter_events(handle.job_id))[-1].status == "finished"
+    finally:
+        worker.shutdown(timeout=30)
+    saved = load_recipe(run.recipe_path)
+    assert (saved.schedule.num_train_timesteps, saved.schedule.beta_schedule) == (500, "squaredcos_cap_v2")
+    assert saved.train.objective == "v_prediction" and saved.train.init_from == str(tmp_path / "cosine")
+    scheduler = json.loads((run.pipeline_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["num_train_timesteps"], scheduler["prediction_type"]) == (500, "v_prediction")
+
+
 def test_a_run_fine_tuned_from_it_loads_in_plain_diffusers_and_samples(pipeline, tmp_path):
     folder, _ = pipeline
     run = tmp_path / "run"

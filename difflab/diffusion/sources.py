@@ -21,7 +21,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from pydantic import ValidationError
 
 from difflab.errors import InputError
-from difflab.recipe import Recipe
+from difflab.recipe import Recipe, save_recipe
 from difflab.recipe.messages import describe_error
 from difflab.recipe.registry import BETA_SCHEDULES, objective_of_prediction
 from difflab.runtime.runs import RunDir, source_kind
@@ -236,6 +236,8 @@ def resolve(recipe: Recipe, base_dir: Path | None = None, online: bool = True) -
     source = open_source(recipe.train.init_from, base_dir, online)
     _refuse_changes(recipe, source)
     data = recipe.model_dump(mode="json")
+    if source.kind != "hub":  # a folder found beside the recipe or here: written out whole, to replay anywhere
+        data["train"]["init_from"] = str(Path(source.where).resolve())
     origins = {}
     for key in ["model.kind", *_shown_keys(source.model_kind), *SCHEDULE_KEYS]:
         value = source.value(key)
@@ -253,6 +255,15 @@ def resolve(recipe: Recipe, base_dir: Path | None = None, online: bool = True) -
         raise InputError(f"train.init_from = '{source.name}': with its settings the recipe is not valid: "
                          f"{describe_error(error.errors()[0], data)}") from None
     return Resolution(resolved, source, origins)
+
+
+def resolve_run(recipe: Recipe, run: RunDir, base_dir: Path | None = None) -> Recipe:
+    """A fresh run's recipe with its source's settings filled in; RUN/recipe.toml rewritten when that
+    changed it (a run the lab starts saved the recipe as the screens hold it; `difflab run` resolved it first)."""
+    resolved = resolve(recipe, base_dir).recipe
+    if resolved != recipe:
+        save_recipe(resolved.model_copy(update={"profiles": {}}), run.recipe_path)
+    return resolved
 
 
 def _shown_keys(kind: str) -> list[str]:

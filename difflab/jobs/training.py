@@ -18,6 +18,7 @@ from difflab.diffusion.data import load_dataset
 from difflab.diffusion.generate import generate
 from difflab.diffusion.models import count_parameters
 from difflab.diffusion.render import image_grid, save_png
+from difflab.diffusion.sources import resolve_run
 from difflab.errors import JobFailed, reason
 from difflab.jobs.after_training import finish_training
 from difflab.jobs.memory import check_training_memory
@@ -52,6 +53,8 @@ class TrainingJob:
 
     def _train(self, ctx: JobContext) -> tuple[str, dict]:
         emit = ctx.emit
+        if not self.resume:  # train.init_from's network and schedule, as recipe.toml then says (sources.py)
+            self.recipe = resolve_run(self.recipe, self.run_dir, self.recipe_dir)
         check_training_memory(self.recipe, ctx.device)  # refused before the data or the model is built
         check_tracker(self.recipe.train.log_with)
         emit(events.LogLine(ctx.job_id, f"loading dataset '{self.recipe.dataset.source}'"))
