@@ -118,8 +118,6 @@ class LabScreen(Screen):
         return self._pending or self._job_id is not None
 
     def _on_event(self, event: Event) -> None:
-        if not self.query("#probe-loading"):  # the screen is being torn down (the lab is quitting)
-            return
         if isinstance(event, JobFinished):
             self._job_id = None
             self.query_one("#probe-loading").display = False

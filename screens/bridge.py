@@ -99,7 +99,7 @@ class EngineBridge:
         for event in _coalesce(waiting):
             event = _as_internal_error(event)
             handler = self._handlers.get(event.job_id)
-            if handler is not None:
+            if handler is not None and _still_listening(handler):
                 handler(event)
                 delivered += 1
             if isinstance(event, TERMINAL_EVENTS):
@@ -125,3 +125,14 @@ def _as_internal_error(event: Event) -> Event:
         return event
     log = write_crash_log(event.traceback)
     return replace(event, message=internal_error_line(event.message, log), traceback="")
+
+
+def _still_listening(handler) -> bool:
+    """False for a handler whose widget is gone or going: the lab is quitting, or its screen was
+    removed. A result delivered then queried widgets that teardown had already removed (NoMatches)."""
+    owner = getattr(handler, "__self__", None)
+    if owner is None or not hasattr(owner, "is_attached"):
+        return True
+    # Textual has no public "closing" flag: _closing is set as a widget starts to close, and
+    # App._exit as soon as exit() is called.
+    return owner.is_attached and not owner._closing and not getattr(owner.app, "_exit", False)
