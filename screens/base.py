@@ -43,7 +43,7 @@ class LabScreen(Screen):
 
     def make_probe(self):
         """The job that computes what this screen shows, or None."""
-        return None
+        return
 
     def show_result(self, summary: dict) -> None:
         """Put a finished probe's result on screen."""

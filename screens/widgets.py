@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import os
 import sys
-from importlib.resources import files
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
+from importlib.resources import files
 from typing import Any
 
 from rich.console import Console

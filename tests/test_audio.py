@@ -10,9 +10,9 @@ import torch
 
 from difflab.diffusion.audio import SpectrogramCodec, read_wav, write_wav
 from difflab.diffusion.data import load_dataset
+from difflab.diffusion.sounds import FAMILIES, GeneratedClips
 from difflab.errors import InputError
 from difflab.recipe import AudioConfig, DatasetConfig, load_recipe
-from difflab.diffusion.sounds import FAMILIES, GeneratedClips
 from tests.conftest import TINY_DDPM, run_cli, tiny_args
 
 # The DDPM chapter's tiny model on 8x8 spectrograms of 0.25 s clips: 8 mel bands x 8 frames.

@@ -79,8 +79,8 @@ def test_sampling_a_run_on_the_device_with_a_compiled_sampler(tmp_path):
     assert run_cli("sample", out, "--out", tmp_path / "plain", "--device", DEVICE) == 0
     assert run_cli("sample", out, "--out", tmp_path / "compiled", "--device", DEVICE,
                    "--set", "sample.compile=true") == 0
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     plain, = (tmp_path / "plain").glob("*final.png")
     compiled, = (tmp_path / "compiled").glob("*final.png")

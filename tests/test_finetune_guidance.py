@@ -137,8 +137,8 @@ def test_conditioning_and_guidance_settings_are_validated(overrides, message):
 
 
 def test_colour_guidance_moves_the_mean_colour_toward_the_target_and_records_its_norm(source_run):
-    from difflab.diffusion.render import to_unit
     from difflab.diffusion.generate import trajectory
+    from difflab.diffusion.render import to_unit
 
     target = torch.tensor([0.1, 0.9, 0.5]).view(1, 3, 1, 1)
     errors, paths = {}, {}
@@ -169,8 +169,8 @@ def test_a_colour_guided_run_measures_the_colour_error_with_and_without_guidance
 
 
 def test_guidance_through_the_model_also_pulls_toward_the_colour(source_run):
-    from difflab.diffusion.render import to_unit
     from difflab.diffusion.generate import generate
+    from difflab.diffusion.render import to_unit
 
     target = torch.tensor([0.9, 0.1, 0.1]).view(1, 3, 1, 1)
     errors = []
@@ -183,9 +183,9 @@ def test_guidance_through_the_model_also_pulls_toward_the_colour(source_run):
 
 def test_classifier_guidance_raises_the_share_of_the_target_class(source_run):
     from difflab.diffusion.data import load_dataset
-    from difflab.diffusion.render import to_unit
     from difflab.diffusion.generate import generate
     from difflab.diffusion.reference import predict, reference_classifier
+    from difflab.diffusion.render import to_unit
 
     shares = {}
     for scale in (0, 0.1):  # guidance_scale 0: the unconditional model, so only the classifier pulls
@@ -241,9 +241,9 @@ def test_every_guidance_function_a_recipe_may_name_is_registered():
 def test_lora_trains_only_adapters_and_the_saved_adapter_reloads_to_identical_outputs(source_run, tmp_path):
     from diffusers import UNet2DModel
 
+    from difflab.diffusion.loading import checkpoint_model
     from difflab.diffusion.lora import load_lora
     from difflab.diffusion.models import denoise
-    from difflab.diffusion.loading import checkpoint_model
 
     run = tmp_path / "lora"
     assert run_cli("run", "ddpm-rgb-32", "--out", run, *cond_args(
@@ -301,9 +301,9 @@ def test_saving_and_loading_an_adapter_gives_identical_outputs(tmp_path):
 
 
 def test_lora_targets_that_match_no_layer_say_which_names_exist():
-    from difflab.errors import InputError
     from difflab.diffusion.lora import add_lora
     from difflab.diffusion.models import build_model
+    from difflab.errors import InputError
     from difflab.recipe import TrainConfig
 
     with pytest.raises(InputError) as error:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,11 +13,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from difflab.runtime import events
 from difflab.diffusion.models import BasicUNet
-from difflab.recipe import load_recipe
-from difflab.runtime.runs import RunDir
 from difflab.jobs.training import TrainingJob
+from difflab.recipe import load_recipe
+from difflab.runtime import events
+from difflab.runtime.runs import RunDir
 from difflab.runtime.worker import Worker
 from tests.conftest import paused_from_the_start, read_losses, run_cli, tiny_args
 
@@ -188,7 +187,7 @@ def test_a_device_that_is_not_here_is_bad_input(tmp_path, capsys):
 
 
 def test_out_of_memory_fails_with_a_suggestion(tmp_path, capsys, monkeypatch):
-    import difflab.diffusion.objectives as objectives
+    from difflab.diffusion import objectives
 
     def exhausted(self, model, x, generator, labels=None):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -215,8 +214,8 @@ def test_log_lines_and_notes_print_square_brackets_verbatim():
 
     from rich.console import Console
 
-    from difflab.runtime import events
     from difflab.cli.report import Reporter
+    from difflab.runtime import events
 
     out = io.StringIO()
     Reporter(Console(file=out, width=200)).handle(

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from difflab.diffusion.data import load_dataset
-from difflab.errors import RecipeError
 from difflab.diffusion.inversion import (
     Edit,
     InversionSettings,
@@ -18,8 +17,9 @@ from difflab.diffusion.inversion import (
     invert_and_reconstruct,
     random_noise_error,
 )
-from difflab.recipe import parse_recipe
 from difflab.diffusion.loading import run_setup
+from difflab.errors import RecipeError
+from difflab.recipe import parse_recipe
 from tests.conftest import run_cli
 
 # Every test here reads ddim-inversion's smoke run (8 px class-conditional digits, ~320 steps,

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from difflab.runtime.catalog import builtin_recipes
 from difflab.diffusion.data import load_dataset
+from difflab.diffusion.loading import setup_for
+from difflab.diffusion.models import build_model
+from difflab.diffusion.quality import class_accuracy, evaluate_images
+from difflab.diffusion.reference import reference_classifier
 from difflab.errors import RecipeError
 from difflab.jobs.evaluation import measure_model
-from difflab.diffusion.quality import class_accuracy, evaluate_images
-from difflab.diffusion.models import build_model
 from difflab.recipe import Recipe, load_recipe
-from difflab.diffusion.reference import reference_classifier
-from difflab.diffusion.loading import setup_for
+from difflab.runtime.catalog import builtin_recipes
 from tests.conftest import TINY_DDPM, run_cli, tiny_args
 
 DIGITS_16 = Recipe.model_validate({"dataset": {"image_size": 16}, "device": "cpu"})

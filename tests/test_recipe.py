@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from difflab.runtime.catalog import builtin_recipes
 from difflab.errors import RecipeError
 from difflab.recipe import Recipe, load_recipe, parse_recipe, recipe_to_toml, save_recipe
+from difflab.runtime.catalog import builtin_recipes
 from tests.conftest import run_cli
 
 

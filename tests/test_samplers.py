@@ -9,8 +9,6 @@ from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 
 from difflab.diffusion.animate import denoising_gif, frame_indices
-from difflab.errors import InputError
-from difflab.recipe import SAMPLERS, ScheduleConfig
 from difflab.diffusion.samplers import (
     SCHEDULER_CLASSES,
     diffusers_sample,
@@ -19,6 +17,8 @@ from difflab.diffusion.samplers import (
     timestep_alpha_bars,
 )
 from difflab.diffusion.schedules import noise_scheduler
+from difflab.errors import InputError
+from difflab.recipe import SAMPLERS, ScheduleConfig
 
 # diffusers' own numpy-2 deprecation noise from inside its schedulers' set_timesteps
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -6,8 +6,6 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from difflab.errors import InputError
-from difflab.recipe import ScheduleConfig
 from difflab.diffusion.schedules import (
     min_snr_weights,
     noise_scheduler,
@@ -16,6 +14,8 @@ from difflab.diffusion.schedules import (
     schedule_curves,
     training_target,
 )
+from difflab.errors import InputError
+from difflab.recipe import ScheduleConfig
 
 DDPM = ScheduleConfig(kind="ddpm")
 

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from difflab.errors import InputError
-from difflab.runtime.events import JobError, JobFinished, Progress
 from difflab.jobs.stepthrough import SaveStepThroughJob, StepThroughJob, samplers_for
+from difflab.runtime.events import JobError, JobFinished, Progress
 from difflab.runtime.runs import source_kind
 from difflab.runtime.worker import Worker
 from tests.conftest import TINY_DDPM, run_cli, tiny_args

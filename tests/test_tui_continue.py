@@ -7,8 +7,8 @@ import pytest
 
 from difflab.recipe import load_recipe
 from difflab.runtime.runs import RunDir
-from tests.test_tui_training import LONG, notifications, on_the_training_screen, state, until
 from tests.conftest import TINY
+from tests.test_tui_training import LONG, notifications, on_the_training_screen, state, until
 
 pytestmark = pytest.mark.anyio
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from difflab.runtime import events
-from difflab.recipe import load_recipe, parse_recipe
-from difflab.runtime.runs import RunDir
 from difflab.jobs.training import TrainingJob
+from difflab.recipe import load_recipe
+from difflab.runtime import events
+from difflab.runtime.runs import RunDir
 from difflab.runtime.worker import Worker
 from tests.conftest import TINY, paused_from_the_start
 
