@@ -162,6 +162,28 @@ def hold_lock(path: Path, note: str) -> HeldLock | str:
     return HeldLock(path, fd)
 
 
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path`, waiting for whoever holds it now: two processes
+    about to make the same cached file take turns, and the second finds the first one's result."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # a read-only cache: nothing can be written there, so there is nothing to guard
+        yield
+        return
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as error:  # a filesystem without locks: go on unguarded
+                if error.errno not in NO_LOCKS:
+                    raise
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def _read_note(fd: int) -> str:
     with contextlib.suppress(OSError):
         return os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()

@@ -69,7 +69,12 @@ def classifier_cache(tmp_path_factory):
     """Reference classifiers go to a folder of this test session, never to the user's cache."""
     import os
 
-    folder = tmp_path_factory.mktemp("difflab-cache")
+    # One folder for every xdist worker of this run: a classifier trained by one is read by the
+    # others (reference.py makes a second process wait for the first rather than train it again).
+    shared = os.environ.get("PYTEST_XDIST_WORKER") is not None
+    folder = (tmp_path_factory.getbasetemp().parent / "difflab-cache" if shared
+              else tmp_path_factory.mktemp("difflab-cache"))
+    folder.mkdir(exist_ok=True)
     previous = os.environ.get("DIFFLAB_CACHE")
     os.environ["DIFFLAB_CACHE"] = str(folder)
     yield folder

@@ -9,24 +9,20 @@ captions and the chosen rows' encoded images; data.py decodes those like any oth
 from __future__ import annotations
 
 import io
-import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlparse
 
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from difflab.diffusion.folders import HUB_ID, resolve_data_path
+from difflab.diffusion.hub import hub_unreachable
 from difflab.errors import InputError, reason
 from difflab.recipe import DatasetConfig
 
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes into its folder
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-HUB_CONNECT_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -166,7 +162,7 @@ def _from_hub(cfg: DatasetConfig, local: Path) -> Any:
     missing = (f"dataset.path = {cfg.path!r}: no such folder ({local}) and not in the Hugging Face cache "
                f"({constants.HF_HUB_CACHE})")
     offline = datasets.config.HF_HUB_OFFLINE or constants.HF_HUB_OFFLINE
-    unreachable = None if offline else _hub_unreachable(datasets.config.HF_ENDPOINT)
+    unreachable = None if offline else hub_unreachable(datasets.config.HF_ENDPOINT)
     if unreachable:  # without this, huggingface_hub retries for ~25 s before giving up
         raise InputError(f"{missing}, and the hub cannot be reached ({unreachable}); download it where there "
                          f"is internet (hf download --repo-type dataset {cfg.path}) and copy the cache here")
@@ -178,18 +174,6 @@ def _from_hub(cfg: DatasetConfig, local: Path) -> Any:
                          f"save_to_disk and set dataset.path to that folder") from None
     except (datasets.exceptions.DatasetsError, FileNotFoundError, ValueError, OSError) as error:
         raise InputError(f"{missing}, and the hub could not give it: {reason(error)}") from None
-
-
-def _hub_unreachable(endpoint: str) -> str | None:
-    """Why the hub's host cannot be reached now, or None when it can (or a proxy decides)."""
-    if any(os.environ.get(name) for name in PROXY_VARIABLES):
-        return None
-    url = urlparse(endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=HUB_CONNECT_TIMEOUT_S).close()
-    except OSError as error:
-        return f"{url.hostname}: {error}"
-    return None
 
 
 def _existing_folder(cfg: DatasetConfig, base_dir: Path | None) -> Path:

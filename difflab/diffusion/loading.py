@@ -14,6 +14,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from difflab.diffusion.checkpoints import load_checkpoint
 from difflab.diffusion.generate import SamplingSetup
+from difflab.diffusion.hub import hub_unreachable
 from difflab.diffusion.lora import add_lora, merged_state_dict
 from difflab.diffusion.models import BasicUNet, build_model
 from difflab.diffusion.schedules import training_noise_scheduler
@@ -153,6 +154,10 @@ def _from_hub(hub_id: str, what: str):
         return _unet_and_scheduler(hub_id, local_files_only=True)
     except (OSError, ValueError):
         pass  # not cached: try the network below
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise InputError(f"{what}: not a local folder, not in the Hugging Face cache, and the hub cannot be "
+                         f"asked ({unreachable}). Offline, download it elsewhere and copy the folder here.")
     try:
         return _unet_and_scheduler(hub_id)
     except (OSError, ValueError) as error:

@@ -26,7 +26,7 @@ from torch import nn
 from difflab.diffusion.data import ImageDataset
 from difflab.diffusion.render import to_unit
 from difflab.errors import InputError
-from difflab.files import atomic_dir
+from difflab.files import atomic_dir, waiting_lock
 
 CACHE_ENV = "DIFFLAB_CACHE"
 VERSION = 2  # part of the cache key: bump when the network or its training changes
@@ -130,10 +130,17 @@ def reference_classifier(data: ImageDataset, device: str = "cpu", log: Callable[
         raise InputError(f"no reference classifier: {reason}")
     split = split_real(data, settings.seed)
     folder = cache_dir() / "classifiers" / f"{_safe(data.name)}-{_cache_key(split, data, settings)}"
-    cached = _load(folder, device)
-    if cached is not None:
-        model, meta = cached
-        return Reference(model, split, meta["class_names"], meta["held_out_accuracy"], folder, None)
+    # Another process training this same classifier: wait for it and read its result.
+    with waiting_lock(folder.with_name(f".{folder.name}.lock")):
+        cached = _load(folder, device)
+        if cached is not None:
+            model, meta = cached
+            return Reference(model, split, meta["class_names"], meta["held_out_accuracy"], folder, None)
+        return _train_and_cache(split, data, settings, device, folder, log)
+
+
+def _train_and_cache(split: RealSplit, data: ImageDataset, settings: ClassifierSettings, device: str,
+                     folder: Path, log: Callable[[str], None]) -> Reference:
     log(f"training the reference classifier for '{data.name}' ({len(split.train)} images; cached in {folder})")
     started = time.perf_counter()
     model = _train(split, len(data.class_names), settings, device)

@@ -20,6 +20,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from pydantic import ValidationError
 
+from difflab.diffusion.hub import hub_unreachable
 from difflab.errors import InputError
 from difflab.recipe import Recipe, save_recipe
 from difflab.recipe.messages import describe_error
@@ -144,9 +145,13 @@ def _run_source(path: Path, name: str, use_model: bool = True) -> PretrainedSour
 
 def _hub_source(hub_id: str, online: bool) -> PretrainedSource:
     """A pipeline on the hub (its unet/ and scheduler/, or a bare model repo): the cache first, then the network."""
-    network = _hub_json(hub_id, ["unet/config.json", "config.json"], online)
+    network = _hub_json(hub_id, ["unet/config.json", "config.json"], online=False)
+    unreachable = hub_unreachable() if network is None and online else None
+    if network is None and online and not unreachable:
+        network = _hub_json(hub_id, ["unet/config.json", "config.json"], online)
     if network is None:
-        where = "the hub could not be reached or has no such pipeline" if online else "the hub was not asked"
+        where = ("the hub has no such pipeline or refused it" if online and not unreachable
+                 else f"the hub cannot be asked ({unreachable})" if unreachable else "the hub was not asked")
         raise InputError(f"train.init_from = '{hub_id}': not a local folder, not in the Hugging Face cache, and "
                          f"{where}. Offline, download it elsewhere and give its folder: --set train.init_from=PATH")
     scheduler = _hub_json(hub_id, ["scheduler/scheduler_config.json", "scheduler_config.json"], online)
