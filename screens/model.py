@@ -3,6 +3,7 @@ starting from a pretrained source (train.init_from), where each setting of its n
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Label, Static
 
@@ -29,6 +30,9 @@ KIND_FIELDS = {
         ("model.dropout", "dropout"),
     ],
 }
+
+
+RECIPE_SECTIONS = {"dataset", "schedule", "model", "train", "sample"}
 
 
 class ModelScreen(LabScreen):
@@ -58,7 +62,8 @@ class ModelScreen(LabScreen):
         yield Static(id="estimate")
         # shown only for a recipe that starts from a pretrained source: its network is the source's own
         yield Label(id="origins-title", classes="section-title", markup=False)
-        yield DataTable(id="origins", show_cursor=False, zebra_stripes=True)
+        # a Rich table in a Static wraps long values (block type lists) instead of cutting them
+        yield Static(id="origins")
 
     def on_mount(self) -> None:
         # LabScreen.on_mount also runs (Textual dispatches on_mount along the MRO)
@@ -86,15 +91,17 @@ class ModelScreen(LabScreen):
     def _show_origins(self, origins: list, source: str | None) -> None:
         """Each network and schedule setting, its value and where it came from: the source, the recipe
         or a default (a recipe changes only what it sets; the rest is the source's own)."""
-        title, table = self.query_one("#origins-title", Label), self.query_one("#origins", DataTable)
-        title.display = table.display = source is not None
+        title, shown = self.query_one("#origins-title", Label), self.query_one("#origins", Static)
+        title.display = shown.display = source is not None
         if source is None:
             return
         title.update(f"where each setting comes from ('source': train.init_from = {source})")
-        table.clear(columns=True)
-        table.add_columns("setting", "value", "from")
-        for key, value, origin in origins:
-            table.add_row(key, str(value), origin)
+        recipe_keys = [row for row in origins if not _is_network_key(row[0])]
+        network_keys = [(key.partition(".")[2], value, origin) for key, value, origin in origins
+                        if _is_network_key(key)]
+        shown.update(Text("\n").join([*map(_origin_line, recipe_keys),
+                                       Text("the source network's own settings (config.json):", style="bold"),
+                                       *map(_origin_line, network_keys)]))
 
     def _show_kind_fields(self, recipe) -> None:
         """Show the chosen kind's knobs and hide the other kind's."""
@@ -135,3 +142,15 @@ def _duration(seconds: float) -> str:
 def _megabytes(size: int) -> str:
     megabytes = size / 1e6
     return f"{megabytes:.1f} MB" if megabytes < 10 else f"{megabytes:,.0f} MB"
+
+
+def _is_network_key(key: str) -> bool:
+    """A setting of the source's network config that no recipe key says (shown as 'UNet2DModel.key')."""
+    return key.partition(".")[0] not in RECIPE_SECTIONS
+
+
+def _origin_line(row: tuple) -> Text:
+    """'key = value (from)': one line per setting that wraps in a narrow pane (a table's columns
+    left the values two cells at 80 columns)."""
+    key, value, origin = row
+    return Text.assemble(key, " = ", str(value), (f"  ({origin})", "dim"))
