@@ -149,7 +149,8 @@ def display_mode(color_system: str | None) -> str:
 
 def shown_path(path) -> str:
     """A recipe's path as short as it stays clear: built-ins by name, files under the working
-    folder relative to it, under the home folder with ~ (at 80 columns a full path took a row)."""
+    folder relative to it, under the home folder with ~, elsewhere its folder and name (at 80
+    columns a full path took a row)."""
     from pathlib import Path
 
     path = Path(path).resolve()
@@ -158,7 +159,7 @@ def shown_path(path) -> str:
     for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
         if path.is_relative_to(base.resolve()):
             return prefix + str(path.relative_to(base.resolve()))
-    return str(path)
+    return str(Path("…", *path.parts[-2:])) if len(path.parts) > 3 else str(path)  # ctrl+o shows where
 
 
 class ScreenBar(Tabs):

@@ -135,6 +135,8 @@ def test_the_status_line_shows_recipe_paths_short(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "mine"))
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert shown_path(tmp_path / "mine" / "a.toml") == "~/a.toml"
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    assert shown_path(tmp_path / "mine" / "a.toml") == "…/mine/a.toml"
 
 
 async def test_the_loss_axis_widens_for_its_longest_label():
