@@ -16,9 +16,10 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
+from difflab.diffusion.hub import cache_then_hub
 from difflab.diffusion.loading import checkpoint_model, load_model_folder
 from difflab.diffusion.sources import HUB_ID, local_path, open_source
-from difflab.errors import InputError, reason
+from difflab.errors import InputError
 from difflab.recipe import Recipe
 from difflab.runtime.runs import RunDir, source_kind
 
@@ -93,12 +94,12 @@ def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.
 
 def _hub_unet(hub_id: str) -> UNet2DModel:
     """The UNet of a hub pipeline (its unet/ folder, or a bare model repo): the cache first, then the network."""
-    error: Exception | None = None
-    for offline in (True, False):
-        for subfolder in ("unet", None):
-            try:
-                return UNet2DModel.from_pretrained(hub_id, subfolder=subfolder, local_files_only=offline)
-            except (OSError, ValueError) as failure:
-                error = failure
-    raise InputError(f"train.init_from = '{hub_id}': not a local folder, not in the Hugging Face cache, and the "
-                     f"hub could not be reached or has no such model ({reason(error)})")
+    return cache_then_hub(lambda **options: _repo_unet(hub_id, **options), f"train.init_from = '{hub_id}'",
+                          missing="no such model")
+
+
+def _repo_unet(hub_id: str, **options) -> UNet2DModel:
+    try:
+        return UNet2DModel.from_pretrained(hub_id, subfolder="unet", **options)
+    except (OSError, ValueError):
+        return UNet2DModel.from_pretrained(hub_id, **options)  # a bare model repo

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from huggingface_hub import constants
+
+from difflab.errors import InputError, reason
+
+T = TypeVar("T")
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 HUB_CONNECT_TIMEOUT_S = 3.0
@@ -30,3 +36,22 @@ def hub_unreachable(endpoint: str | None = None) -> str | None:
     except OSError as error:
         return f"{url.hostname}: {error}"
     return None
+
+
+def cache_then_hub(load: Callable[..., T], what: str, missing: str = "no such pipeline") -> T:
+    """`load(local_files_only=...)`: from the local Hugging Face cache, else from the hub when it can
+    be asked; an InputError naming `what` when neither has it."""
+    try:
+        return load(local_files_only=True)
+    except (OSError, ValueError):
+        pass  # not cached: ask the hub
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise InputError(f"{what}: not a local folder, not in the Hugging Face cache, and the hub cannot be "
+                         f"asked ({unreachable}). Offline, download it elsewhere and copy the folder here.")
+    try:
+        return load(local_files_only=False)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{what}: not a local folder, not in the Hugging Face cache, and the hub "
+                         f"could not be reached or has {missing} ({reason(error)}). "
+                         f"Offline, download it elsewhere and copy the folder here.") from None

@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from difflab.diffusion.checkpoints import load_checkpoint
 from difflab.diffusion.generate import SamplingSetup
-from difflab.diffusion.hub import hub_unreachable
+from difflab.diffusion.hub import cache_then_hub
 from difflab.diffusion.lora import add_lora, merged_state_dict
 from difflab.diffusion.models import BasicUNet, build_model
 from difflab.diffusion.schedules import training_noise_scheduler
@@ -150,20 +150,7 @@ def _unet_and_scheduler(source, **options):
 
 
 def _from_hub(hub_id: str, what: str):
-    try:
-        return _unet_and_scheduler(hub_id, local_files_only=True)
-    except (OSError, ValueError):
-        pass  # not cached: try the network below
-    unreachable = hub_unreachable()
-    if unreachable:
-        raise InputError(f"{what}: not a local folder, not in the Hugging Face cache, and the hub cannot be "
-                         f"asked ({unreachable}). Offline, download it elsewhere and copy the folder here.")
-    try:
-        return _unet_and_scheduler(hub_id)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{what}: not a local folder, not in the Hugging Face cache, and the hub "
-                         f"could not be reached or has no such pipeline ({reason(error)}). "
-                         f"Offline, download it elsewhere and copy the folder here.") from None
+    return cache_then_hub(lambda **options: _unet_and_scheduler(hub_id, **options), what)
 
 
 def checkpoint_setup(folder: Path, overrides: list[str], device: str):
