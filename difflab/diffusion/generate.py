@@ -20,6 +20,7 @@ from difflab.diffusion.animate import denoising_gif
 from difflab.diffusion.audio import write_clips
 from difflab.diffusion.conditioning import guided_model_fn, sampling_labels
 from difflab.diffusion.guidance import GUIDANCE, make_guidance
+from difflab.diffusion.latents import LatentCodec
 from difflab.diffusion.models import compiled_for_sampling
 from difflab.diffusion.render import image_grid, save_png, trajectory_figure
 from difflab.diffusion.samplers import (
@@ -47,6 +48,11 @@ class SamplingSetup:
     progress: StepCallback | None = None  # told of each step of the final grid's sampling
     data_dir: Path | None = None  # where a relative dataset path resolves (classifier guidance reads the data)
     weights: str = ""  # where the model's weights came from, in words ("the step 250 checkpoint ...")
+    codec: LatentCodec | None = None  # a latent model's VAE: `shape` is the latent's, images are decoded
+
+    def decoded(self, x: torch.Tensor) -> torch.Tensor:
+        """Images of x: itself in pixel space, decoded through the VAE from a latent model's latents."""
+        return x if self.codec is None else self.codec.decode(x)
 
     def noise(self, count: int, seed: int | None = None) -> torch.Tensor:
         seed = self.recipe.sample.seed if seed is None else seed
@@ -78,10 +84,11 @@ class SamplingSetup:
 @torch.no_grad()
 def generate(setup: SamplingSetup, count: int, steps: int, callback: StepCallback | None = None,
              noise: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """`count` images in `steps` steps, in the data's value range.
+    """`count` images in `steps` steps, in the data's value range (a latent model's decoded).
 
     `noise` and `labels` replace the recipe's seeded noise and class list (the class grid
-    gives each column its own seed and each row its class).
+    gives each column its own seed and each row its class). The callback sees the model's own
+    space: a latent model's latents.
     """
     setup.model.eval()
     noise = setup.noise(count) if noise is None else noise
@@ -90,8 +97,8 @@ def generate(setup: SamplingSetup, count: int, steps: int, callback: StepCallbac
         return toy_sample(model_fn, noise, steps, callback)
     s = setup.recipe.sample
     generator = torch.Generator(device=setup.device).manual_seed(s.seed + 1)
-    return diffusers_sample(model_fn, setup.scheduler(), noise, steps, eta=s.eta,
-                            generator=generator, callback=callback, guidance=setup.guidance())
+    return setup.decoded(diffusers_sample(model_fn, setup.scheduler(), noise, steps, eta=s.eta,
+                                          generator=generator, callback=callback, guidance=setup.guidance()))
 
 
 def trajectory(setup: SamplingSetup, count: int, steps: int) -> Trajectory:
@@ -123,9 +130,12 @@ def write_samples(setup: SamplingSetup, folder: Path, prefix: str = "") -> tuple
         inputs, predictions = short.inputs, short.predictions
     else:
         inputs, predictions = figure_rows(whole, s.trajectory_steps)
-    save_png(trajectory_figure(inputs, predictions, value_range), folder / f"{prefix}trajectory.png")
+    decoded = lambda steps: [setup.decoded(x) for x in steps]  # a latent model's steps, as images
+    save_png(trajectory_figure(decoded(inputs), decoded(predictions), value_range),
+             folder / f"{prefix}trajectory.png")
     if s.gif:
-        denoising_gif(whole.inputs, whole.predictions, value_range, folder / f"{prefix}denoising.gif")
+        denoising_gif(decoded(whole.inputs), decoded(whole.predictions), value_range,
+                      folder / f"{prefix}denoising.gif")
     return final, images
 
 

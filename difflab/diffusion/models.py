@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import ConfigMixin, ModelMixin, UNet2DModel
+from diffusers import AutoencoderKL, ConfigMixin, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from difflab.diffusion.latents import model_input_shape
 from difflab.diffusion.sources import network_config
+from difflab.errors import InputError
 from difflab.recipe import Recipe
 
 
@@ -69,8 +71,18 @@ def build_model(recipe: Recipe, base_dir: Path | None = None, estimate: bool = F
     `estimate`: for sizes only, where a source not at hand may be stood in for (network_config).
     """
     config = network_config(recipe, base_dir, estimate)
-    cls = BasicUNet if config.get("_class_name") == "BasicUNet" else UNet2DModel
-    return cls.from_config(config)
+    classes = {"BasicUNet": BasicUNet, "AutoencoderKL": AutoencoderKL}
+    return classes.get(config.get("_class_name"), UNet2DModel).from_config(config)
+
+
+def check_input_fits(model: nn.Module, shape: tuple[int, ...], recipe: Recipe) -> None:
+    """Refuse a network whose input channels contradict what it will be fed (a latent, or images)."""
+    wanted = model.config.get("in_channels") if hasattr(model, "config") else None
+    if wanted is not None and wanted != shape[0]:
+        what = f"the {shape[0]}-channel latents of latent.vae = '{recipe.latent.vae}'" if recipe.latent.vae \
+            else f"{shape[0]}-channel images (dataset.channels)"
+        where = f"train.init_from = '{recipe.train.init_from}'" if recipe.train.init_from else "model"
+        raise InputError(f"{where}: its network takes {wanted}-channel input, but it would be fed {what}")
 
 
 def null_class(model: nn.Module) -> int | None:
@@ -119,13 +131,15 @@ def dry_run(recipe: Recipe, device: str = "cpu", base_dir: Path | None = None) -
     with torch.device("meta") if device == "meta" else contextlib.nullcontext():
         model = build_model(recipe, base_dir, estimate=device == "meta")
     model = model.to(device).eval()
-    size, channels = recipe.dataset.image_size, recipe.dataset.channels
-    x = torch.zeros(1, channels, size, size, device=device)
+    x = torch.zeros(1, *model_input_shape(recipe, base_dir, estimate=device == "meta"), device=device)
     shapes: list[tuple[str, tuple[int, ...]]] = []
     hooks = [module.register_forward_hook(_shape_recorder(name, shapes)) for name, module in _blocks(model)]
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        denoise(model, x, torch.zeros(1, dtype=torch.long, device=device))
+        if isinstance(model, AutoencoderKL):
+            model(x)
+        else:
+            denoise(model, x, torch.zeros(1, dtype=torch.long, device=device))
     for hook in hooks:
         hook.remove()
     return ModelReport(recipe.model.kind, count_parameters(model), tuple(x.shape[1:]), shapes,
@@ -137,6 +151,12 @@ def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if isinstance(model, BasicUNet):
         return ([(f"down_layers.{i}", m) for i, m in enumerate(model.down_layers)]
                 + [(f"up_layers.{i}", m) for i, m in enumerate(model.up_layers)])
+    if isinstance(model, AutoencoderKL):  # image -> latent (the quant_conv's mean and log-variance) -> image
+        encoder, decoder = model.encoder, model.decoder
+        return ([(f"encoder.down_blocks.{i}", m) for i, m in enumerate(encoder.down_blocks)]
+                + ([("quant_conv (mean, logvar)", model.quant_conv)] if model.quant_conv is not None else [])
+                + [(f"decoder.up_blocks.{i}", m) for i, m in enumerate(decoder.up_blocks)]
+                + [("decoder.conv_out", decoder.conv_out)])
     return ([("conv_in", model.conv_in)]
             + [(f"down_blocks.{i} {type(m).__name__}", m) for i, m in enumerate(model.down_blocks)]
             + [("mid_block", model.mid_block)]

@@ -27,11 +27,13 @@ from difflab.recipe import Recipe
 
 @dataclass
 class BatchLoss:
-    """The loss to minimise, and each image's loss with its noise level in 0..1 (for diagnostics)."""
+    """The loss to minimise, and each image's loss with its noise level in 0..1 (for diagnostics);
+    a loss of several terms also gives each term's batch mean (`parts`, detached)."""
 
     loss: torch.Tensor
     per_image: torch.Tensor
     level: torch.Tensor
+    parts: dict[str, torch.Tensor] | None = None
 
 
 class ToyObjective:
@@ -72,8 +74,29 @@ class DDPMObjective:
         return BatchLoss(per_image.mean(), raw, t.float() / steps)
 
 
+class VaeObjective:
+    """A VAE's: reconstruct x through a latent sampled from the encoder's posterior (MSE), plus
+    kl_weight times the posterior's KL divergence from N(0, I), as Stable Diffusion's VAE is trained
+    (without its adversarial and perceptual terms, which a few CPU-minutes cannot afford)."""
+
+    def __init__(self, kl_weight: float) -> None:
+        self.kl_weight = kl_weight
+
+    def loss(self, model, x: torch.Tensor, generator: torch.Generator,
+             labels: torch.Tensor | None = None) -> BatchLoss:
+        posterior = model.encode(x).latent_dist
+        reconstruction = model.decode(posterior.sample(generator=generator)).sample
+        per_image = F.mse_loss(reconstruction.float(), x.float(), reduction="none").mean(dim=(1, 2, 3))
+        kl = posterior.kl().float()  # per image, summed over the latent's cells (as SD's training sums it)
+        loss = per_image.mean() + self.kl_weight * kl.mean()
+        parts = {"reconstruction": per_image.detach().mean(), "kl": kl.detach().mean()}
+        return BatchLoss(loss, per_image.detach(), torch.zeros_like(per_image), parts)
+
+
 def make_objective(recipe: Recipe, value_range: tuple[float, float], scheduler=None):
     """The objective a recipe trains with (the scheduler is needed for ddpm)."""
+    if recipe.model.kind == "autoencoder-kl":
+        return VaeObjective(recipe.train.kl_weight)
     if recipe.schedule.kind == "toy":
         return ToyObjective(value_range)
     return DDPMObjective(recipe, scheduler)

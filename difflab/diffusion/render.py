@@ -73,6 +73,44 @@ def labelled_rows(rows: list[torch.Tensor], labels: list[str], value_range: tupl
     return figure
 
 
+def latent_channels(latents: torch.Tensor, spread: float = 3.0) -> torch.Tensor:
+    """Each channel of (N, C, h, w) latents as its own grey image, (N, C, 1, h, w) in 0..1: scaled
+    latents (unit variance) from -spread..spread, so every channel reads on the same scale."""
+    x = latents.detach().float().cpu()
+    return ((x + spread) / (2 * spread)).clamp(0, 1).unsqueeze(2)
+
+
+def latent_figure(images: torch.Tensor, latents: torch.Tensor, value_range: tuple[float, float],
+                  decoded: torch.Tensor | None = None, scale: int = 4) -> Image.Image:
+    """One row per image: the image, each latent channel as a grey picture (its own grey scale:
+    -3..3 std), and, given, the image decoded back from the latent; the latents are upscaled to
+    the image's size so a cell of the latent sits beside the pixels it encodes."""
+    channels = latent_channels(latents)
+    size = images.shape[-1]
+    rows = []
+    for i in range(len(images)):
+        tiles = [to_unit(images[i:i + 1].float().cpu(), value_range).expand(1, 3, -1, -1)]
+        grey = torch.nn.functional.interpolate(channels[i], size=(size, size), mode="nearest")
+        tiles += list(grey.expand(-1, 3, -1, -1).split(1))
+        if decoded is not None:
+            tiles.append(to_unit(decoded[i:i + 1].float().cpu(), value_range).expand(1, 3, -1, -1))
+        rows.append(torch.cat(tiles))
+    grid = torch.cat(rows)
+    columns = len(rows[0])
+    picture = to_pil_image(make_grid(grid, nrow=columns, padding=2, pad_value=1.0))
+    picture = picture.resize((picture.width * scale // 2, picture.height * scale // 2), Image.Resampling.NEAREST)
+    header = Image.new("RGB", (picture.width, 14), "white")
+    draw = ImageDraw.Draw(header)
+    cell = picture.width / columns
+    names = ["image", *(f"z{c}" for c in range(latents.shape[1])), *(["back"] if decoded is not None else [])]
+    for c, name in enumerate(names):
+        draw.text((int(c * cell) + 3, 1), name, fill="black")
+    figure = Image.new("RGB", (picture.width, picture.height + 14), "white")
+    figure.paste(header, (0, 0))
+    figure.paste(picture, (0, 14))
+    return figure
+
+
 def save_png(image: Image.Image, path: Path) -> Path:
     """Write a PNG atomically (a crash never leaves half an image)."""
     buffer = io.BytesIO()

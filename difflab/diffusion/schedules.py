@@ -48,7 +48,10 @@ def training_noise_scheduler(recipe: Recipe) -> DDPMScheduler | None:
     """The scheduler a recipe's model trains (and samples) with; None for the toy process."""
     if recipe.schedule.kind != "ddpm":
         return None
-    return noise_scheduler(recipe.schedule, recipe.train.objective)
+    scheduler = noise_scheduler(recipe.schedule, recipe.train.objective)
+    if recipe.latent.vae:  # latents are not confined to -1..1 as pixels are: never clip them
+        scheduler.register_to_config(clip_sample=False)
+    return scheduler
 
 
 @dataclass

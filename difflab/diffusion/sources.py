@@ -21,6 +21,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from pydantic import ValidationError
 
 from difflab.diffusion.hub import hub_unreachable
+from difflab.diffusion.latents import model_input_shape, vae_config
 from difflab.errors import InputError
 from difflab.recipe import Recipe, save_recipe
 from difflab.recipe.messages import describe_error
@@ -305,13 +306,13 @@ def network_config(recipe: Recipe, base_dir: Path | None = None, estimate: bool 
     recipe's own [model] stands in for it (an estimate never waits on the network).
     """
     if not recipe.train.init_from:
-        return recipe_network(recipe)
+        return recipe_network(recipe, base_dir, estimate)
     try:
         resolution = resolve(recipe, base_dir, online=not estimate)
     except InputError:
         if not estimate:
             raise
-        return recipe_network(recipe)
+        return recipe_network(recipe, base_dir, estimate)
     source, resolved = resolution.source, resolution.recipe
     config = dict(source.network)
     if source.model_kind == "unet2d":
@@ -326,13 +327,17 @@ def network_config(recipe: Recipe, base_dir: Path | None = None, estimate: bool 
     return config
 
 
-def recipe_network(recipe: Recipe) -> dict[str, Any]:
-    """The config of a fresh network as the recipe's [model] describes it."""
-    cfg, channels = recipe.model, recipe.dataset.channels
+def recipe_network(recipe: Recipe, base_dir: Path | None = None, estimate: bool = False) -> dict[str, Any]:
+    """The config of a fresh network as the recipe's [model] describes it; a latent recipe's UNet
+    takes its VAE's latents (latents.model_input_shape)."""
+    cfg = recipe.model
+    if cfg.kind == "autoencoder-kl":
+        return vae_config(recipe)
+    channels, size, _ = model_input_shape(recipe, base_dir, estimate)
     if cfg.kind == "basic-unet":
         return {"_class_name": "BasicUNet", "in_channels": channels, "out_channels": channels,
                 "channels": list(cfg.channels), "kernel_size": cfg.kernel_size}
-    return {"_class_name": "UNet2DModel", "sample_size": recipe.dataset.image_size, "in_channels": channels,
+    return {"_class_name": "UNet2DModel", "sample_size": size, "in_channels": channels,
             "out_channels": channels, "layers_per_block": cfg.layers_per_block,
             "block_out_channels": list(cfg.block_out_channels), "down_block_types": list(cfg.down_block_types),
             "up_block_types": list(cfg.up_block_types), "norm_num_groups": cfg.norm_num_groups,

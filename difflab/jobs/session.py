@@ -24,8 +24,9 @@ from difflab.diffusion.checkpoints import (
 )
 from difflab.diffusion.finetune import load_initial_weights
 from difflab.diffusion.generate import SamplingSetup
+from difflab.diffusion.latents import LatentCodec
 from difflab.diffusion.lora import add_lora
-from difflab.diffusion.models import build_model, count_parameters
+from difflab.diffusion.models import build_model, check_input_fits, count_parameters
 from difflab.diffusion.objectives import make_objective
 from difflab.diffusion.schedules import training_noise_scheduler
 from difflab.errors import InputError, JobFailed, reason
@@ -44,12 +45,14 @@ class TrainingSession:
     """One training session of a job: model, optimizer, schedules, EMA, RNG and counters."""
 
     def __init__(self, ctx: JobContext, recipe: Recipe, run: RunDir, recipe_dir: Path | None, resume: bool,
-                 data, accelerator: Accelerator) -> None:
+                 data, accelerator: Accelerator, pixels=None, codec: LatentCodec | None = None) -> None:
         self.ctx, self.recipe, self.run = ctx, recipe, run
         self.recipe_dir, self.resume = recipe_dir, resume
         self.accelerator = accelerator
         self.device = str(accelerator.device)
-        self.data = _resident(data, self.device)
+        self.data = _resident(data, self.device)  # what the model trains on: images, or a latent run's latents
+        self.pixels = data if pixels is None else pixels  # the images (evaluation and inversion read them)
+        self.codec = codec  # a latent run's VAE
         self.cfg = self.recipe.train  # the loop replaces it when a person adjusts a setting
         self.main = accelerator.is_main_process
         self.global_batch = self.cfg.batch_size * self.cfg.gradient_accumulation * accelerator.num_processes
@@ -69,14 +72,16 @@ class TrainingSession:
         self._clock = time.perf_counter()  # the loop restarts it: elapsed counts training time
 
     @classmethod
-    def start(cls, ctx: JobContext, recipe: Recipe, run: RunDir, recipe_dir: Path | None, resume: bool, data):
+    def start(cls, ctx: JobContext, recipe: Recipe, run: RunDir, recipe_dir: Path | None, resume: bool, data,
+              pixels=None, codec: LatentCodec | None = None):
         """Build the model, optimizer, schedules and EMA; restore the last checkpoint on a resume."""
         check_precision(recipe.train.mixed_precision, ctx.device)
         accelerator = _accelerator(recipe, ctx.device, run.logs)
-        session = cls(ctx, recipe, run, recipe_dir, resume, data, accelerator)
+        session = cls(ctx, recipe, run, recipe_dir, resume, data, accelerator, pixels, codec)
         cfg = recipe.train
         torch.manual_seed(recipe.seed)  # weight initialisation
-        model = build_model(recipe)
+        model = build_model(recipe, recipe_dir)
+        check_input_fits(model, tuple(data.images.shape[1:]), recipe)
         _check_labels(recipe, data)
         session.prepare_model(model)
         model.to(memory_format=session.memory_format)
@@ -118,7 +123,7 @@ class TrainingSession:
     def sampling_setup(self) -> SamplingSetup:
         return SamplingSetup(self.unwrapped, self.recipe, tuple(self.data.images.shape[1:]),
                              self.data.value_range, self.device, self.noise_scheduler,
-                             data_dir=self.recipe_dir)
+                             data_dir=self.recipe_dir, codec=self.codec)
 
     @contextlib.contextmanager
     def sampling_weights(self):

@@ -14,17 +14,20 @@ import torch
 from PIL import Image
 
 from difflab.diffusion.conditioning import drop_labels
-from difflab.diffusion.data import load_dataset
+from difflab.diffusion.data import ImageDataset, load_dataset
 from difflab.diffusion.generate import generate
+from difflab.diffusion.latents import LatentCodec, encode_dataset, latent_shape
 from difflab.diffusion.models import count_parameters
 from difflab.diffusion.render import image_grid, save_png
 from difflab.diffusion.sources import resolve_run
 from difflab.errors import JobFailed, reason
 from difflab.jobs.after_training import finish_training
+from difflab.jobs.devices import resolve_device
 from difflab.jobs.memory import check_training_memory
 from difflab.jobs.session import TrainingSession
 from difflab.jobs.steering import Steering
 from difflab.jobs.tracking import check_tracker, log_grid
+from difflab.jobs.vae_source import run_codec
 from difflab.recipe import Recipe
 from difflab.runtime import events
 from difflab.runtime.runs import RunDir
@@ -59,7 +62,9 @@ class TrainingJob:
         check_tracker(self.recipe.train.log_with)
         emit(events.LogLine(ctx.job_id, f"loading dataset '{self.recipe.dataset.source}'"))
         data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed, self.recipe.audio)
-        session = _Training.start(ctx, self.recipe, self.run_dir, self.recipe_dir, self.resume, data)
+        codec, trained_on = self._latents(ctx, data)
+        session = _Training.start(ctx, self.recipe, self.run_dir, self.recipe_dir, self.resume, trained_on,
+                                  pixels=data, codec=codec)
         model = session.unwrapped
         emit(events.JobStarted(ctx.job_id, self.name, session.device, session.total_steps,
                                session.state.step, self.run_dir.path, count_parameters(model),
@@ -68,6 +73,21 @@ class TrainingJob:
             return self._end(session, self._loop(session))
         finally:
             session.accelerator.end_training()  # closes the trackers' files, whatever ended the job
+
+    def _latents(self, ctx: JobContext, data: ImageDataset) -> tuple[LatentCodec | None, ImageDataset]:
+        """A latent recipe's VAE and the dataset encoded through it, once; else no VAE and the pixels."""
+        if not self.recipe.latent.vae:
+            return None, data
+        device = resolve_device(ctx.device)
+        codec = run_codec(ctx, self.recipe, self.run_dir, self.recipe_dir, device, _train_vae)
+        latent_shape(codec.vae.config, self.recipe, self.recipe.latent.vae)  # refuses sizes the VAE can't take
+        encoded = encode_dataset(codec, data.to(device), self.recipe.latent.encode_batch_size)
+        shape = " x ".join(map(str, encoded.data.images.shape[1:]))
+        ctx.emit(events.LogLine(ctx.job_id, f"encoded {len(data)} images to {shape} latents through the VAE "
+                                f"({codec.source}) in {encoded.seconds:.1f} s, once; scaling factor "
+                                f"{codec.scaling_factor:.4g}, latent std per channel "
+                                f"{', '.join(f'{s:.2f}' for s in encoded.std)}"))
+        return codec, encoded.data.to("cpu") if data.images.device.type == "cpu" else encoded.data
 
     def _loop(self, session: _Training) -> bool:
         """The training loop; True when stopped early. Running out of memory fails the job with advice."""
@@ -89,6 +109,11 @@ class TrainingJob:
             self.run_dir.write_summary(summary)
             return "stopped", summary
         return "finished", session.finish()
+
+
+def _train_vae(ctx: JobContext, recipe: Recipe, run: RunDir) -> tuple[str, dict]:
+    """Train a built-in VAE recipe (vae_source's cache) with this same job."""
+    return TrainingJob(recipe, run).run(ctx)
 
 
 class _Training(TrainingSession):
@@ -231,7 +256,7 @@ class _Training(TrainingSession):
         """Hand the trained model to what follows training (after_training.py); summary.json's contents."""
         if not self.main:
             return self.summary("finished")
-        result = finish_training(self.ctx, self.recipe, self.run, self.data, self.sampling_setup(), self.recipe_dir,
+        result = finish_training(self.ctx, self.recipe, self.run, self.pixels, self.sampling_setup(), self.recipe_dir,
                                  step=self.state.step, ema_weights=self.sampling_weights,
                                  save_checkpoint=self.checkpoint, summary=self.summary)
         final = self.run.samples / "final.png"

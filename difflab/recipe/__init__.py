@@ -22,7 +22,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ),
     "sections": (
         "AudioConfig", "DOWN_BLOCKS", "DatasetConfig", "EvalConfig", "ExpectConfig", "GuidanceConfig",
-        "InvertConfig", "ModelConfig", "SampleConfig", "ScheduleConfig", "Section", "TrainConfig", "UP_BLOCKS"
+        "InvertConfig", "LatentConfig", "ModelConfig", "SampleConfig", "ScheduleConfig", "Section", "TrainConfig", "UP_BLOCKS"
     ),
     "schema": (
         "Recipe", "SECTIONS"

@@ -63,6 +63,8 @@ class ModelKind(NamedTuple):
 MODEL_KINDS = by_name(
     ModelKind("basic-unet", "the course's hand-built UNet (no timestep)", takes_timestep=False),
     ModelKind("unet2d", "diffusers' UNet2DModel (timestep-conditioned)", takes_timestep=True),
+    ModelKind("autoencoder-kl", "diffusers' AutoencoderKL: the VAE that compresses images to latents and back "
+              "(trained with reconstruction + KL; no schedule)", takes_timestep=False),
 )
 
 

@@ -30,6 +30,7 @@ from difflab.recipe.sections import (
     ExpectConfig,
     GuidanceConfig,
     InvertConfig,
+    LatentConfig,
     ModelConfig,
     SampleConfig,
     ScheduleConfig,
@@ -48,6 +49,7 @@ class Recipe(Section):
     dataset: DatasetConfig = DatasetConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     model: ModelConfig = ModelConfig()
+    latent: LatentConfig = LatentConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     guidance: GuidanceConfig = GuidanceConfig()
@@ -69,6 +71,8 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _check_image_fits_model(self) -> Recipe:
+        if self.latent.vae:  # the UNet sees the latent, whose size only the VAE knows (latents.py checks it)
+            return self
         halvings = self.model.levels() - 1
         factor = 2**halvings
         if self.dataset.image_size % factor:
@@ -167,6 +171,40 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _check_autoencoder(self) -> Recipe:
+        if self.model.kind != "autoencoder-kl":
+            if self.expect.enabled and self.expect.vae_psnr_above is not None:
+                raise ValueError("expect.vae_psnr_above: measures a VAE's reconstructions; it needs "
+                                 "model.kind = 'autoencoder-kl'")
+            return self
+        if self.latent.vae:
+            raise ValueError(f"latent.vae = '{self.latent.vae}': a VAE is trained on pixels; latent.vae belongs to "
+                             f"the diffusion recipe that uses it")
+        if self.dataset.value_range != "-1..1":
+            raise ValueError(f"dataset.value_range = '{self.dataset.value_range}': a VAE works in -1..1, as "
+                             f"Stable Diffusion's does (pipelines decode to that range); use '-1..1'")
+        needs = self.expect.needs_evaluation()
+        if needs:
+            raise ValueError(f"expect.{needs[0]}: measures generated samples; an autoencoder-kl generates none "
+                             f"(use expect.vae_psnr_above)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_latent(self) -> Recipe:
+        if not self.latent.vae:
+            return self
+        if self.schedule.kind != "ddpm" or self.model.kind != "unet2d":
+            raise ValueError(f"latent.vae = '{self.latent.vae}': latent diffusion needs schedule.kind = 'ddpm' "
+                             f"and model.kind = 'unet2d' (now '{self.schedule.kind}' and '{self.model.kind}')")
+        if self.dataset.value_range != "-1..1":
+            raise ValueError(f"dataset.value_range = '{self.dataset.value_range}': a VAE encodes and decodes "
+                             f"-1..1 images; use '-1..1' with latent.vae")
+        if self.guidance.function != "none":
+            raise ValueError(f"guidance.function = '{self.guidance.function}': loss guidance on latents is not "
+                             f"built yet; use it in pixel space (latent.vae = '')")
+        return self
+
+    @model_validator(mode="after")
     def _check_audio_is_grey(self) -> Recipe:
         if self.dataset.source == "audio" and self.dataset.channels != 1:
             raise ValueError(f"dataset.channels = {self.dataset.channels}: a spectrogram image has one channel; "
@@ -189,6 +227,6 @@ def _schedule_refusal(recipe: Recipe) -> str | None:
 
 SECTIONS: dict[str, type[Section]] = {
     "dataset": DatasetConfig, "schedule": ScheduleConfig, "model": ModelConfig,
-    "train": TrainConfig, "sample": SampleConfig, "guidance": GuidanceConfig, "audio": AudioConfig,
+    "latent": LatentConfig, "train": TrainConfig, "sample": SampleConfig, "guidance": GuidanceConfig, "audio": AudioConfig,
     "eval": EvalConfig, "invert": InvertConfig, "expect": ExpectConfig,
 }

@@ -113,6 +113,7 @@ class ModelConfig(Section):
     num_classes: int = Field(
         0, ge=0, le=10_000, description="unet2d: 0 = unconditional; N = class-conditional through diffusers' "
         "class embedding (num_class_embeds = N + 1: index N is the 'no class' of label dropout and CFG)")
+    latent_channels: int = Field(4, gt=0, le=64, description="autoencoder-kl: channels of the latent (SD: 4)")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -122,6 +123,8 @@ class ModelConfig(Section):
             raise ValueError(f"model.kernel_size = {self.kernel_size}: must be odd so padding keeps the size")
         if self.kind == "unet2d":
             _check_unet2d(self)
+        elif self.kind == "autoencoder-kl":
+            _check_autoencoder(self)
         elif self.num_classes:
             raise ValueError(f"model.num_classes = {self.num_classes}: the basic-unet has no class input; "
                              f"use model.kind = 'unet2d' for a class-conditional model")
@@ -132,13 +135,7 @@ class ModelConfig(Section):
         return len(self.channels) if self.kind == "basic-unet" else len(self.block_out_channels)
 
 
-def _check_unet2d(cfg: ModelConfig) -> None:
-    n = len(cfg.block_out_channels)
-    if len(cfg.down_block_types) != n or len(cfg.up_block_types) != n:
-        raise ValueError(
-            f"model.block_out_channels has {n} entries but model.down_block_types has "
-            f"{len(cfg.down_block_types)} and model.up_block_types {len(cfg.up_block_types)}: "
-            f"give one block type of each per level")
+def _check_groups(cfg: ModelConfig) -> None:
     if any(c <= 0 for c in cfg.block_out_channels):
         raise ValueError(f"model.block_out_channels = {cfg.block_out_channels}: every entry must be greater than 0")
     bad = [c for c in cfg.block_out_channels if c % cfg.norm_num_groups]
@@ -147,6 +144,22 @@ def _check_unet2d(cfg: ModelConfig) -> None:
             f"model.norm_num_groups = {cfg.norm_num_groups}: GroupNorm needs every block's channels divisible "
             f"by it, and {bad} are not (use a divisor of all of {cfg.block_out_channels}, e.g. "
             f"{math.gcd(*cfg.block_out_channels)})")
+
+
+def _check_autoencoder(cfg: ModelConfig) -> None:
+    _check_groups(cfg)
+    if cfg.num_classes:
+        raise ValueError(f"model.num_classes = {cfg.num_classes}: an autoencoder-kl has no class input; leave it at 0")
+
+
+def _check_unet2d(cfg: ModelConfig) -> None:
+    n = len(cfg.block_out_channels)
+    if len(cfg.down_block_types) != n or len(cfg.up_block_types) != n:
+        raise ValueError(
+            f"model.block_out_channels has {n} entries but model.down_block_types has "
+            f"{len(cfg.down_block_types)} and model.up_block_types {len(cfg.up_block_types)}: "
+            f"give one block type of each per level")
+    _check_groups(cfg)
     # diffusers gives an attention block channels // attention_head_dim heads: zero heads divide by zero
     attended = [c for c, kind in zip(cfg.block_out_channels, cfg.down_block_types) if "Attn" in kind]
     if attended and cfg.attention_head_dim > min(attended):
@@ -195,12 +208,29 @@ class TrainConfig(Section):
     label_dropout: float = Field(
         0.1, ge=0, lt=1, description="class-conditional: share of labels replaced by 'no class' so the "
         "same model also learns the unconditional prediction that classifier-free guidance needs")
+    kl_weight: float = Field(
+        1e-6, ge=0, le=1, description="autoencoder-kl: weight of the KL term beside the reconstruction MSE "
+        "(SD's VAE: 1e-6; larger keeps latents nearer N(0, 1) but blurs)")
     lora_rank: int = Field(0, ge=0, le=1024, description="LoRA: rank of the adapters (0 = train every weight)")
     lora_alpha: float = Field(8.0, gt=0, description="LoRA: adapter scale numerator (scale = alpha / rank)")
     lora_targets: list[str] = Field(
         ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"], min_length=1,
         description="LoRA: names (or name endings) of the layers that get adapters: attention projections "
         "to_q/to_k/to_v/to_out.0, ResNet convolutions conv1/conv2, ...")
+
+
+class LatentConfig(Section):
+    """Diffusion in a VAE's latent space (Stable Diffusion's first half): encode once, diffuse, decode."""
+
+    vae: str = Field(
+        "", description="the VAE whose latents the UNet learns (empty = pixel space): a run folder that trained "
+        "one (RUN/vae), an AutoencoderKL folder, a pipeline folder with vae/, a hub id, or a built-in VAE recipe's "
+        "name, optionally with ':PROFILE' (e.g. 'vae-shapes'), trained once and cached")
+    scaling_factor: float = Field(
+        0.0, ge=0, le=100, description="latents are multiplied by this to reach unit variance (0 = the VAE's own "
+        "config value, which difflab measures when it trains one; SD's VAE: 0.18215)")
+    encode_batch_size: int = Field(64, gt=0, le=4096, description="images per VAE pass when the dataset is "
+                                   "encoded (once, before training)")
 
 
 class AudioConfig(Section):
@@ -363,7 +393,8 @@ class EvalConfig(Section):
     enabled: bool = Field(True, description="evaluate at the end of `difflab run` (datasets with class "
                           "labels, which train a reference classifier)")
     num_samples: int = Field(256, gt=1, le=100_000, description="images generated for the metrics; "
-                             "fewer than 128 gives an unstable Fréchet distance")
+                             "fewer than 128 gives an unstable Fréchet distance (autoencoder-kl: images held out "
+                             "of training to measure its reconstructions, at most a fifth of the dataset)")
 
 
 class ExpectConfig(Section):
@@ -389,6 +420,8 @@ class ExpectConfig(Section):
         None, description="[invert]: mean PSNR (dB) of the DDIM reconstructions above this")
     reconstruction_mse_below: float | None = Field(
         None, gt=0, description="[invert]: mean per-pixel MSE (0..1 pixels) of the DDIM reconstructions below this")
+    vae_psnr_above: float | None = Field(
+        None, description="autoencoder-kl: PSNR (dB) of the VAE's reconstructions of held-out images above this")
 
     def needs_evaluation(self) -> list[str]:
         """The expectations set here that only an evaluation can measure."""

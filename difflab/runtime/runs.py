@@ -55,6 +55,7 @@ class RunDir:
         self.model_dir = self.path / "model"
         self.pipeline_dir = self.path / "pipeline"
         self.lora_dir = self.path / "lora"
+        self.vae_dir = self.path / "vae"  # a VAE run's trained AutoencoderKL; a latent run's copy of its VAE
         self.checkpoints = self.path / "checkpoints"
         self.summary_path = self.path / "summary.json"
         self.logs = self.path / "logs"
