@@ -15,6 +15,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from difflab.diffusion.checkpoints import load_checkpoint
 from difflab.diffusion.generate import SamplingSetup
 from difflab.diffusion.hub import cache_then_hub
+from difflab.diffusion.latents import LatentCodec, latent_shape, open_codec
 from difflab.diffusion.lora import add_lora, merged_state_dict
 from difflab.diffusion.models import BasicUNet, build_model
 from difflab.diffusion.schedules import training_noise_scheduler
@@ -28,24 +29,40 @@ def run_setup(run_dir: Path, overrides: list[str], device: str):
     or still running run) its newest checkpoint; `setup.weights` says which."""
     run, recipe = run_recipe(run_dir, overrides)
     model, weights = _load_run_model(run, recipe)
-    setup = setup_for(model, recipe, device)
+    setup = setup_for(model, recipe, device, run_vae(run, recipe, device))
     setup.data_dir = Path(run_dir)  # as `difflab eval` reads the run's data
     setup.weights = weights
     return setup
 
 
 def run_recipe(run_dir: Path, overrides: list[str]) -> tuple[RunDir, Recipe]:
-    """A run's recipe with `key=value` overrides applied and validated."""
+    """A run's recipe with `key=value` overrides applied and validated. A latent run's latent.vae
+    is its own copy (RUN/vae), wherever the VAE first came from."""
     run, recipe = RunDir.open(run_dir)
     data = recipe.model_dump(mode="json")
+    if recipe.latent.vae:
+        data["latent"]["vae"] = str(run.vae_dir.resolve())
     return run, parse_with_overrides(data, overrides, str(run.recipe_path))
 
 
-def setup_for(model: torch.nn.Module, recipe: Recipe, device: str):
-    """Everything sampling needs, for a model trained with `recipe`."""
-    shape = (recipe.dataset.channels, recipe.dataset.image_size, recipe.dataset.image_size)
-    return SamplingSetup(model.to(device), recipe, shape, VALUE_RANGES[recipe.dataset.value_range], device,
-                         training_noise_scheduler(recipe))
+def run_vae(run: RunDir, recipe: Recipe, device: str) -> LatentCodec | None:
+    """A latent run's VAE (its RUN/vae), or None for a pixel-space run."""
+    if not recipe.latent.vae:
+        return None
+    if not (run.vae_dir / "config.json").is_file():
+        raise InputError(f"{run.path}: a latent run (latent.vae) without its vae/ folder; it cannot decode "
+                         f"its samples. Train it again, or copy the VAE it used into {run.vae_dir}")
+    return open_codec(recipe, run.vae_dir, device)
+
+
+def setup_for(model: torch.nn.Module, recipe: Recipe, device: str, codec: LatentCodec | None = None):
+    """Everything sampling needs, for a model trained with `recipe` (a latent model: with its VAE)."""
+    d = recipe.dataset
+    shape = (d.channels, d.image_size, d.image_size)
+    if codec is not None:
+        shape = latent_shape(codec.vae.config, recipe, recipe.latent.vae)
+    return SamplingSetup(model.to(device), recipe, shape, VALUE_RANGES[d.value_range], device,
+                         training_noise_scheduler(recipe), codec=codec)
 
 
 def _load_run_model(run: RunDir, recipe: Recipe) -> tuple[torch.nn.Module, str]:
@@ -76,7 +93,7 @@ def checkpoint_model(folder: Path, recipe: Recipe | None = None):
     `recipe` defaults to the run's own; a LoRA run's checkpoint holds its adapters too.
     """
     if recipe is None:
-        _, recipe = RunDir.open(folder.parent.parent)
+        _, recipe = run_recipe(folder.parent.parent, [])
     checkpoint = load_checkpoint(folder)
     model = build_model(recipe)
     if recipe.train.lora_rank:
@@ -158,5 +175,5 @@ def checkpoint_setup(folder: Path, overrides: list[str], device: str):
 
     A run that kept an EMA samples with the EMA weights, as its exported model does.
     """
-    _, recipe = run_recipe(folder.parent.parent, overrides)
-    return setup_for(checkpoint_model(folder, recipe), recipe, device)
+    run, recipe = run_recipe(folder.parent.parent, overrides)
+    return setup_for(checkpoint_model(folder, recipe), recipe, device, run_vae(run, recipe, device))
