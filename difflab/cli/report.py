@@ -8,11 +8,13 @@ of the run. Ctrl-C asks the job to stop, which writes a checkpoint first.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from rich.console import Console
 from rich.markup import escape
@@ -56,10 +58,11 @@ class Reporter:
         self.task = None
         self.next_plain_step = 0
         self.final_image = None
+        self.figures: list[events.PreviewReady] = []  # titled figures beside the final grid (a VAE's latents)
         self.run_dir = None
         self.last_checkpoint = None
 
-    def __enter__(self) -> Reporter:
+    def __enter__(self) -> Self:
         self.progress.__enter__()
         return self
 
@@ -81,13 +84,16 @@ class Reporter:
             case events.Progress():
                 self.progress.update(self.task, completed=event.step, loss=_fmt(event.loss))
             case events.StepLogged():
-                self.progress.update(self.task, rate=f"{event.images_per_sec:,.0f} img/s")
+                parts = "".join(f" {name} {value:.5g}" for name, value in event.parts.items())
+                self.progress.update(self.task, rate=f"{parts.strip()} {event.images_per_sec:,.0f} img/s".strip())
                 if not self.live and event.step >= self.next_plain_step:
                     self.next_plain_step = event.step + self.plain_every
-                    self.console.print(f"step {event.step} epoch {event.epoch} loss {event.loss:.5f} "
+                    self.console.print(f"step {event.step} epoch {event.epoch} loss {event.loss:.5f}{parts} "
                                        f"{event.images_per_sec:,.0f} img/s")
             case events.EpochFinished():
                 self.console.print(f"epoch {event.epoch}: average loss {event.loss:.5f}")
+            case events.PreviewReady() if event.title:
+                self.figures.append(event)
             case events.PreviewReady():
                 self.final_image = event.image
             case events.CheckpointSaved():
@@ -110,6 +116,9 @@ class Reporter:
 
             self.console.print(f"final samples ({summary.get('samples')}):")
             print(terminal_image(self.final_image, width=min(64, self.console.width)))
+            for figure in self.figures:
+                self.console.print(f"{figure.title} ({figure.path}):")
+                print(terminal_image(figure.image, width=min(64, self.console.width)))
 
 
 def run_job(job, device: str, console: Console) -> RunOutcome:
@@ -135,6 +144,7 @@ def run_job(job, device: str, console: Console) -> RunOutcome:
         console.print(f"stopped; continue with: difflab run --resume {event.summary.get('run_dir')}")
         return RunOutcome(EXIT_INTERRUPTED, "stopped", event.summary)
     show_quality(console, event.summary)
+    show_vae(console, event.summary)
     show_inversion(console, event.summary)
     if not show_expectations(console, event.summary.get("expectations", [])):
         return RunOutcome(1, "expectations failed", event.summary)
@@ -168,6 +178,28 @@ def show_quality(console: Console, summary: dict) -> None:
     if fid:
         console.print(escape(f"Inception FID: {fid['value']:.2f} ({fid['note']})" if fid["value"] is not None
                              else f"Inception FID {fid['note']}"))
+
+
+def show_vae(console: Console, summary: dict) -> None:
+    """A VAE run's report: compression, held-out reconstruction error, latent statistics, scaling factor."""
+    vae = summary.get("vae")
+    if not vae:
+        return
+    image, latent = vae["image_shape"], vae["latent_shape"]
+    table = Table("figure", "value", title=f"VAE → {vae['folder']}")
+    table.add_row("compression", f"{_shape(image)} = {math.prod(image):,} numbers → {_shape(latent)} = "
+                                 f"{math.prod(latent):,} latent numbers: {vae['compression_factor']:.3g}× fewer")
+    table.add_row("held-out reconstructions", f"{vae['held_out_images']} images never trained on: MSE "
+                                              f"{vae['mse']:.5f}, PSNR {vae['psnr_db']:.2f} dB (0..1 pixels)")
+    table.add_row("training images", f"PSNR {vae['train_psnr_db']:.2f} dB on as many of its "
+                                     f"{vae['train_images']} training images")
+    table.add_row("latent mean per channel", _numbers(vae["latent_mean"]))
+    table.add_row("latent std per channel", _numbers(vae["latent_std"]))
+    table.add_row("scaling factor", f"{vae['scaling_factor']:.4g} = 1 / {vae['latent_std_all']:.4g}, the std of "
+                                    f"all latent values (SD's VAE: 0.18215); in its config.json")
+    console.print(table)
+    console.print(f"originals | reconstructions: {vae['reconstructions_figure']}; latent channels: "
+                  f"{vae['latents_figure']}")
 
 
 def show_inversion(console: Console, summary: dict) -> None:
@@ -241,6 +273,14 @@ def _stop_on_ctrl_c(control, console: Console):
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _shape(shape: list[int]) -> str:
+    return "×".join(map(str, shape))
+
+
+def _numbers(values: list[float]) -> str:
+    return ", ".join(f"{v:.3g}" for v in values)
 
 
 def _fmt(value) -> str:

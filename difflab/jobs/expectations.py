@@ -39,6 +39,7 @@ _MEASURES: dict[str, tuple[str, bool]] = {
     "guidance_loss_ratio_below": ("guidance.loss_ratio", False),
     "reconstruction_psnr_above": ("invert.psnr", True),
     "reconstruction_mse_below": ("invert.mse", False),
+    "vae_psnr_above": ("vae.psnr_db", True),
 }
 
 

@@ -54,6 +54,34 @@ class LossMeter:
         return mean
 
 
+class PartsMeter:
+    """Sums of a loss's terms per micro-batch (a VAE's reconstruction and KL) kept on the device;
+    read back together, in one host sync, at log intervals."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, parts: dict[str, torch.Tensor]) -> None:
+        for name, value in parts.items():
+            if name in self.sums:
+                self.sums[name] += value.detach().float()
+            else:
+                self.sums[name] = value.detach().float().clone()
+        self.count += 1
+
+    def take(self, reduce=lambda t: t) -> dict[str, float]:
+        """Each term's mean since the last call (`reduce` averages over processes); {} when none came."""
+        if not self.count:
+            return {}
+        names = list(self.sums)
+        means = reduce(torch.stack([self.sums[name] for name in names]) / self.count).tolist()
+        for total in self.sums.values():
+            total.zero_()
+        self.count = 0
+        return dict(zip(names, means))
+
+
 class NoiseLevelMeter:
     """Per-image losses summed into noise-level buckets on the device; read at log intervals."""
 

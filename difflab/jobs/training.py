@@ -24,10 +24,12 @@ from difflab.errors import JobFailed, reason
 from difflab.jobs.after_training import finish_training
 from difflab.jobs.devices import resolve_device
 from difflab.jobs.memory import check_training_memory
+from difflab.jobs.meters import PartsMeter
 from difflab.jobs.session import TrainingSession
 from difflab.jobs.steering import Steering
 from difflab.jobs.tracking import check_tracker, log_grid
 from difflab.jobs.vae_source import run_codec
+from difflab.jobs.vae_training import finish_vae, is_vae, preview_figure, split_for_vae
 from difflab.recipe import Recipe
 from difflab.runtime import events
 from difflab.runtime.runs import RunDir
@@ -63,8 +65,13 @@ class TrainingJob:
         emit(events.LogLine(ctx.job_id, f"loading dataset '{self.recipe.dataset.source}'"))
         data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed, self.recipe.audio)
         codec, trained_on = self._latents(ctx, data)
+        pixels = data
+        if is_vae(self.recipe):  # measured on images it never trains on: those are what "pixels" holds
+            trained_on, pixels = split_for_vae(self.recipe, data)
+            emit(events.LogLine(ctx.job_id, f"{len(pixels)} of the {len(data)} images held out of training to "
+                                            f"measure the VAE's reconstructions"))
         session = _Training.start(ctx, self.recipe, self.run_dir, self.recipe_dir, self.resume, trained_on,
-                                  pixels=data, codec=codec)
+                                  pixels=pixels, codec=codec)
         model = session.unwrapped
         emit(events.JobStarted(ctx.job_id, self.name, session.device, session.total_steps,
                                session.state.step, self.run_dir.path, count_parameters(model),
@@ -125,6 +132,7 @@ class _Training(TrainingSession):
         self._order_epoch = -1
         self._clock = self._last_progress = self._log_clock = time.perf_counter()
         self._images_since_log = 0
+        self.parts = PartsMeter()  # a loss's terms (a VAE's), read with the loss at log lines
         self.model.train()
         while self.state.step < self.total_steps:
             waiting = time.perf_counter()
@@ -181,6 +189,8 @@ class _Training(TrainingSession):
                 batch = self.objective.loss(self.model, x, gen, labels)
             acc.backward(batch.loss / len(micro_batches))
             total += batch.loss.detach()
+            if batch.parts:
+                self.parts.add(batch.parts)
             self.levels.add(batch.per_image, batch.level)
             self._images_since_log += len(x)
         if self.cfg.max_grad_norm:
@@ -204,23 +214,26 @@ class _Training(TrainingSession):
         return drop_labels(labels, self.cfg.label_dropout, classes, self.generator)
 
     def log(self, epoch: int) -> None:
-        """The mean loss since the last log line, with lr, throughput and the loss by noise level."""
+        """The mean loss since the last log line (and of each of its terms), with lr, throughput and
+        the loss by noise level (a VAE has no noise level: its terms instead)."""
         self.check_finite()
         loss = self.meter.take_log_mean(self.across_processes)
+        parts = self.parts.take(self.across_processes)
         now = time.perf_counter()
         rate = self._images_since_log * self.accelerator.num_processes / max(now - self._log_clock, 1e-9)
         self._images_since_log, self._log_clock = 0, now
         lr = self.optimizer.param_groups[0]["lr"]
         row = events.StepLogged(self.ctx.job_id, self.state.step, epoch, loss, lr, rate, self.elapsed(),
-                                _peak_memory(self.device))
+                                _peak_memory(self.device), parts)
         if self.main:
             self.run.append_metrics({"step": row.step, "epoch": row.epoch, "loss": row.loss, "lr": row.lr,
-                                     "img_per_s": round(rate, 2), "elapsed": round(row.elapsed, 3)})
-            self.accelerator.log({"loss": row.loss, "lr": row.lr, "img_per_s": rate}, step=row.step)
+                                     "img_per_s": round(rate, 2), "elapsed": round(row.elapsed, 3), **parts})
+            self.accelerator.log({"loss": row.loss, "lr": row.lr, "img_per_s": rate, **parts}, step=row.step)
         self.state.last_loss = loss
         self.ctx.emit(row)
-        self.ctx.emit(events.LossByNoiseLevel(self.ctx.job_id, self.state.step, self.levels.edges,
-                                              self.levels.take()))
+        if not parts:
+            self.ctx.emit(events.LossByNoiseLevel(self.ctx.job_id, self.state.step, self.levels.edges,
+                                                  self.levels.take()))
 
     def across_processes(self, value: torch.Tensor) -> torch.Tensor:
         """The mean over all processes (each saw its own shard of the batch)."""
@@ -234,10 +247,12 @@ class _Training(TrainingSession):
     def preview(self) -> None:
         if not self.main:
             return
-        # Fixed noise (the sample seed) every time, so previews show the model changing, not the noise.
         with self.sampling_weights():
-            images = generate(self.sampling_setup(), self.cfg.preview_images, self.recipe.sample.steps)
-        grid = image_grid(images, self.data.value_range, scale=2)
+            if is_vae(self.recipe):  # held-out images above their reconstructions
+                grid = preview_figure(self.unwrapped, self.pixels, self.cfg.preview_images)
+            else:  # fixed noise (the sample seed) every time: previews show the model changing, not the noise
+                images = generate(self.sampling_setup(), self.cfg.preview_images, self.recipe.sample.steps)
+                grid = image_grid(images, self.data.value_range, scale=2)
         path = save_png(grid, self.run.samples / f"step_{self.state.step:06d}.png")
         log_grid(self.accelerator, "samples", grid, self.state.step)
         self.ctx.emit(events.PreviewReady(self.ctx.job_id, self.state.step, grid, path))
@@ -253,12 +268,17 @@ class _Training(TrainingSession):
             self.ctx.emit(events.Progress(self.ctx.job_id, self.state.step, self.total_steps, loss))
 
     def finish(self) -> dict:
-        """Hand the trained model to what follows training (after_training.py); summary.json's contents."""
+        """Hand the trained model to what follows training (after_training.py, or vae_training.py for
+        a VAE); summary.json's contents."""
         if not self.main:
             return self.summary("finished")
-        result = finish_training(self.ctx, self.recipe, self.run, self.pixels, self.sampling_setup(), self.recipe_dir,
-                                 step=self.state.step, ema_weights=self.sampling_weights,
-                                 save_checkpoint=self.checkpoint, summary=self.summary)
+        lent = {"step": self.state.step, "ema_weights": self.sampling_weights, "save_checkpoint": self.checkpoint,
+                "summary": self.summary}
+        if is_vae(self.recipe):
+            result = finish_vae(self.ctx, self.recipe, self.run, self.unwrapped, self.data, self.pixels, **lent)
+        else:
+            result = finish_training(self.ctx, self.recipe, self.run, self.pixels, self.sampling_setup(),
+                                     self.recipe_dir, **lent)
         final = self.run.samples / "final.png"
         if self.accelerator.trackers and final.is_file():
             with Image.open(final) as grid:

@@ -48,7 +48,8 @@ class Progress(Event):
 
 @dataclass(frozen=True)
 class StepLogged(Event):
-    """One metrics.jsonl line: the loss averaged over the last log interval."""
+    """One metrics.jsonl line: the loss averaged over the last log interval; a loss of several
+    terms (a VAE's reconstruction and KL) also gives each term's mean over the interval."""
 
     step: int
     epoch: int
@@ -57,6 +58,7 @@ class StepLogged(Event):
     images_per_sec: float
     elapsed: float
     memory_bytes: int = 0  # peak device memory (CUDA) or peak process memory (CPU)
+    parts: dict[str, float] = field(default_factory=dict)  # e.g. {"reconstruction": ..., "kl": ...}
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,13 @@ class EpochFinished(Event):
 
 @dataclass(frozen=True)
 class PreviewReady(Event):
-    """A sample grid (PIL image) from fixed noise, also saved at `path`."""
+    """A sample grid (PIL image) from fixed noise, also saved at `path`; a figure of another kind
+    (a VAE's latent channels) says what it is in `title`."""
 
     step: int
     image: Any
     path: Path | None = None
+    title: str = ""
 
 
 @dataclass(frozen=True)
