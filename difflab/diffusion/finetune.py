@@ -5,7 +5,8 @@ model, else its latest checkpoint), a checkpoint folder, a diffusers pipeline or
 model folder, or a hub id. build_model has already built the source's own network
 (its saved config, sources.py); this fills in the source's weights. A class
 embedding the source lacks (an unconditional model made class-conditional) starts
-fresh. LoRA adapters are lora.py's.
+fresh. A VAE recipe's source is an AutoencoderKL (a VAE folder, a pipeline's or a
+run's vae/, a hub id's vae/). LoRA adapters are lora.py's.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DModel
+from diffusers import AutoencoderKL, UNet2DModel
 from torch import nn
 
 from difflab.diffusion.hub import cache_then_hub
 from difflab.diffusion.loading import checkpoint_model, load_model_folder
-from difflab.diffusion.sources import HUB_ID, local_path, open_source
-from difflab.errors import InputError
+from difflab.diffusion.sources import HUB_ID, local_path, open_source, vae_folder_in
+from difflab.errors import InputError, reason
 from difflab.recipe import Recipe
 from difflab.runtime.runs import RunDir, source_kind
 
@@ -69,12 +70,18 @@ def source_weights(source: str, recipe: Recipe, base_dir: Path | None = None) ->
     if path is not None or not HUB_ID.match(source):
         raise InputError(f"train.init_from = '{source}': no such folder; give a run folder, a checkpoint "
                          f"folder, a diffusers pipeline or model folder, or a hub id (owner/name)")
-    return _hub_unet(source).state_dict()
+    return (_hub_vae(source) if _is_vae(recipe) else _hub_unet(source)).state_dict()
+
+
+def _is_vae(recipe: Recipe) -> bool:
+    return recipe.model.kind == "autoencoder-kl"
 
 
 def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.Tensor]:
     kind = source_kind(path)
     what = f"train.init_from = '{source}'"
+    if _is_vae(recipe) and kind != "checkpoint" and (folder := vae_folder_in(path)) is not None:
+        return _folder_vae(folder, what).state_dict()
     if kind == "pipeline":
         return load_model_folder(path / "unet", "unet2d", what).state_dict()
     if kind == "checkpoint":
@@ -87,9 +94,26 @@ def _folder_weights(path: Path, source: str, recipe: Recipe) -> dict[str, torch.
         return _folder_weights(run.model_dir, source, recipe)
     checkpoints = run.list_checkpoints()
     if not checkpoints:
-        raise InputError(f"{what}: the run has neither a final model ({run.model_dir}) nor a checkpoint to "
-                         f"start from")
+        final = run.vae_dir if _is_vae(recipe) else run.model_dir
+        raise InputError(f"{what}: the run has neither a final model ({final}) nor a checkpoint to start from")
     return checkpoint_model(checkpoints[-1]).state_dict()
+
+
+def _folder_vae(folder: Path, what: str) -> AutoencoderKL:
+    try:
+        return AutoencoderKL.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise InputError(f"{what}: cannot load the AutoencoderKL in {folder} ({reason(error)})") from None
+
+
+def _hub_vae(hub_id: str) -> AutoencoderKL:
+    """The VAE of a hub pipeline (its vae/ folder, e.g. Stable Diffusion's), or a bare AutoencoderKL repo."""
+    def load(**options) -> AutoencoderKL:
+        try:
+            return AutoencoderKL.from_pretrained(hub_id, subfolder="vae", **options)
+        except (OSError, ValueError):
+            return AutoencoderKL.from_pretrained(hub_id, **options)
+    return cache_then_hub(load, f"train.init_from = '{hub_id}'", missing="no AutoencoderKL")
 
 
 def _hub_unet(hub_id: str) -> UNet2DModel:

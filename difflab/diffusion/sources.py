@@ -1,5 +1,7 @@
 """Where a network's configuration comes from: the recipe's [model], or the pretrained source
-that `train.init_from` names (a run, a checkpoint, a pipeline or model folder, a hub id).
+that `train.init_from` names (a run, a checkpoint, a pipeline or model folder, a hub id). A VAE
+recipe (model.kind = 'autoencoder-kl') starts from an AutoencoderKL: a VAE folder, a pipeline's
+or run's vae/, a hub id's vae/ (Stable Diffusion's own VAE where it is at hand).
 
 A pretrained network is rebuilt from the source's own saved config (config.json, every
 UNet2DModel setting in it: flip_sin_to_cos, freq_shift, norm_eps, act_fn, ...), and its noise
@@ -40,6 +42,10 @@ STRUCTURAL = {"dataset.channels": "in_channels", "model.block_out_channels": "bl
 CHANGEABLE = {"dataset.image_size": "sample_size", "model.norm_num_groups": "norm_num_groups",
               "model.attention_head_dim": "attention_head_dim", "model.dropout": "dropout",
               "model.num_classes": "num_class_embeds"}
+# An AutoencoderKL's: the same recipe keys, and its latent's channels.
+VAE_STRUCTURAL = {"dataset.channels": "in_channels", "model.block_out_channels": "block_out_channels",
+                  "model.layers_per_block": "layers_per_block", "model.latent_channels": "latent_channels"}
+VAE_CHANGEABLE = {"dataset.image_size": "sample_size", "model.norm_num_groups": "norm_num_groups"}
 SCHEDULE_KEYS = ("schedule.kind", "schedule.num_train_timesteps", "schedule.beta_schedule",
                  "schedule.beta_start", "schedule.beta_end", "train.objective")
 _BASIC_KEYS = {"model.channels", "model.kernel_size", "dataset.channels"}
@@ -58,7 +64,8 @@ class PretrainedSource:
 
     @property
     def model_kind(self) -> str:
-        return "basic-unet" if self.network.get("_class_name") == "BasicUNet" else "unet2d"
+        kinds = {"BasicUNet": "basic-unet", "AutoencoderKL": "autoencoder-kl"}
+        return kinds.get(self.network.get("_class_name"), "unet2d")
 
     def value(self, key: str) -> Any:
         """The source's value of a recipe key (schedule or network), as the recipe writes it."""
@@ -75,7 +82,7 @@ class PretrainedSource:
             return embeds - 1 if embeds else 0  # difflab's class embedding has one extra "no class" row
         if key == "model.attention_head_dim" and config.get("attention_head_dim") is None:
             return one_head_dim(config)
-        name = {**STRUCTURAL, **CHANGEABLE}.get(key)
+        name = {**STRUCTURAL, **CHANGEABLE, **VAE_STRUCTURAL}.get(key)
         value = config.get(name) if name else None
         return list(value) if isinstance(value, tuple) else value
 
@@ -89,23 +96,48 @@ class Resolution:
     origins: dict[str, str]  # recipe key -> "source", "recipe" or "default"
 
 
-def open_source(init_from: str, base_dir: Path | None = None, online: bool = True) -> PretrainedSource:
+def open_source(init_from: str, base_dir: Path | None = None, online: bool = True,
+                vae: bool = False) -> PretrainedSource:
     """Read what `init_from` says about its network and schedule (no weights are loaded); a hub id
-    from the Hugging Face cache, else (`online`) from the hub."""
+    from the Hugging Face cache, else (`online`) from the hub. `vae`: the AutoencoderKL it holds
+    (a VAE recipe's), not its UNet."""
     path = local_path(init_from, base_dir)
     if path is not None:
-        source = _folder_source(path, init_from)
+        source = _folder_vae_source(path, init_from) if vae else _folder_source(path, init_from)
     elif HUB_ID.match(init_from):
-        source = _hub_source(init_from, online)
+        source = _hub_source(init_from, online, vae)
     else:
         where = Path(base_dir or Path.cwd()) / init_from
         raise InputError(f"train.init_from = '{init_from}': no such folder ({where}); give a run folder, a "
                          f"checkpoint folder, a diffusers pipeline or model folder, or a hub id (owner/name)")
-    network_class = source.network.get("_class_name", "UNet2DModel")
-    if network_class not in ("UNet2DModel", "BasicUNet"):
-        raise InputError(f"train.init_from = '{init_from}': its network is a {network_class}; difflab fine-tunes "
-                         f"UNet2DModel (DDPM-style pipelines) and its own BasicUNet")
+    _check_network(source, vae)
     return source
+
+
+def _check_network(source: PretrainedSource, vae: bool) -> None:
+    """The source's network must be one the recipe's model.kind trains."""
+    network_class = source.network.get("_class_name", "UNet2DModel")
+    if vae and network_class != "AutoencoderKL":
+        raise InputError(f"train.init_from = '{source.name}': its network is a {network_class}; model.kind = "
+                         f"'autoencoder-kl' starts from an AutoencoderKL: a VAE folder, a pipeline or run folder "
+                         f"with vae/, or a hub id")
+    if not vae and network_class not in ("UNet2DModel", "BasicUNet"):
+        hint = "; to train it as a VAE, set model.kind = 'autoencoder-kl'" if network_class == "AutoencoderKL" else ""
+        raise InputError(f"train.init_from = '{source.name}': its network is a {network_class}; difflab fine-tunes "
+                         f"UNet2DModel (DDPM-style pipelines), its own BasicUNet and AutoencoderKL{hint}")
+
+
+def vae_folder_in(path: Path) -> Path | None:
+    """The AutoencoderKL folder `path` is or holds: itself, or its vae/ (a pipeline's, a run's)."""
+    for folder in (path, path / "vae"):
+        config = folder / "config.json"
+        if config.is_file():
+            try:
+                if json.loads(config.read_text(encoding="utf-8")).get("_class_name") == "AutoencoderKL":
+                    return folder
+            except (OSError, ValueError, AttributeError):
+                continue  # unreadable: whoever reads it next says why
+    return None
 
 
 def local_path(init_from: str, base_dir: Path | None) -> Path | None:
@@ -135,6 +167,19 @@ def _folder_source(path: Path, name: str) -> PretrainedSource:
     return _run_source(path, name)
 
 
+def _folder_vae_source(path: Path, name: str) -> PretrainedSource:
+    """A VAE recipe's folder source: an AutoencoderKL folder, a pipeline's or run's vae/, or a VAE
+    run's checkpoint (or, unfinished, its newest one). Anything else is read as for a UNet, and
+    _check_network names the network it holds."""
+    if not path.is_dir():
+        return _folder_source(path, name)  # says it is a file
+    folder = vae_folder_in(path) if source_kind(path) != "checkpoint" else None
+    if folder is None:
+        return _folder_source(path, name)
+    kind = "model" if folder == path else source_kind(path)
+    return PretrainedSource(name, str(path), kind, _read_json(folder / "config.json", name))
+
+
 def _run_source(path: Path, name: str, use_model: bool = True) -> PretrainedSource:
     """A run folder: its exported model's config when it has one, else the one its recipe builds."""
     run, recipe = RunDir.open(path)  # says clearly when it is not a run folder
@@ -144,18 +189,20 @@ def _run_source(path: Path, name: str, use_model: bool = True) -> PretrainedSour
     return PretrainedSource(name, str(path), "run", network, schedule)
 
 
-def _hub_source(hub_id: str, online: bool) -> PretrainedSource:
-    """A pipeline on the hub (its unet/ and scheduler/, or a bare model repo): the cache first, then the network."""
-    network = _hub_json(hub_id, ["unet/config.json", "config.json"], online=False)
+def _hub_source(hub_id: str, online: bool, vae: bool = False) -> PretrainedSource:
+    """A pipeline on the hub (its unet/ and scheduler/, or for `vae` its vae/; or a bare model repo):
+    the cache first, then the network."""
+    names = ["vae/config.json" if vae else "unet/config.json", "config.json"]
+    network = _hub_json(hub_id, names, online=False)
     unreachable = hub_unreachable() if network is None and online else None
     if network is None and online and not unreachable:
-        network = _hub_json(hub_id, ["unet/config.json", "config.json"], online)
+        network = _hub_json(hub_id, names, online)
     if network is None:
         where = ("the hub has no such pipeline or refused it" if online and not unreachable
                  else f"the hub cannot be asked ({unreachable})" if unreachable else "the hub was not asked")
         raise InputError(f"train.init_from = '{hub_id}': not a local folder, not in the Hugging Face cache, and "
                          f"{where}. Offline, download it elsewhere and give its folder: --set train.init_from=PATH")
-    scheduler = _hub_json(hub_id, ["scheduler/scheduler_config.json", "scheduler_config.json"], online)
+    scheduler = None if vae else _hub_json(hub_id, ["scheduler/scheduler_config.json", "scheduler_config.json"], online)
     schedule = _scheduler_schedule(scheduler, hub_id) if scheduler else {}
     return PretrainedSource(hub_id, hub_id, "hub", network, schedule)
 
@@ -239,13 +286,14 @@ def resolve(recipe: Recipe, base_dir: Path | None = None, online: bool = True) -
     if not recipe.train.init_from:
         return Resolution(recipe, None, {key: "recipe" if explicit(recipe, key) else "default"
                                          for key in _shown_keys(recipe.model.kind)})
-    source = open_source(recipe.train.init_from, base_dir, online)
+    source = open_source(recipe.train.init_from, base_dir, online, vae=recipe.model.kind == "autoencoder-kl")
     _refuse_changes(recipe, source)
     data = recipe.model_dump(mode="json")
     if source.kind != "hub":  # a folder found beside the recipe or here: written out whole, to replay anywhere
         data["train"]["init_from"] = str(Path(source.where).resolve())
     origins = {}
-    for key in ["model.kind", *_shown_keys(source.model_kind), *SCHEDULE_KEYS]:
+    schedule_keys = SCHEDULE_KEYS if source.model_kind != "autoencoder-kl" else ()  # a VAE has no schedule
+    for key in ["model.kind", *_shown_keys(source.model_kind), *schedule_keys]:
         value = source.value(key)
         if explicit(recipe, key) or value is None:
             origins[key] = "recipe" if explicit(recipe, key) else "default"
@@ -273,13 +321,24 @@ def resolve_run(recipe: Recipe, run: RunDir, base_dir: Path | None = None) -> Re
 
 
 def _shown_keys(kind: str) -> list[str]:
+    if kind == "autoencoder-kl":
+        return [*VAE_STRUCTURAL, *VAE_CHANGEABLE]
     keys = _BASIC_KEYS if kind == "basic-unet" else _UNET_KEYS
     return [key for key in [*STRUCTURAL, *CHANGEABLE] if key in keys]
 
 
+def _structural(kind: str) -> dict[str, str]:
+    return VAE_STRUCTURAL if kind == "autoencoder-kl" else STRUCTURAL
+
+
+def _changeable(kind: str) -> dict[str, str]:
+    return VAE_CHANGEABLE if kind == "autoencoder-kl" else CHANGEABLE
+
+
 def _refuse_changes(recipe: Recipe, source: PretrainedSource) -> None:
     """One line for the first setting the recipe sets that the source's weights cannot take."""
-    keys = ["model.kind", *(k for k in STRUCTURAL if k in _shown_keys(source.model_kind))]
+    kind = source.model_kind
+    keys = ["model.kind", *(k for k in _structural(kind) if k in _shown_keys(kind))]
     for key in keys:
         ours, theirs = _get(recipe, key), source.value(key)
         if explicit(recipe, key) and theirs is not None and ours != theirs:
@@ -315,7 +374,11 @@ def network_config(recipe: Recipe, base_dir: Path | None = None, estimate: bool 
         return recipe_network(recipe, base_dir, estimate)
     source, resolved = resolution.source, resolution.recipe
     config = dict(source.network)
-    if source.model_kind == "unet2d":
+    if source.model_kind == "autoencoder-kl":
+        for key, name in VAE_CHANGEABLE.items():
+            if (ours := _get(resolved, key)) != source.value(key):
+                config[name] = ours
+    elif source.model_kind == "unet2d":
         for key, name in CHANGEABLE.items():
             ours = _get(resolved, key)
             if ours == source.value(key) or (key == "model.attention_head_dim" and source.value(key) is None):
@@ -358,5 +421,6 @@ def provenance(resolution: Resolution) -> list[tuple[str, Any, str]]:
 
 def source_only_settings(source: PretrainedSource) -> dict[str, Any]:
     """The source network's settings that no recipe key says (flip_sin_to_cos, norm_eps, ...)."""
-    said = set(STRUCTURAL.values()) | set(CHANGEABLE.values()) | {"out_channels"}
+    kind = source.model_kind
+    said = set(_structural(kind).values()) | set(_changeable(kind).values()) | {"out_channels"}
     return {k: v for k, v in source.network.items() if not k.startswith("_") and k not in said}
