@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import AutoencoderKL
 
 from difflab.diffusion.models import build_model, denoise, dry_run
 from difflab.diffusion.sources import provenance, resolve
@@ -88,7 +89,7 @@ def _fastest_step(model, batch: int, channels: int, size: int, device: str, repe
     times = []
     for _ in range(repeats + 1):
         started = time.perf_counter()
-        denoise(model, x, t).square().mean().backward()
+        _forward(model, x, t).square().mean().backward()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
@@ -104,13 +105,18 @@ def _real_step(model, batch: int, channels: int, size: int, device: str) -> tupl
     model.zero_grad(set_to_none=True)  # the timing passes left gradients: a real step starts without
     before = _reset_peak(device)
     started = time.perf_counter()
-    denoise(model, x, t).square().mean().backward()
+    _forward(model, x, t).square().mean().backward()
     optimizer.step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     peak = _peak(device)
     return seconds, None if peak is None or before is None else max(peak - before, 0)
+
+
+def _forward(model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What a training step runs the network for: a denoiser's prediction, a VAE's reconstruction."""
+    return model(x).sample if isinstance(model, AutoencoderKL) else denoise(model, x, t)
 
 
 def _reset_peak(device: str) -> int | None:
