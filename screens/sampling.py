@@ -25,6 +25,9 @@ from .base import LabScreen
 from .picture import Picture, PictureViewer
 
 NO_COMPARISON = "none"
+LATENT_HEADING = "latent x_t"
+# What the x_t and x0 pictures are called: a latent model's are decoded through its VAE.
+HEADINGS = {False: ("model input x_t", "predicted x0"), True: ("x_t decoded", "predicted x0 decoded")}
 # Each number field: its type, lowest and highest value (eta: DDIM's 0 deterministic .. 1 as noisy as DDPM).
 NUMBERS = {"steps": (int, 1, None), "eta": (float, 0.0, 1.0), "seed": (int, 0, None), "images": (int, 1, None),
            "class": (int, 0, None), "cfg": (float, 0.0, None), "strength": (float, 0.0, None)}
@@ -102,12 +105,14 @@ class SamplingScreen(LabScreen):
             yield Static("Pick a source and press ctrl+r: each step's model input x_t appears beside "
                          "the model's prediction of the clean image x0.", id="step-label")
             with Horizontal(id="headings"):
-                yield Label("model input x_t")
-                yield Label("predicted x0")
+                yield Label(LATENT_HEADING, classes="latent")
+                yield Label("model input x_t", id="heading-x-t")
+                yield Label("predicted x0", id="heading-x0")
             for row in ("first", "second"):
                 with Vertical(id=f"row-{row}", classes="sampler-row"):
                     yield Label("", classes="sampler-name")
                     with Horizontal(classes="pair"):
+                        yield Picture(classes="image latent")
                         yield Picture(classes="image x-t")
                         yield Picture(classes="image x0")
             yield Label("final images", id="final-title", classes="section-title")
@@ -119,7 +124,8 @@ class SamplingScreen(LabScreen):
         # LabScreen.on_mount also runs (Textual dispatches on_mount along the MRO)
         self.result: dict | None = None
         self._sampling_id: int | None = None
-        self.query("#probe-loading, #progress, #headings, .sampler-row, #final-title, #finals").set(display=False)
+        self.query("#probe-loading, #progress, #headings, .sampler-row, #final-title, #finals, .latent").set(
+            display=False)
 
     @property
     def sampling(self) -> bool:
@@ -291,7 +297,7 @@ class SamplingScreen(LabScreen):
         elif event.status == "finished":
             self.result = event.summary
             self._show_finals()
-            self.query_one("#headings").display = True
+            self._show_headings()
             self.query_one(StepView).focus()  # the arrow keys scrub from here on
             self.set_reactive(SamplingScreen.step, 0)
             self.watch_step(0)  # set_reactive does not call the watcher; a new result must show even at step 0
@@ -329,11 +335,32 @@ class SamplingScreen(LabScreen):
             norms = steps.trajectory.guidance_norms
             nudge = f" · guidance moved x by {norms[shown]:.3g}" if shown < len(norms) and norms[shown] else ""
             box.query_one(".sampler-name", Label).update(f"{name}{calls}{nudge}")
-            for selector, images, what in ((".x-t", steps.inputs, "model input x_t"),
-                                           (".x0", steps.predictions, "predicted x0")):
+            x_t, x0 = HEADINGS[self.latent]
+            for selector, images, what in ((".latent", _latents(steps), self._latent_heading()),
+                                           (".x-t", steps.inputs, x_t), (".x0", steps.predictions, x0)):
                 picture = box.query_one(selector, Picture)
                 picture.title = f"{what} · {name} · step {step + 1} / {self.step_count}"
-                picture.image = images[shown]
+                picture.image = images[shown] if images else None
+
+    @property
+    def latent(self) -> bool:
+        """True when the result is a latent model's: its steps have latent pictures beside the decoded."""
+        return self.result is not None and any(_latents(steps) for steps in self.result["samplers"].values())
+
+    def _latent_heading(self) -> str:
+        """The latent column's heading, with how many grey pictures each image's block holds."""
+        channels = max((getattr(s, "latent_channels", 0) for s in self.result["samplers"].values()), default=0)
+        return f"{LATENT_HEADING} ({channels} channels)" if channels else LATENT_HEADING
+
+    def _show_headings(self) -> None:
+        """The column headings, and the latent column shown only for a latent model's steps."""
+        latent = self.latent
+        self.query_one("#headings .latent", Label).update(self._latent_heading())
+        self.query(".latent").set(display=latent)
+        x_t, x0 = HEADINGS[latent]
+        self.query_one("#heading-x-t", Label).update(x_t)
+        self.query_one("#heading-x0", Label).update(x0)
+        self.query_one("#headings").display = True
 
     def _show_finals(self) -> None:
         finals = list(self.result["samplers"].items())
@@ -346,6 +373,11 @@ class SamplingScreen(LabScreen):
         self.query("#final-title, #finals").set(display=True)
         names = " | ".join(self.result["samplers"])
         self.query_one("#final-title", Label).update(f"final images: {names}")
+
+
+def _latents(steps) -> list | None:
+    """A sampler's latent pictures per step; None for a pixel-space model (or a result without them)."""
+    return getattr(steps, "latents", None)
 
 
 def _number(name: str, value, label: str = "", placeholder: str = "") -> ComposeResult:

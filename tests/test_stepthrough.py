@@ -1,4 +1,5 @@
-"""Stepping through sampling: one seed, two samplers, every step's x_t and predicted x0."""
+"""Stepping through sampling: one seed, two samplers, every step's x_t and predicted x0; for a
+latent model, every step's latent channels beside x_t and x0 decoded through its VAE."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import pytest
 from PIL import Image
 
 from difflab.errors import InputError
-from difflab.jobs.stepthrough import SaveStepThroughJob, StepThroughJob, samplers_for
+from difflab.jobs.stepthrough import (
+    CHANNEL_SEPARATOR,
+    SaveStepThroughJob,
+    StepThroughJob,
+    latent_grid,
+    samplers_for,
+)
 from difflab.runtime.events import JobError, JobFinished, Progress
 from difflab.runtime.runs import source_kind
 from difflab.runtime.worker import Worker
@@ -20,6 +27,29 @@ def trained_ddpm_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("stepthrough") / "run"
     assert run_cli("run", "ddpm-rgb-32", "--out", run, *tiny_args(
         "train.epochs=1", "sample.gif=false", "schedule.beta_schedule='linear'", base=TINY_DDPM)) == 0
+    return run
+
+
+def save_tiny_vae(folder, image_size: int = 8):
+    """A random-weight AutoencoderKL (4 latent channels, halving once: 8 px RGB -> 4x4x4 latents)."""
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                  sample_size=image_size).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained_latent_run(tmp_path_factory):
+    """The tiny DDPM run, diffusing in a random VAE's latent space (its UNet sees 4x4x4 latents)."""
+    folder = tmp_path_factory.mktemp("latent")
+    vae = save_tiny_vae(folder / "vae")
+    run = folder / "run"
+    assert run_cli("run", "ddpm-rgb-32", "--out", run, *tiny_args(
+        "train.epochs=1", "sample.gif=false", "schedule.beta_schedule='linear'", f"latent.vae='{vae}'",
+        base=TINY_DDPM)) == 0
     return run
 
 
@@ -118,3 +148,51 @@ def test_a_checkpoint_folder_samples_like_its_run(worker, trained_ddpm_run):
     # the last checkpoint is the end of training, so the same weights: the same images
     finals = [e.summary["samplers"]["ddim"].final.tobytes() for e in (from_checkpoint, from_run)]
     assert finals[0] == finals[1]
+
+
+def test_a_latent_run_shows_each_steps_latent_channels_beside_x_t_and_x0_decoded(worker, trained_latent_run,
+                                                                                 tmp_path):
+    from difflab.screens.picture import grid_tiles
+
+    job = StepThroughJob(trained_latent_run, None, ["ddim", "dpm-solver++"], steps=3, seed=1, num_images=2)
+    _, end = run_job(worker, job)
+    assert isinstance(end, JobFinished), getattr(end, "message", end)
+    for steps in end.summary["samplers"].values():
+        assert len(steps.latents) == len(steps.inputs) == len(steps.predictions) == 3
+        assert steps.latent_channels == 4
+        # x_t and x0 decoded: two 8 px RGB images a step, as a pixel run's (2 px padding)
+        assert {grid.size for grid in steps.inputs + steps.predictions} == {(2 * 10 + 2, 12)}
+        assert steps.trajectory.inputs[0].shape == (2, 3, 8, 8)  # what the GIF draws: pixels
+        for grid in steps.latents:  # per image a 2x2 block of its 4x4 channels, 1 px between them
+            blocks = grid_tiles(grid)
+            assert [block.size for block in blocks] == [(9, 9), (9, 9)]
+            assert blocks[0].getpixel((4, 0)) == tuple(round(255 * c) for c in CHANNEL_SEPARATOR)
+    ddim, dpm = end.summary["samplers"]["ddim"], end.summary["samplers"]["dpm-solver++"]
+    assert ddim.latents[0].tobytes() == dpm.latents[0].tobytes()  # one seed, one starting latent
+    assert ddim.inputs[-1].tobytes() != ddim.inputs[0].tobytes()
+
+    _, end = run_job(worker, SaveStepThroughJob(end.summary, tmp_path / "out"))
+    assert isinstance(end, JobFinished), getattr(end, "message", end)
+    with Image.open(tmp_path / "out" / "ddim-3steps-seed1.gif") as gif:
+        assert gif.size == (2 * 22, 2 * 22)  # x_t over x0, two 8 px images a row (2 px padding), drawn 2x
+
+
+def test_a_pixel_run_has_no_latent_pictures(worker, trained_ddpm_run):
+    _, end = run_job(worker, StepThroughJob(trained_ddpm_run, None, ["ddim"], steps=2, seed=0, num_images=1))
+    assert isinstance(end, JobFinished), getattr(end, "message", end)
+    steps = end.summary["samplers"]["ddim"]
+    assert steps.latents is None and steps.latent_channels == 0
+
+
+def test_a_latent_grid_keeps_each_images_channels_together():
+    import torch
+
+    from difflab.screens.picture import grid_tiles
+
+    latents = torch.zeros(3, 4, 2, 2)
+    latents[1, 2] = 3.0  # image 1, channel 2 (bottom left of its block): white; the rest mid-grey
+    grid = latent_grid(latents, nrow=3)
+    blocks = grid_tiles(grid)
+    assert len(blocks) == 3 and {b.size for b in blocks} == {(5, 5)}
+    assert blocks[1].getpixel((0, 3)) == (255, 255, 255) and blocks[0].getpixel((0, 3)) == (127, 127, 127)
+    assert blocks[1].getpixel((2, 2)) == tuple(round(255 * c) for c in CHANNEL_SEPARATOR)

@@ -9,9 +9,15 @@ import pytest
 from textual.widgets import Input, Select, Static
 
 from difflab.screens.app import DifflabApp
+from difflab.screens.picture import Picture
 from difflab.screens.sampling import SamplingScreen
 from tests.conftest import wait_for_probe
-from tests.test_stepthrough import trained_ddpm_run, trained_toy_run  # noqa: F401  (module-scoped fixtures, trained once here)
+from tests.test_stepthrough import (  # noqa: F401  (module-scoped fixtures, trained once here)
+    trained_ddpm_run,
+    trained_latent_run,
+    trained_toy_run,
+)
+from tests.test_tui_fit import cut_widgets
 
 pytestmark = pytest.mark.anyio
 
@@ -77,6 +83,8 @@ async def test_step_through_two_samplers_then_save_png_and_gif(trained_ddpm_run)
         assert errors(app) == []
         assert step_label(app).startswith("step 1 / 4")
         assert app.screen.query_one("#row-second").display  # two samplers, two rows
+        assert headings(app) == ["model input x_t", "predicted x0"]  # pixels: no latent column
+        assert not any(p.display for p in app.screen.query(".pair .latent"))
 
         await pilot.press("right")
         assert step_label(app).startswith("step 2 / 4")
@@ -92,6 +100,46 @@ async def test_step_through_two_samplers_then_save_png_and_gif(trained_ddpm_run)
             assert (samples / f"{sampler}-4steps-seed0.png").is_file()
             assert (samples / f"{sampler}-4steps-seed0.gif").is_file()
         assert errors(app) == []
+
+
+def headings(app) -> list[str]:
+    """The step-through's column headings that show."""
+    return [str(label.render()) for label in app.screen.query("#headings Label") if label.display]
+
+
+def shown(picture: Picture) -> bool:
+    return picture.image is not None and all(node.display for node in picture.ancestors_with_self
+                                             if hasattr(node, "display"))
+
+
+async def test_a_latent_run_shows_its_latent_channels_beside_x_t_and_x0_decoded(trained_latent_run):  # noqa: F811
+    app = DifflabApp()
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("5")
+        await wait_for_probe(pilot)
+        await fill_in(pilot, trained_latent_run, steps="3")
+        await pilot.press("ctrl+r")
+        await wait_for_worker(pilot)
+        screen = app.screen
+        assert errors(app) == [] and step_label(app).startswith("step 1 / 3")
+        assert headings(app) == ["latent x_t (4 channels)", "x_t decoded", "predicted x0 decoded"]
+        for row in ("#row-first", "#row-second"):
+            latent, x_t, x0 = (screen.query_one(f"{row} .{name}", Picture) for name in ("latent", "x-t", "x0"))
+            assert all(shown(p) for p in (latent, x_t, x0))
+            # two images each, on 2 px padding: 9 px blocks of 2x2 latent channels (4x4, 1 px apart)
+            # beside 8 px RGB images decoded
+            assert latent.tile_count == x_t.tile_count == x0.tile_count == 2
+            assert latent.image.size == (2 * 11 + 2, 13) and x_t.image.size == x0.image.size == (2 * 10 + 2, 12)
+            assert latent.title.startswith("latent x_t (4 channels) · ") and x0.title.startswith("predicted x0 decoded")
+        first = screen.query_one("#row-first .latent", Picture).image
+        await pilot.press("right")
+        assert screen.query_one("#row-first .latent", Picture).image is not first  # the latent steps too
+
+        for size in ((80, 24), (160, 48), (100, 32)):  # headings wrap, nothing cut, every picture shows
+            await pilot.resize_terminal(*size)
+            await pilot.pause(0.2)
+            assert cut_widgets(screen) == [], size
+            assert all(p.layout_shown is not None for p in screen.query(Picture) if shown(p)), size
 
 
 async def test_a_bad_source_is_an_error_and_the_screen_stays_usable(tmp_path, trained_ddpm_run):  # noqa: F811

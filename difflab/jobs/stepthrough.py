@@ -5,6 +5,10 @@ trajectories part shows what the sampler changes. Each model call is one step of
 the step-through (Heun calls the model 2*steps-1 times, PNDM steps+1), because
 each call is a fresh (x_t, predicted x0) pair worth looking at.
 
+A latent model's steps are latents: each step shows the latent x_t's channels as grey
+pictures, and x_t and the predicted x0 decoded through the VAE, so a person sees what the
+UNet works on beside the images it stands for.
+
 The result keeps each sampler's Trajectory tensors (CPU) beside the PIL grids, so
 `save_outputs` can write the denoising GIF later without sampling again. torch is
 imported inside the functions, on the worker: the sampling screen builds these jobs
@@ -13,6 +17,7 @@ on the UI thread.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +36,25 @@ from difflab.runtime import events
 from difflab.runtime.runs import source_kind
 from difflab.runtime.worker import JobContext
 
+# Between a latent's channel pictures: a colour no grey channel can take, so the picture's cutter
+# (screens/picture.py finds a grid's tiles by its grey padding) keeps each image's channels together.
+CHANNEL_SEPARATOR = (0.2, 0.3, 0.55)
+
 
 @dataclass
 class SamplerSteps:
-    """One sampler's trajectory: a grid per model call for x_t and predicted x0, and the final grid."""
+    """One sampler's trajectory: a grid per model call for x_t and predicted x0, and the final grid.
+
+    For a latent model, `inputs` and `predictions` are decoded through the VAE and `latents` holds
+    each call's x_t as it is: per image, a block of its channels as grey pictures.
+    """
 
     inputs: list[Any]  # PIL images, one per model call
     predictions: list[Any]
     final: Any
-    trajectory: Any  # difflab.diffusion.samplers.Trajectory, CPU tensors, for the GIF
+    trajectory: Any  # difflab.diffusion.samplers.Trajectory, CPU tensors in pixel space, for the GIF
+    latents: list[Any] | None = None  # PIL images, one per model call; None for a pixel-space model
+    latent_channels: int = 0
 
 
 def samplers_for(path: str | Path) -> tuple[str, ...]:
@@ -158,10 +173,51 @@ def _sample_steps(setup, count: int, steps: int, progress) -> SamplerSteps:
         progress(step)
 
     path.final = generate(setup, count, steps, on_step).cpu()
+    latents = None
+    if setup.codec is not None:
+        latents = [latent_grid(x, nrow=count) for x in path.inputs]
+        path = _decoded(path, setup.codec)
     value_range = setup.value_range
     return SamplerSteps(inputs=[image_grid(x, value_range, nrow=count) for x in path.inputs],
                         predictions=[image_grid(p, value_range, nrow=count) for p in path.predictions],
-                        final=image_grid(path.final, value_range, nrow=count), trajectory=path)
+                        final=image_grid(path.final, value_range, nrow=count), trajectory=path, latents=latents,
+                        latent_channels=setup.codec.channels if setup.codec else 0)
+
+
+def _decoded(path, codec):
+    """A latent trajectory's inputs and predictions as images, decoded in one pass (the VAE batches
+    them), so the screen's pictures and the GIF show pixels."""
+    # on the worker, like every torch import here (see StepThroughJob.setup)
+    import torch
+
+    from difflab.diffusion.samplers import Trajectory
+
+    calls = len(path.inputs)
+    images = codec.decode(torch.cat([*path.inputs, *path.predictions])).cpu()
+    parts = list(images.split([len(x) for x in path.inputs] * 2))
+    return Trajectory(parts[:calls], parts[calls:], list(path.guidance_norms), path.final)
+
+
+def latent_grid(latents, nrow: int):
+    """Latents (N, C, h, w) as one grid: per image a block of its C channels, each a grey picture
+    (-3..3 std, as render.latent_channels draws them), the blocks on make_grid's grey padding."""
+    # on the worker, like every torch import here (see StepThroughJob.setup)
+    import torch
+    from torchvision.transforms.functional import to_pil_image
+    from torchvision.utils import make_grid
+
+    from difflab.diffusion.render import latent_channels
+
+    channels = latent_channels(latents)  # (N, C, 1, h, w)
+    count, depth, _, h, w = channels.shape
+    columns = math.ceil(math.sqrt(depth))  # 4 channels as 2 x 2: a block as square as the image
+    rows = math.ceil(depth / columns)
+    blocks = torch.tensor(CHANNEL_SEPARATOR).view(1, 3, 1, 1).repeat(count, 1, rows * (h + 1) - 1,
+                                                                     columns * (w + 1) - 1)
+    for c in range(depth):
+        top, left = (c // columns) * (h + 1), (c % columns) * (w + 1)
+        blocks[:, :, top:top + h, left:left + w] = channels[:, c]
+    return to_pil_image(make_grid(blocks, nrow=nrow, padding=2, pad_value=0.5))
 
 
 def save_outputs(result: dict, folder: Path) -> list[Path]:
