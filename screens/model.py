@@ -1,7 +1,10 @@
-"""Model screen: the knobs of BasicUNet or UNet2DModel; its size, shapes, compute and rough cost;
-starting from a pretrained source (train.init_from), where each setting of its network comes from."""
+"""Model screen: the knobs of BasicUNet, UNet2DModel or the AutoencoderKL (a VAE); its size, shapes,
+compute and rough cost; starting from a pretrained source (train.init_from), where each setting of its
+network comes from."""
 
 from __future__ import annotations
+
+import math
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -12,24 +15,23 @@ from difflab.jobs import launch
 from .base import LabScreen
 from .widgets import RecipeField
 
-KINDS = {"basic-unet": "BasicUNet", "unet2d": "UNet2DModel"}
+KINDS = {"basic-unet": "BasicUNet", "unet2d": "UNet2DModel", "autoencoder-kl": "AutoencoderKL"}
+UNET, VAE = "unet2d", "autoencoder-kl"
 
-# The knobs each kind reads; the other kind ignores them, so only the chosen kind's are shown.
-KIND_FIELDS = {
-    "basic-unet": [
-        ("model.channels", "channels per level"),
-        ("model.kernel_size", "kernel size (odd)"),
-    ],
-    "unet2d": [
-        ("model.block_out_channels", "block output channels per level"),
-        ("model.layers_per_block", "ResNet layers per block"),
-        ("model.down_block_types", "down block types (one per level)"),
-        ("model.up_block_types", "up block types (one per level)"),
-        ("model.norm_num_groups", "GroupNorm groups (divide every level)"),
-        ("model.attention_head_dim", "channels per attention head"),
-        ("model.dropout", "dropout"),
-    ],
-}
+# The knobs each kind reads (key, label, kinds); the others ignore them, so only the chosen kind's show.
+KIND_FIELDS = [
+    ("model.channels", "channels per level", ("basic-unet",)),
+    ("model.kernel_size", "kernel size (odd)", ("basic-unet",)),
+    ("model.block_out_channels", "block output channels per level", (UNET, VAE)),
+    ("model.layers_per_block", "ResNet layers per block", (UNET, VAE)),
+    ("model.down_block_types", "down block types (one per level)", (UNET,)),
+    ("model.up_block_types", "up block types (one per level)", (UNET,)),
+    ("model.norm_num_groups", "GroupNorm groups (divide every level)", (UNET, VAE)),
+    ("model.attention_head_dim", "channels per attention head", (UNET,)),
+    ("model.dropout", "dropout", (UNET,)),
+    ("model.latent_channels", "latent channels (SD: 4)", (VAE,)),
+    ("train.kl_weight", "KL weight beside the reconstruction (SD: 1e-6)", (VAE,)),
+]
 
 
 RECIPE_SECTIONS = {"dataset", "schedule", "model", "train", "sample"}
@@ -43,11 +45,10 @@ class ModelScreen(LabScreen):
 
     def fields(self) -> list[RecipeField]:
         fields = [RecipeField("model.kind", "model", list(KINDS))]
-        for kind, knobs in KIND_FIELDS.items():
-            for key, label in knobs:
-                field = RecipeField(key, label)
-                field.add_class(kind)  # _show_kind_fields toggles fields by this class
-                fields.append(field)
+        for key, label, kinds in KIND_FIELDS:
+            field = RecipeField(key, label)
+            field.add_class(*kinds)  # _show_kind_fields toggles fields by these classes
+            fields.append(field)
         return fields + [
             RecipeField("train.batch_size", "batch size (for the estimate)"),
             RecipeField("dataset.image_size", "image size (pixels)"),
@@ -79,7 +80,8 @@ class ModelScreen(LabScreen):
         report = estimate.report
         self.query_one("#headline", Static).update(
             f"[b]{KINDS[report.kind]}[/b] · {report.parameters:,} parameters\n"
-            f"{report.flops_per_image / 1e9:.3g} GFLOPs per image (forward) · input {_shape(report.input_shape)}")
+            f"{report.flops_per_image / 1e9:.3g} GFLOPs per image (forward) · input {_shape(report.input_shape)}"
+            f"{_latent_text(report)}")
         table = self.query_one("#blocks", DataTable)
         table.clear(columns=True)
         table.add_columns("block", "output")
@@ -104,9 +106,10 @@ class ModelScreen(LabScreen):
                                        *map(_origin_line, network_keys)]))
 
     def _show_kind_fields(self, recipe) -> None:
-        """Show the chosen kind's knobs and hide the other kind's."""
-        for kind in KIND_FIELDS:
-            self.query(f"RecipeField.{kind}").set(display=kind == recipe.model.kind)
+        """Show the chosen kind's knobs and hide the other kinds'."""
+        for field in self.query(RecipeField):
+            if field.key != "model.kind" and field.classes & set(KINDS):
+                field.display = field.has_class(recipe.model.kind)
 
     def _show_rejection(self, error: str) -> None:
         """Say why the report did not update: a rejected change leaves the recipe (and report) as it was."""
@@ -129,6 +132,17 @@ def _estimate_text(estimate, batch: int) -> str:
         if getattr(real, "memory_bytes", None) and estimate.device.startswith("cuda"):  # a CPU's resident set says little
             text += f", peak {_megabytes(real.memory_bytes)} (estimated {_megabytes(real.estimated_bytes)})"
     return text + ". Times vary with the machine's other work; the training screen shows real ones."
+
+
+def _latent_text(report) -> str:
+    """A VAE's latent (half of its quant_conv's output: the mean beside the log-variance) and how
+    many times fewer numbers it holds than the image."""
+    moments = next((shape for name, shape in report.blocks if name.startswith("quant_conv")), None)
+    if report.kind != VAE or moments is None:
+        return ""
+    latent = (moments[0] // 2, *moments[1:])
+    factor = math.prod(report.input_shape) / math.prod(latent)
+    return f"\nlatent {_shape(latent)}: {factor:.3g}× fewer numbers than the image"
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -24,7 +24,7 @@ from difflab.runtime.runs import RunDir, default_run_dir
 
 from .dialogs import RunFolderScreen
 from .picture import Picture, PictureViewer
-from .training_stats import LossCurve, TrainingStats, quality_line
+from .training_stats import LossCurve, TrainingStats, parts_line, quality_line, vae_lines
 from .widgets import LivePlot, RecipeField, ScreenBar, StatusLine, margin_plot
 
 # While a job trains, each millisecond of the UI thread is taken from torch's threads (on 2
@@ -110,7 +110,8 @@ class TrainingScreen(Screen):
             with Vertical(id="charts"):
                 yield Label("loss: logged · smoothed", id="loss-title", classes="plot-title")
                 yield margin_plot("loss", bottom=2, left=7)
-                yield Label("loss by noise level (low → high)", classes="plot-title")
+                yield Static(id="parts")  # a VAE's: its loss's terms, where a denoiser's noise levels go
+                yield Label("loss by noise level (low → high)", id="levels-title", classes="plot-title")
                 yield Sparkline([], id="levels")
             with Vertical(id="preview-box"):
                 yield Label("preview", id="preview-title", classes="plot-title")
@@ -311,6 +312,9 @@ class TrainingScreen(Screen):
         s = self.stats
         s.step, s.epoch, s.loss, s.lr = max(s.step, event.step), event.epoch, event.loss, event.lr
         s.images_per_sec, s.elapsed, s.memory_bytes = event.images_per_sec, event.elapsed, event.memory_bytes
+        if event.parts and not s.parts:
+            self.set_class(True, "-parts")  # once: the terms take the noise levels' place
+        s.parts = event.parts
         self.curve.add(event.step, event.loss)
         # drawn by the timer: a burst of steps costs one frame, not one per drain
         self._plot_dirty = self._stats_dirty = True
@@ -321,9 +325,10 @@ class TrainingScreen(Screen):
             self._levels = [loss if loss is not None else min(known) for loss in event.losses]
 
     def _on_preview(self, event: events.PreviewReady) -> None:
+        title = f"{event.title or 'preview'} · step {event.step:,}"  # a VAE's last figure: its latent channels
         preview = self.query_one("#preview", Picture)
-        preview.image, preview.title = event.image, f"preview · step {event.step:,}"
-        self.query_one("#preview-title", Label).update(f"preview · step {event.step:,}")
+        preview.image, preview.title = event.image, title
+        self.query_one("#preview-title", Label).update(title)
 
     def _on_checkpoint(self, event: events.CheckpointSaved) -> None:
         """List the checkpoints on disk: the run keeps only the newest train.keep_checkpoints."""
@@ -344,8 +349,12 @@ class TrainingScreen(Screen):
         self.query_one("#log", RichLog).write(event.text)
 
     def _on_finished(self, event: events.JobFinished) -> None:
+        log = self.query_one("#log", RichLog)
         if quality := quality_line(event.summary):
-            self.query_one("#log", RichLog).write(quality)
+            log.write(quality)
+        for line in vae_lines(event.summary):
+            log.write(line)
+        self.stats.vae = event.summary.get("vae")
         self._job_ended(event.status)
         self.notify(f"{event.status}: {self.run.path}", title="training")
 
@@ -371,6 +380,8 @@ class TrainingScreen(Screen):
         self.run = run
         self.query_one("#log", RichLog).clear()
         self.query_one("#levels", Sparkline).data = []
+        self.set_class(False, "-parts")
+        self.query_one("#parts", Static).update("")
         self.query_one("#preview", Picture).image = None
         self.query_one("#preview-title", Label).update("preview")
         self._show_stats()
@@ -388,6 +399,8 @@ class TrainingScreen(Screen):
     def _show_stats(self) -> None:
         """Draw every figure from the stats object: the stats line and the checkpoints table."""
         self._show_checkpoints()
+        if self.stats.parts:
+            self.query_one("#parts", Static).update(parts_line(self.stats.parts), layout=False)
         stats = self.query_one("#stats", Static)
         stats.update(self.stats.line(), layout=False)
         # A layout pass reflows the whole screen (~10 ms here): ask for one only when the new

@@ -70,6 +70,8 @@ class TrainingStats:
     elapsed_at_start: float = 0.0  # training time before this session (a continued run's checkpoint)
     memory_bytes: int = 0
     checkpoints: list[tuple[int, Path]] = field(default_factory=list)
+    parts: dict[str, float] = field(default_factory=dict)  # the loss's terms over the last log interval (a VAE's)
+    vae: dict | None = None  # a finished VAE run's report (summary.json's "vae")
 
     def eta(self) -> float | None:
         """Seconds left at the average step rate of this session so far; None unless it trains."""
@@ -91,7 +93,8 @@ class TrainingStats:
         return (f"{state} · step [b]{self.step:,}[/b]/{total} · epoch {self.epoch + 1} · loss [b]{loss}[/b]"
                 f" · lr {lr}\n{rate} img/s · elapsed {_clock(self.elapsed)}"
                 f"{f' · ETA {_clock(eta)}' if eta is not None else ''}"
-                f"{f' · memory {self.memory_bytes / 1e6:,.0f} MB' if self.memory_bytes else ''}")
+                f"{f' · memory {self.memory_bytes / 1e6:,.0f} MB' if self.memory_bytes else ''}"
+                f"{_vae_figures(self.vae) if self.vae else ''}")
 
     def list_checkpoints(self, run: RunDir) -> None:
         """The run's checkpoints on disk (it keeps only the newest train.keep_checkpoints)."""
@@ -119,6 +122,42 @@ def quality_line(summary: dict) -> str:
             f"{quality['frechet_normalised']:.3f} (0 = as close as unseen real images, 1 = as far as noise), "
             f"confidence {quality['confidence']:.3f}, classes {quality['class_entropy_bits']:.2f} of "
             f"{quality['class_entropy_max_bits']:.2f} bits")
+
+
+def parts_line(parts: dict[str, float]) -> str:
+    """The loss's terms (a VAE's reconstruction MSE and KL) as the last log line averaged them."""
+    return "loss terms: " + " · ".join(f"{name} [b]{value:.4g}[/b]" for name, value in parts.items())
+
+
+def vae_lines(summary: dict) -> list[str]:
+    """A finished VAE run's report (what `difflab run` prints as a table), a few lines for the log."""
+    vae = summary.get("vae")
+    if not vae:
+        return []
+    image, latent = _shape(vae["image_shape"]), _shape(vae["latent_shape"])
+    compression = (f"VAE: {image} images -> {latent} latents, {vae['compression_factor']:.3g}x fewer numbers; "
+                   f"saved in {vae['folder']}")
+    held_out = (f"held-out reconstructions ({vae['held_out_images']} images it never trained on): MSE "
+                f"{vae['mse']:.5f}, PSNR {vae['psnr_db']:.2f} dB (on training images {vae['train_psnr_db']:.2f} dB)")
+    latents = f"latent mean per channel {_numbers(vae['latent_mean'])}; std {_numbers(vae['latent_std'])}"
+    factor = (f"scaling factor {vae['scaling_factor']:.4g} = 1 / {vae['latent_std_all']:.4g}, the std of all "
+              f"latent values (SD's VAE: 0.18215); in its config.json")
+    return [compression, held_out, latents, factor]
+
+
+def _vae_figures(vae: dict) -> str:
+    """The VAE's figures a person looks for first, as a third line of the stats."""
+    return (f"\nVAE: held-out PSNR [b]{vae['psnr_db']:.2f} dB[/b] (MSE {vae['mse']:.5f}) · "
+            f"{_shape(vae['latent_shape'])} latents, {vae['compression_factor']:.3g}x fewer numbers · "
+            f"scaling factor [b]{vae['scaling_factor']:.4g}[/b]")
+
+
+def _shape(shape: list[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _numbers(values: list[float]) -> str:
+    return ", ".join(f"{v:.3g}" for v in values)
 
 
 def _clock(seconds: float) -> str:

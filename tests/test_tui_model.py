@@ -87,3 +87,47 @@ def test_the_step_estimate_says_where_its_numbers_come_from():
     assert "real step" not in text and "vary" in text
     estimate.measured = SimpleNamespace(batch=32, seconds=2.4, estimated_seconds=0.07)
     assert "a real step at batch 32 took 2.4 s (estimated 70 ms)" in _estimate_text(estimate, 128)
+
+
+VAE_RECIPE = """[dataset]
+source = "shapes"
+channels = 3
+value_range = "-1..1"
+image_size = 16
+[model]
+kind = "autoencoder-kl"
+block_out_channels = [16, 32, 32]
+layers_per_block = 1
+norm_num_groups = 8
+[train]
+batch_size = 16
+"""
+
+
+async def test_a_vae_shows_its_own_knobs_and_its_latent_and_nothing_is_cut_at_80_by_24(tmp_path, monkeypatch):
+    from tests.test_tui_fit import cut_widgets
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "vae.toml"
+    recipe.write_text(VAE_RECIPE)
+    app = DifflabApp(recipe)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3")
+        await wait_for_probe(pilot)
+        assert "AutoencoderKL · " in text(app, "#headline")
+        # 3x16x16 pixels through two halvings: 4x4x4, twelve times fewer numbers
+        assert "input 3×16×16" in text(app, "#headline") and "latent 4×4×4: 12× fewer" in text(app, "#headline")
+        assert "quant_conv (mean, logvar)" in block_names(app)
+        shown = {key for key in ("model.block_out_channels", "model.layers_per_block", "model.norm_num_groups",
+                                 "model.latent_channels", "train.kl_weight") if field(app, key).display}
+        assert len(shown) == 5, shown
+        assert not any(field(app, key).display for key in ("model.down_block_types", "model.attention_head_dim",
+                                                            "model.channels", "model.dropout"))
+        assert cut_widgets(app.screen) == []
+
+        field(app, "model.kind").query_one(Select).value = "unet2d"
+        await pilot.pause(0.5)
+        await wait_for_probe(pilot)
+        assert "UNet2DModel · " in text(app, "#headline") and "latent" not in text(app, "#headline")
+        assert field(app, "model.down_block_types").display and not field(app, "model.latent_channels").display
+        assert not field(app, "train.kl_weight").display and field(app, "model.norm_num_groups").display

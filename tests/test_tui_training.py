@@ -373,3 +373,44 @@ async def test_the_finished_runs_sample_quality_is_written_to_the_log(tmp_path, 
         await pilot.pause()
         assert "sample quality (toy, 40 steps): FD norm. 0.125" in log_text(screen)
         assert "classes 3.10 of 3.32 bits" in log_text(screen) and state(screen) == "finished"
+
+
+async def test_a_vae_run_shows_its_loss_terms_its_latent_channels_and_its_report(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from difflab.diffusion.vae_report import VaeReport
+    from tests.test_tui_fit import cut_widgets
+
+    async with a_job_at_step_50_of_100(tmp_path, monkeypatch) as (_app, pilot, screen, run):
+        parts, levels = screen.query_one("#parts", Static), screen.query_one("#levels")
+        assert levels.display and not parts.display  # a denoiser's loss by noise level
+        screen._on_event(events.StepLogged(1, step=60, epoch=1, loss=0.0124, lr=1e-3, images_per_sec=300.0,
+                                           elapsed=12.0, parts={"reconstruction": 0.0123, "kl": 98.5}))
+        screen._redraw(force=True)
+        await pilot.pause()
+        assert parts.display and not levels.display  # a VAE has no noise level: its loss's terms instead
+        assert " ".join(str(parts.render()).split()) == "loss terms: reconstruction 0.0123 · kl 98.5"
+
+        figure = Image.new("RGB", (96, 40), "gray")
+        screen._on_event(events.PreviewReady(1, 100, figure, run.samples / "latents.png", title="latent channels"))
+        assert "latent channels · step 100" in str(screen.query_one("#preview-title").render())
+        report = VaeReport((3, 32, 32), (4, 8, 8), 2744, 256, 0.003, 25.23, 26.1, [0.1, -0.2, 0.3, 0.0],
+                           [1.3, 1.4, 1.2, 1.5], 1.346, 0.743)
+        screen._on_event(events.JobFinished(1, "finished", {"vae": {**report.as_summary(), "folder": "RUN/vae"}}))
+        await pilot.pause()
+        logged = log_text(screen)
+        assert "3x32x32 images -> 4x8x8 latents, 12x fewer numbers" in logged
+        assert "(256 images it never trained on): MSE 0.00300, PSNR 25.23 dB (on training images 26.10 dB)" in logged
+        assert "scaling factor 0.743 = 1 / 1.346" in logged and state(screen) == "finished"
+        assert "VAE: held-out PSNR 25.23 dB (MSE 0.00300) · 4x8x8 latents, 12x fewer numbers · scaling factor " \
+               "0.743" in stats_text(screen)
+        assert cut_widgets(screen) == []
+        await pilot.resize_terminal(80, 24)
+        screen.query_one("#log").clear()  # a log keeps the width its lines were written at
+        screen._on_event(events.JobFinished(1, "finished", {"vae": {**report.as_summary(), "folder": "RUN/vae"}}))
+        await pilot.pause(0.2)
+        assert cut_widgets(screen) == []
+
+        screen._start_fresh(run)  # the next run starts without the last one's terms
+        await pilot.pause()
+        assert levels.display and not parts.display
