@@ -3,6 +3,8 @@
 The curves are √ᾱ_t (how much of the image is left) and √(1−ᾱ_t) (how much noise),
 and log SNR, for the recipe's schedule with a second one overlaid, as chapter 4 of
 the course plots them; below, one image noised at a few timesteps by both processes.
+A latent recipe adds the same image noised in its VAE's latent space and decoded, under
+the pixel-noised row: latent noise decodes to blotches and colour shifts, not to grain.
 """
 
 from __future__ import annotations
@@ -73,9 +75,16 @@ class ScheduleScreen(LabScreen):
         yield Static(id="key")
         yield Label(id="ddpm-title", classes="strip-title")
         yield TerminalImage(id="ddpm-strip", classes="strip")
+        yield Label(id="latent-title", classes="strip-title latent")
+        yield TerminalImage(id="latent-strip", classes="strip latent")
+        yield Label(id="latent-note", classes="latent", markup=False)
         yield Label(id="toy-title", classes="strip-title")
         yield TerminalImage(id="toy-strip", classes="strip")
         yield Static(id="timesteps")
+
+    def on_mount(self) -> None:
+        # LabScreen.on_mount also runs (Textual dispatches on_mount along the MRO)
+        self.query(".latent").set(display=False)  # a latent recipe's row, once its probe says so
 
     def make_probe(self):
         self._probed = (self.app.recipe.schedule, self.comparison())
@@ -121,13 +130,31 @@ class ScheduleScreen(LabScreen):
         return plot
 
     def _show_strips(self, summary: dict, schedule: ScheduleConfig) -> None:
-        steps = summary["timesteps"]
-        trains = {schedule.kind: "  [i](used for training)[/i]"}
-        self.query_one("#ddpm-title", Label).update(f"DDPM: √ᾱ_t·x₀ + √(1−ᾱ_t)·ε{trains.get('ddpm', '')}")
+        steps, latent = summary["timesteps"], summary.get("latent")
+        used = "  [i](used for training)[/i]"
+        trains = {("latent" if latent and schedule.kind == "ddpm" else schedule.kind): used}
+        pixels = "DDPM on pixels" if latent else "DDPM"
+        self.query_one("#ddpm-title", Label).update(f"{pixels}: √ᾱ_t·x₀ + √(1−ᾱ_t)·ε{trains.get('ddpm', '')}")
         self.query_one("#toy-title", Label).update(f"toy: x·(1−a) + noise·a, a = t/(T−1){trains.get('toy', '')}")
         self.query_one("#ddpm-strip", TerminalImage).image = summary["strips"]["ddpm"]
         self.query_one("#toy-strip", TerminalImage).image = summary["strips"]["toy"]
-        self.query_one("#timesteps", Static).update("both at t = " + ", ".join(str(t) for t in steps))
+        self._show_latent_strip(latent, trains.get("latent", ""))
+        rows = "all three" if latent and latent.strip is not None else "both"
+        self.query_one("#timesteps", Static).update(f"{rows} at t = " + ", ".join(str(t) for t in steps))
+
+    def _show_latent_strip(self, latent, used: str) -> None:
+        """A latent recipe's row: the image encoded, noised as z_t, decoded; or why it is missing."""
+        self.query(".latent").set(display=latent is not None)
+        if latent is None:
+            return
+        shape = "×".join(str(n) for n in latent.latent_shape)
+        self.query_one("#latent-title", Label).update(
+            f"DDPM on latents{f' ({shape})' if shape else ''}, decoded: √ᾱ_t·z₀ + √(1−ᾱ_t)·ε{used}")
+        self.query_one("#latent-strip", TerminalImage).image = latent.strip
+        self.query_one("#latent-strip").display = latent.strip is not None
+        note = self.query_one("#latent-note", Label)
+        note.update(latent.note)
+        note.display = bool(latent.note)
 
 
 def _plot(plot_id: str) -> PlotWidget:

@@ -1,4 +1,5 @@
-"""The schedule screen, used as a person would: open it, read the curves, change the schedule."""
+"""The schedule screen, used as a person would: open it, read the curves, change the schedule; for
+a latent recipe, compare the image noised in pixels with it noised in the VAE's latent space."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Label, Select, Static
 from textual_plot import PlotWidget
 
+from difflab.runtime.catalog import BuiltinRecipe
 from difflab.screens.app import DifflabApp
 from difflab.screens.schedule import ScheduleScreen
 from difflab.screens.widgets import TerminalImage
+from tests.test_stepthrough import save_tiny_vae
+from tests.test_tui_fit import cut_widgets
 
 SIZE = (100, 32)
 pytestmark = pytest.mark.anyio
@@ -40,7 +44,7 @@ async def open_schedule(pilot: Pilot) -> ScheduleScreen:
 
 
 def strip(screen: ScheduleScreen, kind: str) -> TerminalImage:
-    """The noised strip of one corruption process: "ddpm" or "toy"."""
+    """The noised strip of one corruption process: "ddpm", "toy", or a latent recipe's "latent"."""
     return screen.query_one(f"#{kind}-strip", TerminalImage)
 
 
@@ -109,3 +113,75 @@ def test_schedule_screen_snapshot(snap_compare, monkeypatch):
     monkeypatch.setenv("COLORTERM", "truecolor")  # the status line names the colours the terminal has
     # device="cpu": the status line names the device, and a GPU machine would name its card
     assert snap_compare(DifflabApp(device="cpu"), terminal_size=SIZE, run_before=_open_schedule_quietly)
+
+
+LATENT_RECIPE = """
+[dataset]
+source = "shapes"
+num_images = 16
+image_size = 16
+channels = 3
+value_range = "-1..1"
+[latent]
+vae = "{vae}"
+[schedule]
+kind = "ddpm"
+[model]
+kind = "unet2d"
+block_out_channels = [16, 32]
+down_block_types = ["DownBlock2D", "DownBlock2D"]
+up_block_types = ["UpBlock2D", "UpBlock2D"]
+norm_num_groups = 8
+[sample]
+sampler = "ddim"
+"""
+
+
+def text_of(screen: ScheduleScreen, widget_id: str) -> str:
+    return str(screen.query_one(f"#{widget_id}").render())
+
+
+async def test_a_latent_recipe_noises_the_image_in_latent_space_beside_pixels(tmp_path, recipe_file):
+    save_tiny_vae(tmp_path / "vae", image_size=16)  # 16 px RGB -> 4x8x8 latents
+    app = DifflabApp(recipe_file(LATENT_RECIPE.format(vae="vae")), device="cpu")  # relative to the recipe
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_schedule(pilot)
+        latent, pixels = strip(screen, "latent"), strip(screen, "ddpm")
+        assert latent.display and latent.image is not None and not screen.query_one("#latent-note").display
+        # the same 8 timesteps of the same image, decoded back to 16 px: a strip of pixels' size
+        assert latent.image.size == pixels.image.size and latent.image.tobytes() != pixels.image.tobytes()
+        assert text_of(screen, "ddpm-title").startswith("DDPM on pixels:")
+        assert "used for training" not in text_of(screen, "ddpm-title")
+        title = text_of(screen, "latent-title")
+        assert title.startswith("DDPM on latents (4×8×8), decoded:") and "used for training" in title
+        assert str(screen.query_one("#timesteps", Static).content).startswith("all three at t = 0, 143")
+        for size in ((80, 24), (160, 48)):
+            await pilot.resize_terminal(*size)
+            await pilot.pause(0.2)
+            assert cut_widgets(screen) == [], size
+
+
+async def test_a_builtin_vae_not_trained_yet_is_said_in_one_line_and_not_trained(tmp_path, recipe_file,
+                                                                                 monkeypatch, classifier_cache):
+    vae_recipe = tmp_path / "vae-test.toml"  # a built-in VAE recipe as the catalog lists one
+    vae_recipe.write_text('[dataset]\nsource = "shapes"\nimage_size = 16\nchannels = 3\nvalue_range = "-1..1"\n'
+                          '[model]\nkind = "autoencoder-kl"\nblock_out_channels = [16, 32]\nnorm_num_groups = 8\n')
+    monkeypatch.setattr("difflab.diffusion.latents.builtin_recipes",
+                        lambda: [BuiltinRecipe("vae-test", "", vae_recipe)])
+    app = DifflabApp(recipe_file(LATENT_RECIPE.format(vae="vae-test")), device="cpu")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_schedule(pilot)
+        note = text_of(screen, "latent-note")
+        assert screen.query_one("#latent-note").display and not strip(screen, "latent").display
+        assert note.startswith("the VAE 'vae-test' is not trained yet") and "difflab run vae-test" in note
+        assert screen.query_one("#latent-note").size.height <= 2  # one sentence, wrapped at most once at 100
+        assert str(screen.query_one("#timesteps", Static).content).startswith("both at t =")
+    assert not (classifier_cache / "vaes").exists()  # a probe never trains the VAE
+
+
+async def test_a_pixel_recipe_has_no_latent_row():
+    app = DifflabApp(device="cpu")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_schedule(pilot)
+        assert not any(widget.display for widget in screen.query(".latent"))
+        assert text_of(screen, "ddpm-title").startswith("DDPM: ")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from difflab.diffusion.latents import LatentCodec, builtin_vae_recipe, open_codec, parse_vae_spec
+from difflab.diffusion.latents import LatentCodec, VaeSpec, builtin_vae_recipe, open_codec, parse_vae_spec
 from difflab.diffusion.reference import cache_dir
 from difflab.errors import JobFailed
 from difflab.files import atomic_dir, waiting_lock
@@ -54,12 +54,29 @@ def vae_location(ctx: JobContext, recipe: Recipe, recipe_dir: Path | None, train
         return str(spec.folder)
     if spec.kind == "hub":
         return spec.text
-    vae_recipe = builtin_vae_recipe(spec)
-    folder = cache_dir() / "vaes" / f"{spec.recipe}{'-' + spec.profile if spec.profile else ''}-{_key(vae_recipe)}"
+    folder = _builtin_folder(spec)
     with waiting_lock(folder.with_name(f".{folder.name}.lock")):
         if not (folder / "vae" / "config.json").is_file():
-            _train_builtin(ctx, vae_recipe, spec.text, folder, train)
+            _train_builtin(ctx, builtin_vae_recipe(spec), spec.text, folder, train)
     return str(folder / "vae")
+
+
+def cached_location(recipe: Recipe, recipe_dir: Path | None) -> str | None:
+    """Where latent.vae's AutoencoderKL is without training anything: its folder or hub id, or
+    the cached built-in VAE; None for a built-in VAE recipe that has not been trained yet."""
+    spec = parse_vae_spec(recipe.latent.vae, recipe_dir)
+    if spec.kind == "folder":
+        return str(spec.folder)
+    if spec.kind == "hub":
+        return spec.text
+    folder = _builtin_folder(spec)
+    return str(folder / "vae") if (folder / "vae" / "config.json").is_file() else None
+
+
+def _builtin_folder(spec: VaeSpec) -> Path:
+    """The cache folder of a built-in VAE recipe (its run folder once trained)."""
+    vae_recipe = builtin_vae_recipe(spec)
+    return cache_dir() / "vaes" / f"{spec.recipe}{'-' + spec.profile if spec.profile else ''}-{_key(vae_recipe)}"
 
 
 def _key(recipe: Recipe) -> str:
