@@ -65,9 +65,9 @@ class ScheduleProbe:
         without a VAE at hand, one line saying why (a built-in VAE is never trained by a probe)."""
         vae = self.recipe.latent.vae
         try:
-            location = cached_location(self.recipe, self.recipe_dir)
+            spec = parse_vae_spec(vae, self.recipe_dir)
+            location = cached_location(spec)
             if location is None:
-                spec = parse_vae_spec(vae, self.recipe_dir)
                 command = f"difflab run {spec.recipe}" + (f" --profile {spec.profile}" if spec.profile else "")
                 return LatentStrip(vae, note=f"the VAE '{vae}' is not trained yet: the first run trains it "
                                              f"(or: {command})")

@@ -50,21 +50,20 @@ def vae_location(ctx: JobContext, recipe: Recipe, recipe_dir: Path | None, train
     """A folder (or hub id) holding the AutoencoderKL latent.vae names; a built-in recipe's is
     trained now unless the cache has it."""
     spec = parse_vae_spec(recipe.latent.vae, recipe_dir)
-    if spec.kind == "folder":
-        return str(spec.folder)
-    if spec.kind == "hub":
-        return spec.text
+    found = cached_location(spec)
+    if found is not None:
+        return found
     folder = _builtin_folder(spec)
     with waiting_lock(folder.with_name(f".{folder.name}.lock")):
-        if not (folder / "vae" / "config.json").is_file():
+        if not (folder / "vae" / "config.json").is_file():  # another process may have trained it meanwhile
             _train_builtin(ctx, builtin_vae_recipe(spec), spec.text, folder, train)
     return str(folder / "vae")
 
 
-def cached_location(recipe: Recipe, recipe_dir: Path | None) -> str | None:
-    """Where latent.vae's AutoencoderKL is without training anything: its folder or hub id, or
-    the cached built-in VAE; None for a built-in VAE recipe that has not been trained yet."""
-    spec = parse_vae_spec(recipe.latent.vae, recipe_dir)
+def cached_location(spec: VaeSpec) -> str | None:
+    """Where the AutoencoderKL is without training anything: its folder or hub id, or a built-in
+    recipe's cached VAE; None for a built-in VAE recipe not trained yet (the schedule screen's
+    probe asks this: it shows latent noise only with a VAE at hand, and never trains one)."""
     if spec.kind == "folder":
         return str(spec.folder)
     if spec.kind == "hub":
