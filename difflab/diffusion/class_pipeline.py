@@ -4,12 +4,18 @@ difflab copies this file, unchanged, into a class-conditional run's RUN/pipeline
 pipeline.py, and model_index.json names it (`"_class_name": ["pipeline",
 "ClassConditionalDDPMPipeline"]`), so plain diffusers loads the folder, on disk or on
 the Hub, with `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`. It
-therefore imports only torch and diffusers.
+therefore imports only torch and diffusers (and the standard library).
 
 The UNet has one class embedding per class plus a last "no class" one (training dropped
 some labels to it), so one network predicts both p(x | class) and p(x); each step mixes
 them as uncond + guidance_scale * (cond - uncond), from one UNet call on a doubled batch.
+
+A latent run's pipeline also holds its VAE (the optional `vae`, an AutoencoderKL): the UNet
+then denoises latents, which are divided by the VAE's scaling_factor and decoded to images,
+as StableDiffusionPipeline does.
 """
+
+from typing import ClassVar
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
@@ -19,11 +25,12 @@ from diffusers.utils.torch_utils import randn_tensor
 class ClassConditionalDDPMPipeline(DiffusionPipeline):
     """Sample chosen classes from a class-conditional UNet2DModel (num_class_embeds = classes + 1)."""
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components: ClassVar[list[str]] = ["vae"]  # pixel-space runs have none: model_index.json then omits it
 
-    def __init__(self, unet, scheduler):
+    def __init__(self, unet, scheduler, vae=None):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
 
     @property
     def num_classes(self) -> int:
@@ -52,6 +59,8 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             prediction = self._guided(self.scheduler.scale_model_input(image, t), t, labels, guidance_scale)
             image = self.scheduler.step(prediction, t, image, generator=generator).prev_sample
+        if self.vae is not None:
+            image = self.vae.decode(image.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         image = (image / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).float().numpy()

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from diffusers import DDPMPipeline
+from diffusers import DDPMPipeline, LDMPipeline
 
 from difflab.diffusion import class_pipeline
 from difflab.diffusion.class_pipeline import ClassConditionalDDPMPipeline
 from difflab.diffusion.data import ImageDataset
 from difflab.diffusion.generate import SamplingSetup, guidance_effect, write_samples
+from difflab.diffusion.latents import LatentCodec
 from difflab.diffusion.loading import run_setup
 from difflab.diffusion.lora import merged_state_dict, save_lora
 from difflab.diffusion.models import build_model, null_class
@@ -61,7 +62,8 @@ def finish_training(ctx: JobContext, recipe: Recipe, run: RunDir, data: ImageDat
 
 
 def export(setup: SamplingSetup, recipe: Recipe, run: RunDir) -> None:
-    """RUN/model (save_pretrained) always; RUN/pipeline, which plain diffusers loads, for DDPM runs.
+    """RUN/model (save_pretrained) always; RUN/pipeline, which plain diffusers loads, for DDPM runs
+    (a latent run's with its VAE).
 
     A LoRA run also writes RUN/lora (the adapter alone); its model and pipeline have the
     adapter merged in, so plain diffusers loads them too.
@@ -74,18 +76,28 @@ def export(setup: SamplingSetup, recipe: Recipe, run: RunDir) -> None:
     with atomic_dir(run.model_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     if setup.train_scheduler is not None:
-        save_pipeline(model, setup.train_scheduler, run.pipeline_dir)
+        save_pipeline(model, setup.train_scheduler, run.pipeline_dir, setup.codec)
 
 
-def save_pipeline(model, scheduler, folder: Path) -> None:
-    """A diffusers pipeline folder: a DDPMPipeline, or for a class-conditional UNet a
-    ClassConditionalDDPMPipeline with its code beside it (pipeline.py, named in model_index.json),
-    which `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads without difflab."""
+def save_pipeline(model, scheduler, folder: Path, codec: LatentCodec | None = None) -> None:
+    """A diffusers pipeline folder: a DDPMPipeline (a latent model: an LDMPipeline, its VAE as
+    `vqvae`), or for a class-conditional UNet a ClassConditionalDDPMPipeline (a latent model's with
+    its `vae`) with its code beside it (pipeline.py, named in model_index.json), which
+    `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads without difflab."""
+    vae = None
+    if codec is not None:  # the pipelines divide latents by the VAE's config value before decoding
+        vae = codec.vae
+        vae.register_to_config(scaling_factor=codec.scaling_factor)
     with atomic_dir(folder) as tmp:
-        if null_class(model) is None:
+        if null_class(model) is None and vae is None:
             DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
+        elif null_class(model) is None:
+            # LDMPipeline types its vqvae as a VQModel, but only calls decode(latents).sample on it,
+            # which an AutoencoderKL answers the same way
+            LDMPipeline(vqvae=vae, unet=model, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
         else:
-            ClassConditionalDDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
+            ClassConditionalDDPMPipeline(unet=model, scheduler=scheduler, vae=vae).save_pretrained(
+                tmp, safe_serialization=True)
             shutil.copyfile(class_pipeline.__file__, tmp / "pipeline.py")
             # diffusers' custom-pipeline form: [module file in the folder, class name]
             index = tmp / "model_index.json"
@@ -104,7 +116,7 @@ def export_run(run_dir: Path) -> tuple[Path, str]:
     run.lock(flag="difflab export")  # not while another process trains it
     try:
         setup = run_setup(run.path, [], "cpu")
-        save_pipeline(setup.model, setup.train_scheduler, run.pipeline_dir)
+        save_pipeline(setup.model, setup.train_scheduler, run.pipeline_dir, setup.codec)
         write_model_card(run, recipe, str(run.pipeline_dir))
     finally:
         run.release()

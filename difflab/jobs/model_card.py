@@ -5,6 +5,7 @@ loads and samples the pipeline, the training figures, the evaluation and the rec
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def write_model_card(run: RunDir, recipe: Recipe, source: str) -> Path:
     """RUN/pipeline/README.md (and the samples it shows); `source` is what the code loads: a path or hub id."""
     conditional = bool(recipe.model.num_classes)
     tags = ["pytorch", "diffusers", "class-conditional" if conditional else "unconditional-image-generation",
-            "difflab"]
+            *(["latent-diffusion"] if recipe.latent.vae else []), "difflab"]
     data = ModelCardData(library_name="diffusers", license=LICENSE, tags=tags,
                          pipeline_tag=None if conditional else "unconditional-image-generation",
                          datasets=[recipe.dataset.path] if recipe.dataset.source == "hub" else None)
@@ -53,9 +54,23 @@ def _heading(run: RunDir, recipe: Recipe, samples: bool) -> str:
     about = (f"{kind} DDPM ({recipe.model.kind}, schedule {recipe.schedule.beta_schedule}, objective "
              f"{recipe.train.objective}) on {d.source} images, {d.image_size}×{d.image_size} px, {d.channels} "
              f"channel{'s' if d.channels > 1 else ''}, trained with difflab, a terminal lab for learning "
-             f"diffusion models step by step.")
+             f"diffusion models step by step.{_latent(run, recipe)}")
     picture = f"\n\n![samples from the trained model]({SAMPLES})" if samples else ""
     return f"# {run.path.name}\n\n{about}{picture}"
+
+
+def _latent(run: RunDir, recipe: Recipe) -> str:
+    """What a latent model's pipeline adds: the VAE its UNet diffuses in, and the scaling factor."""
+    if not recipe.latent.vae:
+        return ""
+    # the run's own copy of the VAE (an exported latent run always has one), with the factor training used
+    vae = json.loads((run.vae_dir / "config.json").read_text(encoding="utf-8"))
+    size = recipe.dataset.image_size // 2 ** (len(vae["block_out_channels"]) - 1)
+    folder = "vae/" if recipe.model.num_classes else "vqvae/, LDMPipeline's name for it"
+    return (f"\n\nIt is a **latent diffusion model**, Stable Diffusion's first half: its UNet denoises "
+            f"{vae['latent_channels']}×{size}×{size} latents of an AutoencoderKL ({folder}), scaled to unit "
+            f"variance by the VAE's scaling_factor {vae['scaling_factor']:.4g}, and the pipeline decodes them "
+            f"to images.")
 
 
 def _code(recipe: Recipe, source: str) -> str:
@@ -68,6 +83,11 @@ def _code(recipe: Recipe, source: str) -> str:
                 "so diffusers asks for `trust_remote_code=True`:")
         names, load = "DDIMScheduler, DiffusionPipeline", f'DiffusionPipeline.from_pretrained("{source}", trust_remote_code=True)'
         call = f"pipe(class_labels={labels}, guidance_scale={scale!r}, {seeded}"
+    elif recipe.latent.vae:
+        head = ("A plain `LDMPipeline` (diffusers warns that it expected a VQModel as `vqvae`: the pipeline "
+                "only decodes with it, which an AutoencoderKL does the same way):")
+        names, load = "DDIMScheduler, LDMPipeline", f'LDMPipeline.from_pretrained("{source}")'
+        call = f"pipe(batch_size=4, {seeded}"
     else:
         head, names, load = "A plain `DDPMPipeline`:", "DDIMScheduler, DDPMPipeline", f'DDPMPipeline.from_pretrained("{source}")'
         call = f"pipe(batch_size=4, {seeded}"
