@@ -1,5 +1,6 @@
 """Loading trained models to sample from: a run's exported model, one of its checkpoints
-(with its EMA weights, LoRA merged in), or any saved DDPM-style diffusers pipeline.
+(with its EMA weights, LoRA merged in), or any saved DDPM-style diffusers pipeline (a latent
+one with its VAE: an LDMPipeline holding an AutoencoderKL, or a class-conditional latent run's).
 
 Each loader returns a SamplingSetup (generate.py): the model with the recipe it was
 trained with, so the sampler, the schedule and the data's shape carry over.
@@ -7,15 +8,16 @@ trained with, so the sampler, the schedule and the data's shape carry over.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DModel
 
 from difflab.diffusion.checkpoints import load_checkpoint
 from difflab.diffusion.generate import SamplingSetup
 from difflab.diffusion.hub import cache_then_hub
-from difflab.diffusion.latents import LatentCodec, latent_shape, open_codec
+from difflab.diffusion.latents import VAE_FOLDERS, LatentCodec, downscale, latent_shape, open_codec
 from difflab.diffusion.lora import add_lora, merged_state_dict
 from difflab.diffusion.models import BasicUNet, build_model
 from difflab.diffusion.schedules import training_noise_scheduler
@@ -114,16 +116,18 @@ def checkpoint_model(folder: Path, recipe: Recipe | None = None):
 
 
 def pipeline_setup(source: str, overrides: list[str], device: str):
-    """Sampling setup for any UNet2DModel pipeline (unconditional or class-conditional) on disk or on the hub."""
-    unet, scheduler = load_pipeline(source)
-    cfg = unet.config
+    """Sampling setup for any UNet2DModel pipeline (unconditional or class-conditional, in pixels or,
+    with its VAE, in latents) on disk or on the hub."""
+    parts = load_pipeline(source)
+    cfg, scheduler = parts.unet.config, parts.scheduler
     prediction = scheduler.config.get("prediction_type", "epsilon")
     objective = {"sample": "x0"}.get(prediction, prediction)
+    size = _size(cfg.sample_size)
     data = {
         "schedule": {"kind": "ddpm", "num_train_timesteps": scheduler.config.num_train_timesteps,
                      "beta_schedule": scheduler.config.beta_schedule,
                      "beta_start": scheduler.config.beta_start, "beta_end": scheduler.config.beta_end},
-        "dataset": {"image_size": _size(cfg.sample_size), "channels": cfg.in_channels, "value_range": "-1..1"},
+        "dataset": {"image_size": size, "channels": cfg.in_channels, "value_range": "-1..1"},
         "model": {"kind": "unet2d", "block_out_channels": list(cfg.block_out_channels),
                   "down_block_types": list(cfg.down_block_types), "up_block_types": list(cfg.up_block_types),
                   "layers_per_block": cfg.layers_per_block, "norm_num_groups": cfg.norm_num_groups,
@@ -131,20 +135,39 @@ def pipeline_setup(source: str, overrides: list[str], device: str):
         "train": {"objective": objective},
         "sample": {"sampler": "ddim", "steps": 50},
     }
+    if parts.vae is not None:  # the images are the VAE's: its channels, the latent's size times its downscale
+        vae = parts.vae.config
+        data["dataset"].update(image_size=size * downscale(vae), channels=vae.in_channels)
+        data["latent"] = {"vae": source, "scaling_factor": vae.scaling_factor}
     recipe = parse_with_overrides(data, overrides, f"{source} (pipeline)")
     if recipe.train.objective != objective:
         raise InputError(f"train.objective = '{recipe.train.objective}': the pipeline's scheduler predicts "
                          f"'{prediction}'; a sampler must use the pipeline's own prediction type")
-    shape = (cfg.in_channels, recipe.dataset.image_size, recipe.dataset.image_size)
-    return SamplingSetup(unet.to(device), recipe, shape, (-1.0, 1.0), device, scheduler)
+    codec = None
+    if parts.vae is not None:
+        codec = LatentCodec(parts.vae.to(device).eval(), recipe.latent.scaling_factor, (-1.0, 1.0),
+                            f"{source} (the pipeline's VAE)")
+    shape = (cfg.in_channels, size, size)
+    return SamplingSetup(parts.unet.to(device), recipe, shape, (-1.0, 1.0), device, scheduler, codec=codec)
 
 
 def _size(sample_size) -> int:
     return sample_size if isinstance(sample_size, int) else int(sample_size[0])
 
 
-def load_pipeline(source: str, what: str | None = None):
-    """(unet, scheduler) of a DDPM-style pipeline (class-conditional too): a local folder, else a hub id (cache first).
+@dataclass
+class PipelineParts:
+    """What difflab samples from a DDPM-style pipeline: its UNet and scheduler, and a latent
+    pipeline's VAE (an LDMPipeline's vqvae, a class-conditional latent pipeline's vae)."""
+
+    unet: UNet2DModel
+    scheduler: DDPMScheduler
+    vae: AutoencoderKL | None = None
+
+
+def load_pipeline(source: str, what: str | None = None) -> PipelineParts:
+    """The parts of a DDPM-style pipeline (class-conditional and latent ones too): a local folder,
+    else a hub id (cache first).
 
     `what` names the setting in errors (default: the --pipeline flag).
     """
@@ -154,20 +177,31 @@ def load_pipeline(source: str, what: str | None = None):
         if not (path / "model_index.json").is_file():
             raise InputError(f"{what}: not a diffusers pipeline folder (no model_index.json)")
         try:
-            return _unet_and_scheduler(path)
+            return _parts(path, what)
         except (OSError, ValueError, TypeError) as error:
             raise InputError(f"{what}: cannot load its UNet2DModel and scheduler ({reason(error)})") from None
-    return _from_hub(source, what)
+    return cache_then_hub(lambda **options: _parts(source, what, **options), what)
 
 
-def _unet_and_scheduler(source, **options):
-    """The pipeline's two parts, read as data: a class-conditional run's pipeline.py is never run."""
-    return (UNet2DModel.from_pretrained(source, subfolder="unet", **options),
-            DDPMScheduler.from_pretrained(source, subfolder="scheduler", **options))
+def _parts(source, what: str, **options) -> PipelineParts:
+    """The pipeline's parts, read as data: a class-conditional run's pipeline.py is never run."""
+    index = DiffusionPipeline.load_config(source, **options)  # model_index.json
+    unet = UNet2DModel.from_pretrained(source, subfolder="unet", **options)
+    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **options)
+    name = next((name for name in VAE_FOLDERS if _component_class(index, name)), None)
+    if name is None:
+        return PipelineParts(unet, scheduler)
+    kind = _component_class(index, name)
+    if kind != "AutoencoderKL":
+        raise InputError(f"{what}: its {name} is a {kind}; difflab's latent models decode with an AutoencoderKL "
+                         f"(Stable Diffusion's kind of VAE)")
+    return PipelineParts(unet, scheduler, AutoencoderKL.from_pretrained(source, subfolder=name, **options))
 
 
-def _from_hub(hub_id: str, what: str):
-    return cache_then_hub(lambda **options: _unet_and_scheduler(hub_id, **options), what)
+def _component_class(index: dict, name: str) -> str | None:
+    """The class model_index.json names for a component (["diffusers", "AutoencoderKL"]), or None."""
+    entry = index.get(name)
+    return entry[1] if isinstance(entry, list) and len(entry) == 2 else None
 
 
 def checkpoint_setup(folder: Path, overrides: list[str], device: str):
