@@ -11,6 +11,10 @@ the path the two directions follow differently.
 An edit inverts only part of the way (the first `start_step` of the inverse
 steps, the low-noise end) and samples forward from there with something changed:
 another class, another guidance scale, or a loss guidance function.
+
+A latent model inverts the image's latent: the image goes through the VAE's encoder, the
+latent is inverted and sampled back, and the result is decoded, so its error (in pixels, against
+the image) includes what the VAE itself loses (`vae_error`).
 """
 
 from __future__ import annotations
@@ -84,7 +88,8 @@ def forward_scheduler(setup: SamplingSetup):
 @torch.no_grad()
 def invert(setup: SamplingSetup, images: torch.Tensor, labels: torch.Tensor | None, settings: InversionSettings,
            callback: StepCallback | None = None) -> torch.Tensor:
-    """The latent `settings.depth` inverse DDIM steps (of `settings.steps`) away from `images`.
+    """The latent `settings.depth` inverse DDIM steps (of `settings.steps`) away from `images`
+    (for a latent model, from their VAE latents).
 
     Its noise level is the one the forward sampler reaches after `steps - depth` of its
     steps, so `sample_from` continues from there. Depth 0 returns the images unchanged.
@@ -93,7 +98,7 @@ def invert(setup: SamplingSetup, images: torch.Tensor, labels: torch.Tensor | No
     model_fn = guided_model_fn(setup.model, labels, settings.guidance_scale)
     scheduler = inverse_scheduler(setup)
     scheduler.set_timesteps(settings.steps, device=images.device)
-    x = images.to(setup.device)
+    x = model_space(setup, images)
     timesteps = scheduler.timesteps[:settings.depth]
     for i, t in enumerate(timesteps):
         output = model_fn(x, t)
@@ -108,11 +113,35 @@ def invert(setup: SamplingSetup, images: torch.Tensor, labels: torch.Tensor | No
 def sample_from(setup: SamplingSetup, latent: torch.Tensor, labels: torch.Tensor | None,
                 settings: InversionSettings, guidance: LossGuidance | None = None,
                 callback: StepCallback | None = None) -> torch.Tensor:
-    """Forward DDIM from a latent `invert` made with the same steps and depth, back to images."""
+    """Forward DDIM from a latent `invert` made with the same steps and depth, back to images
+    (a latent model's decoded through its VAE)."""
     model_fn = guided_model_fn(setup.model, labels, settings.guidance_scale)
     first = settings.steps - settings.depth
-    return diffusers_sample(model_fn, forward_scheduler(setup), latent, settings.steps, eta=0.0,
-                            callback=callback, guidance=guidance, first_step=first)
+    return setup.decoded(diffusers_sample(model_fn, forward_scheduler(setup), latent, settings.steps, eta=0.0,
+                                          callback=callback, guidance=guidance, first_step=first))
+
+
+def model_space(setup: SamplingSetup, images: torch.Tensor) -> torch.Tensor:
+    """Images as the model sees them: themselves, or a latent model's VAE latents (scaled)."""
+    images = images.to(setup.device)
+    return images if setup.codec is None else setup.codec.encode(images)
+
+
+def image_shape(setup: SamplingSetup) -> tuple[int, int, int]:
+    """(channels, size, size) of the model's images: a latent model's are its VAE's, not the latent's."""
+    if setup.codec is None:
+        return setup.shape
+    _, height, width = setup.shape
+    factor = setup.codec.downscale
+    return int(setup.codec.vae.config.in_channels), height * factor, width * factor
+
+
+def vae_error(setup: SamplingSetup, images: torch.Tensor) -> ReconstructionError | None:
+    """A latent model's floor: the error of the VAE alone (encode, decode), which no inversion
+    through it can beat; None for a pixel-space model."""
+    if setup.codec is None:
+        return None
+    return reconstruction_error(images, setup.decoded(model_space(setup, images)), setup.value_range)
 
 
 def reconstruction_error(original: torch.Tensor, result: torch.Tensor,
@@ -170,7 +199,7 @@ def random_noise_error(setup: SamplingSetup, images: torch.Tensor, labels: torch
                        settings: InversionSettings, seed: int = 0) -> ReconstructionError:
     """The error of sampling from random noise instead: what inversion must beat by far."""
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(images.shape, generator=generator).to(setup.device)
+    noise = torch.randn((len(images), *setup.shape), generator=generator).to(setup.device)
     full = InversionSettings(settings.steps, None, settings.guidance_scale)
     return reconstruction_error(images, sample_from(setup, noise, labels, full), setup.value_range)
 

@@ -5,7 +5,8 @@ Called at the end of `difflab run` when the recipe trains its own model
 a recipe whose `invert.source` names a model to load. Either way it writes
 RUN/inversion/: the originals, the inverted noise, the reconstructions and the
 edits as PNG grids, one labelled figure of all four, and errors.json (the error
-table, with the step and guidance sweeps).
+table, with the step and guidance sweeps). A latent model's inverted noise is a latent:
+its grid shows the first three channels as colours (latent-channels.png shows each one).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from difflab.diffusion.data import load_dataset
@@ -29,11 +31,13 @@ from difflab.diffusion.inversion import (
     dataset_images,
     edit,
     file_images,
+    image_shape,
     invert_and_reconstruct,
     random_noise_error,
+    vae_error,
 )
 from difflab.diffusion.loading import pipeline_setup, run_setup
-from difflab.diffusion.render import image_grid, labelled_rows, save_png
+from difflab.diffusion.render import image_grid, labelled_rows, latent_figure, save_png
 from difflab.errors import InputError
 from difflab.files import atomic_write_text
 from difflab.jobs.expectations import as_records, check_expectations
@@ -64,7 +68,7 @@ def inversion_inputs(cfg: InvertConfig, data, setup: SamplingSetup, base_dir: Pa
     if cfg.image_paths:
         paths = [Path(p).expanduser() if Path(p).expanduser().is_absolute() or base_dir is None
                  else base_dir / p for p in cfg.image_paths]
-        channels, size = setup.shape[0], setup.shape[1]
+        channels, size, _ = image_shape(setup)
         parts.append(file_images(paths, size, channels, setup.value_range, "invert.image_paths"))
         labels.append(torch.full((len(paths),), -1, dtype=torch.long))
     return InversionInputs(torch.cat(parts).float(), torch.cat(labels))
@@ -112,13 +116,18 @@ def run_inversion(setup: SamplingSetup, cfg: InvertConfig, inputs: InversionInpu
                   for n in cfg.sweep_steps]
     guidance_rows = [_sweep_row(setup, images, labels, InversionSettings(cfg.steps, None, g), progress)
                      for g in (cfg.sweep_guidance if conditional else [])]
+    vae_alone = vae_error(setup, images)
     value_range, nrow = setup.value_range, len(images)
     grids = {"originals": main.originals, "reconstructions": main.reconstructions, "edits": edited}
     folder.mkdir(parents=True, exist_ok=True)
     for name, batch in grids.items():
         save_png(image_grid(batch, value_range, nrow=nrow, scale=2), folder / f"{name}.png")
-    save_png(image_grid(main.latents, NOISE_RANGE, nrow=nrow, scale=2), folder / "inverted-noise.png")
-    figure = labelled_rows([main.originals, _in_range(main.latents, value_range), main.reconstructions, edited],
+    noise = noise_pictures(main.latents, main.originals.shape[-1]) if setup.codec else main.latents
+    save_png(image_grid(noise, NOISE_RANGE, nrow=nrow, scale=2), folder / "inverted-noise.png")
+    if setup.codec is not None:
+        save_png(latent_figure(main.originals, main.latents, value_range, main.reconstructions),
+                 folder / "latent-channels.png")
+    figure = labelled_rows([main.originals, _in_range(noise, value_range), main.reconstructions, edited],
                            ["original", "inverted noise", "reconstruction", f"edit ({_describe(change, edit_settings)})"],
                            value_range, title=f"DDIM inversion, {cfg.steps} steps")
     save_png(figure, folder / "inversion.png")
@@ -126,6 +135,7 @@ def run_inversion(setup: SamplingSetup, cfg: InvertConfig, inputs: InversionInpu
              "mse": main.error.mean_mse, "psnr": main.error.mean_psnr,
              "per_image": {"mse": main.error.mse, "psnr": main.error.psnr},
              "random_noise_mse": noise_error.mean_mse, "random_noise_psnr": noise_error.mean_psnr,
+             **({"vae_mse": vae_alone.mean_mse, "vae_psnr": vae_alone.mean_psnr} if vae_alone else {}),
              "edit": {"start_step": edit_settings.depth, "class_label": change.class_label,
                       "guidance_scale": change.guidance_scale, "loss_guidance": guidance is not None},
              "sweep_steps": steps_rows, "sweep_guidance": guidance_rows,
@@ -139,6 +149,13 @@ def _sweep_row(setup, images, labels, settings: InversionSettings, progress) -> 
     error: ReconstructionError = invert_and_reconstruct(setup, images, labels, settings, progress).error
     return {"steps": settings.steps, "guidance_scale": settings.guidance_scale,
             "mse": error.mean_mse, "psnr": error.mean_psnr}
+
+
+def noise_pictures(latents: torch.Tensor, size: int) -> torch.Tensor:
+    """A latent model's inverted noise as pictures beside its images: the first three channels as
+    colours (the first alone, grey, when it has fewer), each cell covering the pixels it encodes."""
+    shown = latents[:, :3] if latents.shape[1] >= 3 else latents[:, :1]
+    return F.interpolate(shown.float(), size=(size, size), mode="nearest")
 
 
 def _in_range(latents: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
@@ -175,9 +192,10 @@ def _check_classes(cfg: InvertConfig, setup: SamplingSetup) -> None:
 
 def log_errors(ctx: JobContext, table: dict) -> None:
     """The headline numbers as log lines (the table itself is printed by the headless runner)."""
+    vae = f"; the VAE alone: MSE {table['vae_mse']:.5f}" if "vae_mse" in table else ""
     ctx.emit(events.LogLine(ctx.job_id, f"DDIM inversion, {table['steps']} steps: MSE {table['mse']:.5f}, PSNR "
                                         f"{table['psnr']:.2f} dB (sampling from random noise: MSE "
-                                        f"{table['random_noise_mse']:.5f})"))
+                                        f"{table['random_noise_mse']:.5f}{vae})"))
 
 
 class InvertJob:
@@ -209,8 +227,9 @@ class InvertJob:
     def _load(self, device: str):
         if self.source.pipeline:
             setup = pipeline_setup(self.source.pipeline, [], device)
+            channels, size, _ = image_shape(setup)
             dataset = (self.recipe.dataset if self.recipe is not None else setup.recipe.dataset).model_copy(
-                update={"image_size": setup.shape[1], "channels": setup.shape[0], "value_range": "-1..1"})
+                update={"image_size": size, "channels": channels, "value_range": "-1..1"})
             return setup, load_dataset(dataset, self.recipe_dir), self.recipe_dir
         setup = run_setup(Path(self.source.run_dir), [], device)
         if setup.train_scheduler is None or setup.recipe.schedule.kind != "ddpm":
@@ -233,7 +252,10 @@ def inversion_table_rows(inv: dict) -> list[tuple[str, str, str, str, str]]:
              inv["random_noise_psnr"])]
     for name, sweep in (("step sweep", inv["sweep_steps"]), ("guidance sweep", inv["sweep_guidance"])):
         rows += [(name, row["steps"], row["guidance_scale"], row["mse"], row["psnr"]) for row in sweep]
-    return [(name, str(steps), f"{scale:g}", f"{mse:.5f}", f"{psnr:.2f}") for name, steps, scale, mse, psnr in rows]
+    table = [(name, str(steps), f"{scale:g}", f"{mse:.5f}", f"{psnr:.2f}") for name, steps, scale, mse, psnr in rows]
+    if "vae_mse" in inv:  # a latent model: what its VAE loses with no diffusion at all
+        table.insert(2, ("the VAE alone (encode, decode)", "-", "-", f"{inv['vae_mse']:.5f}", f"{inv['vae_psnr']:.2f}"))
+    return table
 
 
 INVERSION_GRIDS = ("originals", "inverted-noise", "reconstructions", "edits")
