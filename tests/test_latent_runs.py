@@ -261,11 +261,8 @@ def unet_folder(folder: Path) -> Path:
     ("missing", "latent.vae = '{where}': no such folder"),
     ("unet", "describes a UNet2DModel, not an AutoencoderKL"),
     ("size", "dataset.image_size = 10: the VAE of latent.vae = '{where}' halves the image 2 times"),
-    pytest.param("channels", "train.init_from = '{init}': its network takes 3-channel input, but it would be fed "
-                 "the 4-channel latents", marks=pytest.mark.xfail(strict=True, reason=(
-                     "models.dry_run (the memory check before training) feeds the latent to the init_from UNet "
-                     "before session.py's check_input_fits runs: an internal error, exit 1. Fix: call "
-                     "check_input_fits in dry_run, then drop this mark"))),
+    ("channels", "train.init_from = '{init}': its network takes 3-channel input, but it would be fed the "
+                 "4-channel latents"),
 ])
 def test_bad_latent_input_is_one_line_and_exit_2(case, fragment, tmp_path, capsys):
     where, extra, init = tmp_path / "vae", [], ""

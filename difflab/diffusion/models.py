@@ -132,6 +132,7 @@ def dry_run(recipe: Recipe, device: str = "cpu", base_dir: Path | None = None) -
         model = build_model(recipe, base_dir, estimate=device == "meta")
     model = model.to(device).eval()
     x = torch.zeros(1, *model_input_shape(recipe, base_dir, estimate=device == "meta"), device=device)
+    check_input_fits(model, tuple(x.shape[1:]), recipe)  # a clear refusal, not a convolution's shape error
     shapes: list[tuple[str, tuple[int, ...]]] = []
     hooks = [module.register_forward_hook(_shape_recorder(name, shapes)) for name, module in _blocks(model)]
     counter = FlopCounterMode(display=False)
