@@ -65,7 +65,7 @@ def test_a_source_offers_the_samplers_that_can_sample_it(trained_toy_run, traine
     from difflab.recipe import SAMPLERS
 
     assert samplers_for(trained_toy_run) == ("toy",)
-    checkpoint = sorted((trained_toy_run / "checkpoints").iterdir())[-1]
+    checkpoint = max((trained_toy_run / "checkpoints").iterdir())
     assert samplers_for(checkpoint) == ("toy",)
     ddpm = samplers_for(trained_ddpm_run)
     assert "toy" not in ddpm and {"ddim", "ddpm", "dpm-solver++"} <= set(ddpm)
@@ -139,7 +139,7 @@ def test_bad_sources_are_input_errors(worker, trained_ddpm_run, tmp_path):
 
 
 def test_a_checkpoint_folder_samples_like_its_run(worker, trained_ddpm_run):
-    checkpoint = sorted((trained_ddpm_run / "checkpoints").iterdir())[-1]
+    checkpoint = max((trained_ddpm_run / "checkpoints").iterdir())
     job = StepThroughJob.from_path(checkpoint, samplers=["ddim"], steps=2, seed=5, num_images=2)
     assert source_kind(checkpoint) == "checkpoint" and job.samples_dir == trained_ddpm_run / "samples"
     _, from_checkpoint = run_job(worker, job)
