@@ -24,6 +24,7 @@ from difflab.jobs.vae_training import split_for_vae
 from difflab.recipe import load_recipe, parse_recipe
 from difflab.screens.training_stats import vae_lines
 from tests.conftest import run_cli, tiny_args
+from tests.test_init_from_source import hub_cache  # noqa: F401 (a fixture: an offline Hugging Face cache)
 from tests.test_training_syncs import count_host_reads
 
 # 40 RGB shapes at 8 px through a two-level VAE of 8/16 channels: 4x4x4 latents, a few seconds.
@@ -170,17 +171,29 @@ def test_a_vae_training_step_reads_nothing_back_from_the_device(tmp_path, monkey
 # ---------------------------------------------------------------- init_from
 
 
-@pytest.mark.parametrize("layout", ["vae-folder", "pipeline"])
-def test_init_from_loads_an_autoencoder_kl_bit_for_bit_with_its_own_config(tmp_path, layout):
+def save_as_pipeline(vae: AutoencoderKL, folder) -> None:
+    """Stable Diffusion's layout: the VAE in vae/ beside model_index.json (the other parts left out)."""
+    vae.save_pretrained(folder / "vae")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                         "vae": ["diffusers", "AutoencoderKL"]}))
+
+
+@pytest.mark.parametrize("layout", ["vae-folder", "pipeline", "hub-cache"])
+def test_init_from_loads_an_autoencoder_kl_bit_for_bit_with_its_own_config(tmp_path, layout, request):
     source = tiny_vae(latent_channels=3)
-    if layout == "pipeline":  # a pipeline's layout, as Stable Diffusion's: its VAE in vae/
-        folder = tmp_path / "pipeline"
-        source.save_pretrained(folder / "vae")
-        (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
-                                                             "vae": ["diffusers", "AutoencoderKL"]}))
-    else:
+    if layout == "vae-folder":
         folder = tmp_path / "vae"
         source.save_pretrained(folder)
+    elif layout == "pipeline":
+        folder = tmp_path / "pipeline"
+        save_as_pipeline(source, folder)
+    else:  # a hub id whose pipeline is in the Hugging Face cache (offline): its vae/ subfolder
+        revision = "0123456789abcdef0123456789abcdef01234567"
+        repo = request.getfixturevalue("hub_cache") / "models--tiny-owner--sd-tiny"
+        save_as_pipeline(source, repo / "snapshots" / revision)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(revision)
+        folder = "tiny-owner/sd-tiny"
     recipe = parse_recipe({**VAE_FINE_TUNE, "train": {**VAE_FINE_TUNE["train"], "init_from": str(folder)}})
     resolution = resolve(recipe)
     resolved = resolution.recipe
