@@ -188,7 +188,7 @@ async def test_a_diverging_job_is_a_notification_with_a_suggestion_and_the_lab_g
 
 
 async def test_the_stats_ask_for_a_layout_only_when_they_wrap_to_another_number_of_rows(tmp_path, monkeypatch):
-    async with on_the_training_screen(tmp_path, monkeypatch) as (app, pilot, screen):
+    async with on_the_training_screen(tmp_path, monkeypatch) as (_app, pilot, screen):
         stats = screen.query_one("#stats", Static)
         screen.stats.state, screen.stats.total, screen.stats.images_per_sec = "training", 1000, 900.0
         screen._show_stats()
