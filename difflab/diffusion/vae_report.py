@@ -20,7 +20,7 @@ from difflab.diffusion.data import ImageDataset
 from difflab.diffusion.latents import LatentCodec
 from difflab.diffusion.render import labelled_rows, latent_figure, to_unit
 
-HELD_OUT_SEED = 7_919  # added to the recipe's seed: the split is its own draw, not the data order's
+HELD_OUT_SEED = 7_919  # mixed into the recipe's seed: the split is its own draw, not the data order's
 FIGURE_COLUMNS = 8  # images per row of an originals | reconstructions figure
 LATENT_FIGURE_IMAGES = 4
 MAX_PSNR_DB = 100.0
@@ -28,7 +28,7 @@ MAX_PSNR_DB = 100.0
 
 def split_held_out(data: ImageDataset, count: int, seed: int) -> tuple[ImageDataset, ImageDataset]:
     """(the images to train on, `count` seeded images kept out of training), each in the data's order."""
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed + HELD_OUT_SEED))
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed ^ HELD_OUT_SEED))  # XOR: stays a 63-bit seed
     held, kept = order[:count].sort().values, order[count:].sort().values
     return _subset(data, kept), _subset(data, held)
 
