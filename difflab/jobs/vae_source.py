@@ -79,7 +79,8 @@ def _builtin_folder(spec: VaeSpec) -> Path:
 
 
 def _key(recipe: Recipe) -> str:
-    text = recipe.model_copy(update={"profiles": {}, "device": "auto"}).model_dump_json() + f"v{VERSION}"
+    """What the trained VAE depends on: not where it ran, nor what it was expected to reach."""
+    text = recipe.model_dump_json(exclude={"profiles", "device", "description", "expect"}) + f"v{VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
