@@ -92,7 +92,8 @@ def invert(setup: SamplingSetup, images: torch.Tensor, labels: torch.Tensor | No
     (for a latent model, from their VAE latents).
 
     Its noise level is the one the forward sampler reaches after `steps - depth` of its
-    steps, so `sample_from` continues from there. Depth 0 returns the images unchanged.
+    steps, so `sample_from` continues from there. Depth 0 returns the images (a latent model's
+    latents) unchanged.
     """
     setup.model.eval()
     model_fn = guided_model_fn(setup.model, labels, settings.guidance_scale)

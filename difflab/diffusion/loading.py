@@ -188,10 +188,10 @@ def _parts(source, what: str, **options) -> PipelineParts:
     index = DiffusionPipeline.load_config(source, **options)  # model_index.json
     unet = UNet2DModel.from_pretrained(source, subfolder="unet", **options)
     scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **options)
-    name = next((name for name in VAE_FOLDERS if _component_class(index, name)), None)
-    if name is None:
+    vaes = [(name, kind) for name in VAE_FOLDERS if (kind := _component_class(index, name))]
+    if not vaes:
         return PipelineParts(unet, scheduler)
-    kind = _component_class(index, name)
+    name, kind = vaes[0]
     if kind != "AutoencoderKL":
         raise InputError(f"{what}: its {name} is a {kind}; difflab's latent models decode with an AutoencoderKL "
                          f"(Stable Diffusion's kind of VAE)")
