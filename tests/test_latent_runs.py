@@ -64,7 +64,8 @@ def vae(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def latent_run(vae, tmp_path_factory) -> LatentRun:
-    """An unconditional latent DDPM on 64 shapes for 3 epochs, counting the VAE's encode calls."""
+    """An unconditional latent DDPM on 64 shapes for 3 epochs, evaluated and inverted after training,
+    counting the VAE's encode calls."""
     run = tmp_path_factory.mktemp("latent") / "run"
     encoded = []
     original = AutoencoderKL.encode
@@ -75,7 +76,10 @@ def latent_run(vae, tmp_path_factory) -> LatentRun:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(AutoencoderKL, "encode", counting)
-        assert run_cli("run", "from-scratch", "--out", run, *latent_args(vae, f"latent.scaling_factor={SCALING}")) == 0
+        # evaluation and inversion after training too: they get the pixels while the model samples latents
+        assert run_cli("run", "from-scratch", "--out", run, *latent_args(
+            vae, f"latent.scaling_factor={SCALING}", "eval.enabled=true", "eval.num_samples=8", "invert.enabled=true",
+            "invert.images=[0, 1]", "invert.steps=4")) == 0
     return LatentRun(run, encoded)
 
 
@@ -104,11 +108,21 @@ def run_without_difflab(code: str, tmp_path: Path) -> list[str]:
 def test_a_latent_run_encodes_each_image_once_not_once_per_epoch(latent_run):
     summary = json.loads((latent_run.path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs_completed"] == 3
-    assert sum(latent_run.encoded) == 64  # the 64 images, once, over 3 epochs
+    # the 64 images once over 3 epochs; then the 2 inverted after training, three times (the inversion,
+    # the edit, the VAE alone)
+    assert sum(latent_run.encoded) == 64 + 2 * 3
     vae = json.loads((latent_run.path / "vae" / "config.json").read_text())
     assert vae["_class_name"] == "AutoencoderKL" and vae["scaling_factor"] == SCALING
     unet = json.loads((latent_run.path / "model" / "config.json").read_text())
     assert unet["in_channels"] == 4 and unet["sample_size"] == 4
+
+
+def test_after_training_the_decoded_samples_are_evaluated_and_images_inverted_through_the_vae(latent_run):
+    summary = json.loads((latent_run.path / "summary.json").read_text())
+    assert summary["eval"]["samples"] == 8 and summary["eval"]["frechet_normalised"] is not None
+    inverted = summary["invert"]
+    assert inverted["images"] == 2 and inverted["vae_mse"] > 0 and inverted["mse"] > 0
+    assert (latent_run.path / "inversion" / "latent-channels.png").is_file()
 
 
 # ------------------------------------------------------------------ RUN/pipeline in plain diffusers
@@ -261,8 +275,8 @@ def unet_folder(folder: Path) -> Path:
     ("missing", "latent.vae = '{where}': no such folder"),
     ("unet", "describes a UNet2DModel, not an AutoencoderKL"),
     ("size", "dataset.image_size = 10: the VAE of latent.vae = '{where}' halves the image 2 times"),
-    ("channels", "train.init_from = '{init}': its network takes 3-channel input, but it would be fed the "
-                 "4-channel latents"),
+    ("channels", ("train.init_from = '{init}': its network takes 3-channel input, but it would be fed the "
+                  "4-channel latents")),
 ])
 def test_bad_latent_input_is_one_line_and_exit_2(case, fragment, tmp_path, capsys):
     where, extra, init = tmp_path / "vae", [], ""
