@@ -32,6 +32,7 @@ from difflab.runtime import events
 from difflab.runtime.runs import RunDir
 from difflab.runtime.worker import Worker
 from tests.conftest import TINY_DDPM, run_cli, tiny_args
+from tests.test_init_from_source import hub_cache  # noqa: F401 (a fixture: an offline Hugging Face cache)
 from tests.test_pipeline_export import REFUSE_DIFFLAB
 
 SCALING = 0.5  # set in the recipe, so the pipeline must carry it rather than the VAE's default 0.18215
@@ -318,3 +319,23 @@ def test_in_the_lab_a_bad_vae_is_an_input_error_event(tmp_path):
         worker.shutdown(timeout=30)
     assert isinstance(last, events.JobError) and last.exit_code == 2 and not last.traceback
     assert "latent.vae" in last.message and "no such folder" in last.message and "\n" not in last.message
+
+
+@pytest.mark.parametrize("subfolder", ["vae", "vqvae"])
+def test_a_hub_id_in_the_cache_gives_its_vae_offline(subfolder, hub_cache, tmp_path, capsys):
+    """A Stable Diffusion layout (vae/) and an LDMPipeline's (vqvae/) on the hub, read from the local
+    Hugging Face cache with the hub switched off; the run keeps its own copy."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub_cache / "models--tiny-owner--latent-tiny"
+    tiny_vae(repo / "snapshots" / revision / subfolder)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    run = tmp_path / "run"
+    assert run_cli("run", "from-scratch", "--out", run, *tiny_args(
+        "latent.vae='tiny-owner/latent-tiny'", "sample.gif=false", "train.sample_every=0", base=TINY_DDPM)) == 0
+    assert AutoencoderKL.from_pretrained(run / "vae").config.latent_channels == 4
+    missing = tmp_path / "missing"
+    assert run_cli("run", "from-scratch", "--out", missing, *tiny_args(
+        "latent.vae='tiny-owner/not-cached'", base=TINY_DDPM)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "latent.vae = 'tiny-owner/not-cached'" in err and "HF_HUB_OFFLINE" in err and "\n" not in err, err

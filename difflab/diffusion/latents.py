@@ -142,35 +142,44 @@ def spec_config(spec: VaeSpec, online: bool = True) -> dict[str, Any] | None:
 
 
 def _hub_config(hub_id: str, online: bool) -> dict[str, Any] | None:
-    """A hub VAE's config: a pipeline's vae/config.json, else a bare model's config.json."""
-    def read(local_files_only: bool) -> dict[str, Any]:
-        for subfolder in ("vae", None):
-            try:
-                return AutoencoderKL.load_config(hub_id, subfolder=subfolder, local_files_only=local_files_only)
-            except (OSError, ValueError):
-                continue
-        raise OSError("neither vae/config.json nor config.json")
-
+    """A hub VAE's config (see _from_hub); offline and not cached: None."""
     if not online:
         try:
-            return read(True)
+            return _first_subfolder(AutoencoderKL.load_config, hub_id, local_files_only=True)
         except OSError:
             return None
-    return cache_then_hub(read, f"latent.vae = '{hub_id}'", "no AutoencoderKL config")
+    return _from_hub(AutoencoderKL.load_config, hub_id)
+
+
+def _from_hub(read, hub_id: str):
+    """read(hub_id, subfolder=...) of the first of a pipeline's vae/, an LDMPipeline's vqvae/ or a
+    bare model's root that has one: the local cache first, then the hub when it can be asked."""
+    return cache_then_hub(lambda local_files_only: _first_subfolder(read, hub_id, local_files_only),
+                          f"latent.vae = '{hub_id}'", "no AutoencoderKL in vae/, vqvae/ or its root")
+
+
+def _first_subfolder(read, hub_id: str, local_files_only: bool):
+    for subfolder in (*VAE_FOLDERS, None):
+        try:
+            return read(hub_id, subfolder=subfolder, local_files_only=local_files_only)
+        except (OSError, ValueError):
+            continue
+    raise OSError(f"{hub_id}: neither vae/, vqvae/ nor its root holds an AutoencoderKL")
 
 
 def model_input_shape(recipe: Recipe, base_dir: Path | None = None, estimate: bool = False) -> tuple[int, int, int]:
     """What the recipe's network sees: (channels, size, size) of its images, or of their latents.
 
-    `estimate` (sizes only): a hub VAE not at hand is not fetched; the latent is then taken to be
-    Stable Diffusion's (4 channels, 8x smaller)."""
+    `estimate` (sizes only): a hub VAE not at hand is not fetched, and says so (its shape is
+    unknown until a run fetches it)."""
     d = recipe.dataset
     if not recipe.latent.vae:
         return d.channels, d.image_size, d.image_size
     spec = parse_vae_spec(recipe.latent.vae, base_dir)
     config = spec_config(spec, online=not estimate)
     if config is None:
-        return 4, max(1, d.image_size // 8), max(1, d.image_size // 8)
+        raise InputError(f"latent.vae = '{spec.text}': not in the Hugging Face cache, and sizes are not worth "
+                         f"a download: its latent's shape is known once a run has fetched it")
     return latent_shape(config, recipe, spec.text)
 
 
@@ -248,7 +257,7 @@ def open_codec(recipe: Recipe, folder: Path | str, device: str = "cpu", source: 
 
 
 def load_vae(where: str, text: str) -> AutoencoderKL:
-    """An AutoencoderKL from a folder, or a hub id (its vae/ subfolder, else its root)."""
+    """An AutoencoderKL from a folder, or a hub id (its vae/ or vqvae/ subfolder, else its root)."""
     path = Path(where)
     if path.is_dir():
         try:
@@ -256,14 +265,7 @@ def load_vae(where: str, text: str) -> AutoencoderKL:
         except (OSError, ValueError, RuntimeError) as error:
             raise InputError(f"latent.vae = '{text}': {path} does not load as an AutoencoderKL "
                              f"({reason(error)})") from None
-    try:
-        return cache_then_hub(lambda local_files_only: AutoencoderKL.from_pretrained(
-            where, subfolder="vae", local_files_only=local_files_only), f"latent.vae = '{text}'",
-            "no vae/ AutoencoderKL")
-    except InputError:
-        return cache_then_hub(lambda local_files_only: AutoencoderKL.from_pretrained(
-            where, local_files_only=local_files_only), f"latent.vae = '{text}'", "no AutoencoderKL")
-
+    return _from_hub(AutoencoderKL.from_pretrained, where)
 
 @dataclass
 class EncodedDataset:

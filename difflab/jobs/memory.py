@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -32,9 +33,10 @@ class MemoryEstimate:
         return self.state_bytes + self.activations_bytes
 
 
-def estimate_training_memory(recipe: Recipe, report: ModelReport | None = None) -> MemoryEstimate:
+def estimate_training_memory(recipe: Recipe, report: ModelReport | None = None,
+                             base_dir: Path | None = None) -> MemoryEstimate:
     """The estimate from the recipe's model (its block shapes, from a meta-device dry run)."""
-    report = report or dry_run(recipe, "meta")
+    report = report or dry_run(recipe, "meta", base_dir)
     copies = 4 + (1 if recipe.train.ema else 0)
     # Each block's output is kept about three times over (its input, norm and activation) for backward.
     per_image = sum(FLOAT_BYTES * math.prod(shape) for _, shape in report.blocks) * 3
@@ -42,9 +44,10 @@ def estimate_training_memory(recipe: Recipe, report: ModelReport | None = None) 
                           per_image * recipe.train.batch_size)
 
 
-def check_training_memory(recipe: Recipe, device: str) -> MemoryEstimate:
-    """The estimate, or an InputError naming what to shrink when it exceeds the device's free memory."""
-    estimate = estimate_training_memory(recipe)
+def check_training_memory(recipe: Recipe, device: str, base_dir: Path | None = None) -> MemoryEstimate:
+    """The estimate, or an InputError naming what to shrink when it exceeds the device's free memory
+    (`base_dir`: where the recipe's relative paths, a latent.vae folder, resolve)."""
+    estimate = estimate_training_memory(recipe, base_dir=base_dir)
     free = free_memory(device)
     if free is None or estimate.total <= free:
         return estimate

@@ -59,9 +59,9 @@ class ModelProbe:
     def run(self, ctx: JobContext) -> tuple[str, dict[str, Any]]:
         resolution = resolve(self.recipe, self.recipe_dir)  # a pretrained source's network and schedule
         self.recipe = resolution.recipe
-        memory = check_training_memory(self.recipe, ctx.device).total  # before anything real is built
+        memory = check_training_memory(self.recipe, ctx.device, self.recipe_dir).total  # before anything is built
         report = dry_run(self.recipe, "cpu", self.recipe_dir)
-        size, channels = self.recipe.dataset.image_size, self.recipe.dataset.channels
+        channels, size = report.input_shape[0], report.input_shape[-1]  # a latent UNet's input is the latent
         model = build_model(self.recipe, self.recipe_dir).to(ctx.device)
         batch = self.recipe.train.batch_size
         timing_batch = min(self.timing_batch, batch)

@@ -60,11 +60,12 @@ class TrainingJob:
         emit = ctx.emit
         if not self.resume:  # train.init_from's network and schedule, as recipe.toml then says (sources.py)
             self.recipe = resolve_run(self.recipe, self.run_dir, self.recipe_dir)
-        check_training_memory(self.recipe, ctx.device)  # refused before the data or the model is built
+        codec = self._vae(ctx)  # first: the memory check sizes the UNet by its latent
+        check_training_memory(self.recipe, ctx.device, self.recipe_dir)  # refused before the data or the model is built
         check_tracker(self.recipe.train.log_with)
         emit(events.LogLine(ctx.job_id, f"loading dataset '{self.recipe.dataset.source}'"))
         data = load_dataset(self.recipe.dataset, self.recipe_dir, self.recipe.seed, self.recipe.audio)
-        codec, trained_on = self._latents(ctx, data)
+        trained_on = data if codec is None else self._encoded(ctx, codec, data)
         pixels = data
         if is_vae(self.recipe):  # measured on images it never trains on: those are what "pixels" holds
             trained_on, pixels = split_for_vae(self.recipe, data)
@@ -81,20 +82,22 @@ class TrainingJob:
         finally:
             session.accelerator.end_training()  # closes the trackers' files, whatever ended the job
 
-    def _latents(self, ctx: JobContext, data: ImageDataset) -> tuple[LatentCodec | None, ImageDataset]:
-        """A latent recipe's VAE and the dataset encoded through it, once; else no VAE and the pixels."""
+    def _vae(self, ctx: JobContext) -> LatentCodec | None:
+        """A latent recipe's VAE (fetched, or a built-in one trained, when it must be), else None."""
         if not self.recipe.latent.vae:
-            return None, data
-        device = resolve_device(ctx.device)
-        codec = run_codec(ctx, self.recipe, self.run_dir, self.recipe_dir, device, _train_vae)
+            return None
+        return run_codec(ctx, self.recipe, self.run_dir, self.recipe_dir, resolve_device(ctx.device), _train_vae)
+
+    def _encoded(self, ctx: JobContext, codec: LatentCodec, data: ImageDataset) -> ImageDataset:
+        """The dataset encoded through the VAE, once, before the first step (no VAE pass per epoch)."""
         latent_shape(codec.vae.config, self.recipe, self.recipe.latent.vae)  # refuses sizes the VAE can't take
-        encoded = encode_dataset(codec, data.to(device), self.recipe.latent.encode_batch_size)
+        encoded = encode_dataset(codec, data.to(codec.vae.device), self.recipe.latent.encode_batch_size)
         shape = " x ".join(map(str, encoded.data.images.shape[1:]))
         ctx.emit(events.LogLine(ctx.job_id, f"encoded {len(data)} images to {shape} latents through the VAE "
                                 f"({codec.source}) in {encoded.seconds:.1f} s, once; scaling factor "
                                 f"{codec.scaling_factor:.4g}, latent std per channel "
                                 f"{', '.join(f'{s:.2f}' for s in encoded.std)}"))
-        return codec, encoded.data.to("cpu") if data.images.device.type == "cpu" else encoded.data
+        return encoded.data.to("cpu") if data.images.device.type == "cpu" else encoded.data
 
     def _loop(self, session: _Training) -> bool:
         """The training loop; True when stopped early. Running out of memory fails the job with advice."""
