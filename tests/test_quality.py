@@ -118,10 +118,11 @@ def test_every_builtin_recipe_smoke_profile_meets_its_expectations(builtin, tmp_
         assert run_cli("run", builtin.name, "--profile", "smoke", "--out", run, "--device", "cpu", *source) == 0
     summary = json.loads((run / "summary.json").read_text())
     checked = {e["name"] for e in summary["expectations"] if e["passed"]}
-    # each smoke profile checks that the model learned and that its samples (or its guidance, or
-    # its DDIM reconstructions) work
+    # each smoke profile checks that the model learned and that its samples (or its guidance, its
+    # DDIM reconstructions, or a VAE's reconstructions) work
     assert "loss_drop_factor_above" in checked
-    assert checked & {"frechet_normalised_below", "guidance_loss_ratio_below", "reconstruction_psnr_above"}
+    assert checked & {"frechet_normalised_below", "guidance_loss_ratio_below", "reconstruction_psnr_above",
+                      "vae_psnr_above"}
     assert all(e["passed"] for e in summary["expectations"])
     if builtin.name in FINE_TUNES:
         assert summary["init_from"] == str(request.getfixturevalue("conditional_smoke_run"))

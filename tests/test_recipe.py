@@ -167,7 +167,8 @@ def test_recipes_lists_the_builtins_with_descriptions(capsys):
 def test_an_unknown_recipe_name_lists_the_builtins(capsys):
     assert run_cli("recipe", "show", "from-scratc") == 2
     assert ("built-ins: audio-spectrogram, class-conditional-digits, ddim-inversion, ddpm-rgb-32, finetune, "
-            "finetune-pretrained, from-scratch, guidance-color, lora-finetune, unet2d-digits") in capsys.readouterr().err
+            "finetune-pretrained, from-scratch, guidance-color, latent-shapes, lora-finetune, pixel-shapes, "
+            "unet2d-digits, vae-shapes") in capsys.readouterr().err
 
 
 def test_values_nested_past_any_recipe_are_one_line_not_a_recursion_error(recipe_file, capsys):

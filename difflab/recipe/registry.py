@@ -264,7 +264,7 @@ CHAPTERS = {chapter.number: chapter for chapter in (
     Chapter(4, "Diffusers实战", "DDPM with diffusers", "unit 1, notebook 1", ("ddpm-rgb-32",)),
     Chapter(5, "微调和引导", "Fine-tuning and guidance", "unit 2",
             ("class-conditional-digits", "finetune", "finetune-pretrained", "guidance-color")),
-    Chapter(6, "Stable Diffusion", "Stable Diffusion", "unit 3"),
+    Chapter(6, "Stable Diffusion", "Stable Diffusion", "unit 3", ("vae-shapes", "latent-shapes", "pixel-shapes")),
     Chapter(7, "DDIM反转", "DDIM inversion", "unit 4", ("ddim-inversion",)),
     Chapter(8, "音频扩散模型", "Audio diffusion", "unit 4", ("audio-spectrogram",)),
     Chapter(9, "ControlNet 与 LoRA", "ControlNet, LoRA, DreamBooth", "unit 3 extras", ("lora-finetune",)),
