@@ -161,11 +161,11 @@ async def test_a_diverging_job_is_a_notification_with_a_suggestion_and_the_lab_g
 
     build_model = difflab.jobs.session.build_model
 
-    def diverging_model(recipe):
+    def diverging_model(recipe, *args):
         """The recipe's model, whose output turns to NaN from its 5th forward pass on.
 
         No allowed setting makes the tiny model diverge within a test's time (lr is capped at 1)."""
-        model, calls = build_model(recipe), []
+        model, calls = build_model(recipe, *args), []
 
         def hook(module, args, output):
             calls.append(1)
