@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 from diffusers import AutoencoderKL
-from machine import device_name  # benchmarks/machine.py, beside this script
+from machine import chosen_device, device_name  # benchmarks/machine.py, beside this script
 
 from difflab.diffusion.data import load_dataset
 from difflab.diffusion.latents import encode_dataset, open_codec
@@ -187,15 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.rounds, args.pixel_steps, args.latent_steps, args.warmup, args.batch, args.images) < 1:
         parser.error("--rounds, --pixel-steps, --latent-steps, --warmup, --batch and --images must be at least 1")
 
-    from difflab.errors import InputError
-    from difflab.jobs.devices import resolve_device
-
-    try:
-        device = resolve_device(args.device)
-    except InputError as error:
-        parser.error(f"--device {args.device}: {error}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = chosen_device(parser, args.device, args.threads)
     print(f"torch {torch.__version__} | device {device}: {device_name(device)} | "
           f"threads {torch.get_num_threads()} | python {platform.python_version()}")
     print(f"UNet2DModel {unet}, batch {args.batch}, {args.images} shapes: pixels 32x32x3 vs latents 8x8x4 "

@@ -19,3 +19,20 @@ def device_name(device: str) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def chosen_device(parser, requested: str, threads: int) -> str:
+    """The device a benchmark's --device names (a parser error when it is not here), with torch's
+    intra-op threads set from --threads (0: torch's own choice)."""
+    import torch
+
+    from difflab.errors import InputError
+    from difflab.jobs.devices import resolve_device
+
+    try:
+        device = resolve_device(requested)
+    except InputError as error:
+        parser.error(f"--device {requested}: {error}")
+    if threads:
+        torch.set_num_threads(threads)
+    return device

@@ -80,7 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from machine import device_name  # noqa: E402  (benchmarks/machine.py, beside this script)
+from machine import chosen_device, device_name  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 from difflab.diffusion.models import BasicUNet  # noqa: E402
 from difflab.runtime import events  # noqa: E402
@@ -256,15 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from difflab.errors import InputError
-    from difflab.jobs.devices import resolve_device
-
-    try:
-        device = resolve_device(args.device)
-    except InputError as error:
-        parser.error(f"--device {args.device}: {error}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = chosen_device(parser, args.device, args.threads)
     console = Console(highlight=False, width=max(Console().width, 110))
     print(f"torch {torch.__version__} | device {device}: {device_name(device)} | "
                   f"threads {torch.get_num_threads()} | python {platform.python_version()}")

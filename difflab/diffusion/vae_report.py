@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from difflab.diffusion.data import ImageDataset
-from difflab.diffusion.latents import LatentCodec
+from difflab.diffusion.latents import LatentCodec, encode_dataset
 from difflab.diffusion.render import labelled_rows, latent_figure, to_unit
 
 HELD_OUT_SEED = 7_919  # mixed into the recipe's seed: the split is its own draw, not the data order's
@@ -91,16 +91,16 @@ def measure_vae(vae: AutoencoderKL, train: ImageDataset, held_out: ImageDataset,
     (latents.LatentCodec), so the mean is what must come out at unit variance here. Under a
     small KL weight the two differ by far less than a percent."""
     codec = LatentCodec(vae, 1.0, train.value_range)  # unscaled: the factor is what is measured
-    latents = codec.encode(train.images, batch).float()
-    per_channel = latents.transpose(0, 1).flatten(1)
+    encoded = encode_dataset(codec, train, batch)  # the per-channel statistics a latent run logs, too
+    latents = encoded.data.images.float()
     spread = float(latents.std())
     mse = reconstruction_mse(codec, held_out.images, batch)
     train_mse = reconstruction_mse(codec, train.images[:len(held_out)], batch)
     return VaeReport(
         image_shape=tuple(train.images.shape[1:]), latent_shape=tuple(latents.shape[1:]),
         train_images=len(train), held_out_images=len(held_out), mse=mse, psnr_db=psnr(mse),
-        train_psnr_db=psnr(train_mse), latent_mean=per_channel.mean(1).tolist(),
-        latent_std=per_channel.std(1).tolist(), latent_std_all=spread, scaling_factor=1 / spread)
+        train_psnr_db=psnr(train_mse), latent_mean=encoded.mean, latent_std=encoded.std,
+        latent_std_all=spread, scaling_factor=1 / spread)
 
 
 def reconstruction_figure(codec: LatentCodec, originals: torch.Tensor, batch: int = 64) -> Image.Image:
